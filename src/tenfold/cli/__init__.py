@@ -1,0 +1,82 @@
+"""The ``tenfold`` command line: ``tenfold train | reproduce | bench | inspect``.
+
+Each subcommand lives in its own module of this package and exposes two functions:
+
+``add_parser(subparsers) -> argparse.ArgumentParser``
+    registers the subcommand, its help text and options;
+``run(args: argparse.Namespace) -> int``
+    does the work and returns the process exit code.
+
+``main(argv)`` is importable and testable in-process (``main(["bench", "--quick"])``).
+
+Exit codes (documented in README and docs/RELIABILITY.md):
+
+* 0 - success
+* 1 - the job failed (a peer died, training diverged, a benchmark target failed to run)
+* 2 - bad usage or bad input (unknown option, missing dataset, corrupt packet, bad config)
+* 130 - interrupted by the user (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand name -> module (imported lazily so ``tenfold inspect`` never pays for torch).
+SUBCOMMANDS: dict[str, str] = {
+    "train": "tenfold.cli.train",
+    "reproduce": "tenfold.cli.reproduce",
+    "bench": "tenfold.cli.bench",
+    "inspect": "tenfold.cli.inspect_cmd",
+}
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand registered."""
+    from tenfold import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tenfold",
+        description=(
+            "Compress the weights that data-parallel workers exchange by ~10x: per-layer "
+            "entropy-adaptive quantization + canonical Huffman coding (Øland & Raj)."
+        ),
+        epilog="Run 'tenfold <command> --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"tenfold {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a subcommand not built yet
+            if exc.name != module_name:
+                raise
+            continue
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if getattr(args, "_run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args._run(args))
+    except KeyboardInterrupt:
+        print("tenfold: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
