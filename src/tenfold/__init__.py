@@ -14,13 +14,17 @@ Example:
 """
 
 from tenfold.codec import (
+    DEFAULT_MAX_OUTPUT_BYTES,
     CorruptPacketError,
     EntropyAdaptive,
     Fixed,
     GradientRMS,
     Lossless,
     PacketInfo,
+    PacketMismatchError,
+    Policy,
     TensorInfo,
+    accumulate,
     compress,
     decompress,
     inspect,
@@ -29,14 +33,18 @@ from tenfold.codec import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT_BYTES",
     "CorruptPacketError",
     "EntropyAdaptive",
     "Fixed",
     "GradientRMS",
     "Lossless",
     "PacketInfo",
+    "PacketMismatchError",
+    "Policy",
     "TensorInfo",
     "__version__",
+    "accumulate",
     "compress",
     "decompress",
     "inspect",

@@ -1,0 +1,215 @@
+"""The codec benchmark: tenfold vs zstd level 3 vs a float16 cast, on weight-like data.
+
+Used by ``tenfold bench`` and ``benchmarks/codec.py``; returns a JSON-safe dict.
+
+What is measured, per size (float32 tensors of n values), single thread:
+
+* ``tenfold.<policy>``: compress / decompress / accumulate speed in MB/s of float32 input
+  (median of ``repeats`` runs after one warm-up), packet bytes, bits/param, N and mode;
+* ``zstd3``: zstd level 3 on the raw float32 bytes (compress, decompress MB/s, bytes);
+* ``float16``: the cast (bytes, MB/s);
+* ``fixed8_indices_zstd3``: Fixed(8) bin indices as uint8, compressed by zstd-3 (bytes):
+  what a generic compressor makes of the same quantization;
+* ``vs_zstd3``: speed and size ratios, and whether the issue's targets are met (compress
+  >= 3x, decompress >= 2x zstd-3's speed, >= 8x fewer bytes).
+
+The numba first-call time (JIT compile, or loading the on-disk cache) is measured once,
+before anything else, and reported separately.
+
+The data: ``laplace(0, b=0.05)`` bulk, with 0.01% of the values replaced by outliers of
+magnitude ``U(30, 60) * b`` and random sign (seeded). Trained layers look like this: a
+peaked, heavy-tailed bulk plus a few weights tens of times larger than typical. The tails
+matter: N comes from the entropy of a 16-bin histogram over [w_min, w_max], so the
+range/scale ratio drives the bits/param (README: "the benchmark data").
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DISTRIBUTION", "make_data", "run_benchmark"]
+
+DISTRIBUTION = (
+    "float32 laplace(0, b=0.05) bulk; 0.01% of values replaced by outliers of magnitude "
+    "U(30, 60)*b with random sign; numpy default_rng(seed)"
+)
+
+ZSTD_LEVEL = 3
+_MB = 1e6
+
+
+def make_data(n: int, seed: int = 0) -> np.ndarray:
+    """The benchmark tensor: ``n`` float32 values (see :data:`DISTRIBUTION`)."""
+    rng = np.random.default_rng(seed)
+    b = 0.05
+    x = rng.laplace(0.0, b, n)
+    k = max(1, n // 10_000)
+    where = rng.choice(n, k, replace=False)
+    x[where] = rng.choice([-1.0, 1.0], k) * rng.uniform(30.0, 60.0, k) * b
+    return x.astype(np.float32)
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """(median, best) seconds of ``repeats`` calls after one warm-up call."""
+    fn()  # warm-up: caches, page faults, lazy allocations
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def _first_call_seconds() -> float:
+    """Time of the first compress + decompress + accumulate in this process (JIT or cache)."""
+    from tenfold.codec import EntropyAdaptive, Fixed, accumulate, compress, decompress
+
+    t0 = time.perf_counter()
+    x = make_data(4096, seed=1)
+    for policy in (EntropyAdaptive(), Fixed(8), Fixed(20)):
+        blob = compress({"w": x}, policy)
+        decompress(blob)
+        accumulate(blob, {"w": np.zeros_like(x)})
+    return time.perf_counter() - t0
+
+
+def _policy_figures(
+    x: np.ndarray, policy: Any, repeats: int, zstd_c: float, zstd_d: float, zstd_bytes: int
+) -> dict[str, Any]:
+    from tenfold.codec import accumulate, compress, decompress, inspect
+
+    tensors = {"w": x}
+    mb = x.nbytes / _MB
+    blob = compress(tensors, policy)
+    acc = {"w": np.zeros_like(x)}
+    t_c, best_c = _timed(lambda: compress(tensors, policy), repeats)
+    t_d, best_d = _timed(lambda: decompress(blob), repeats)
+    t_a, best_a = _timed(lambda: accumulate(blob, acc), repeats)
+    info = inspect(blob)
+    (t,) = info.tensors
+    c_speed, d_speed = mb / t_c, mb / t_d
+    return {
+        "policy": policy.get_config(),
+        "bytes": len(blob),
+        "bits_per_param": info.bits_per_param,
+        "N": t.bits,
+        "entropy_estimate": t.entropy,
+        "mode": t.mode,
+        "compress_MBps": c_speed,
+        "decompress_MBps": d_speed,
+        "accumulate_MBps": mb / t_a,
+        "best_MBps": {
+            "compress": mb / best_c,
+            "decompress": mb / best_d,
+            "accumulate": mb / best_a,
+        },
+        "compress_Mvalues_per_s": x.size / t_c / 1e6,
+        "decompress_Mvalues_per_s": x.size / t_d / 1e6,
+        "vs_zstd3": {
+            "compress_speed_ratio": c_speed / zstd_c,
+            "decompress_speed_ratio": d_speed / zstd_d,
+            "size_ratio": zstd_bytes / len(blob),
+            "targets": {"compress_3x": 3.0, "decompress_2x": 2.0, "size_8x": 8.0},
+            "met": {
+                "compress_3x": c_speed / zstd_c >= 3.0,
+                "decompress_2x": d_speed / zstd_d >= 2.0,
+                "size_8x": zstd_bytes / len(blob) >= 8.0,
+            },
+        },
+    }
+
+
+def _size_figures(n: int, repeats: int, seed: int) -> dict[str, Any]:
+    import zstandard
+
+    from tenfold.codec import EntropyAdaptive, Fixed
+    from tenfold.codec.quantize import Quantizer, quantize
+
+    x = make_data(n, seed)
+    raw = x.tobytes()
+    mb = len(raw) / _MB
+    zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    zd = zstandard.ZstdDecompressor()
+    zblob = zc.compress(raw)
+    t_zc, best_zc = _timed(lambda: zc.compress(raw), repeats)
+    t_zd, best_zd = _timed(lambda: zd.decompress(zblob), repeats)
+    cast_s, _ = _timed(lambda: x.astype(np.float16), repeats)
+    zstd_c, zstd_d = mb / t_zc, mb / t_zd
+    # Fixed(8)'s bin indices (the codec's own quantizer) as uint8, then zstd-3
+    idx = quantize(x, Quantizer.for_range(float(x.min()), float(x.max()), 8))
+    idx_blob = zc.compress(idx.astype(np.uint8).tobytes())
+    return {
+        "n": n,
+        "input_bytes": len(raw),
+        "zstd3": {
+            "bytes": len(zblob),
+            "bits_per_param": 8 * len(zblob) / n,
+            "compress_MBps": zstd_c,
+            "decompress_MBps": zstd_d,
+            "best_MBps": {"compress": mb / best_zc, "decompress": mb / best_zd},
+        },
+        "float16": {"bytes": 2 * n, "bits_per_param": 16.0, "cast_MBps": mb / cast_s},
+        "fixed8_indices_zstd3": {"bytes": len(idx_blob), "bits_per_param": 8 * len(idx_blob) / n},
+        "tenfold": {
+            "entropy_c6_M4": _policy_figures(
+                x, EntropyAdaptive(c=6, M=4), repeats, zstd_c, zstd_d, len(zblob)
+            ),
+            "fixed8": _policy_figures(x, Fixed(8), repeats, zstd_c, zstd_d, len(zblob)),
+        },
+    }
+
+
+def run_benchmark(
+    sizes: Sequence[int] = (1_000_000, 10_000_000),
+    *,
+    repeats: int = 5,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the codec benchmark and return its figures as a JSON-safe dict.
+
+    Args:
+        sizes: tensor sizes in values (float32).
+        repeats: timed runs per figure (the median is reported), after one warm-up.
+        seed: data seed.
+        progress: called with a short message before each size (e.g. ``print`` to stderr).
+    """
+    import numba
+    import zstandard
+
+    first_call = _first_call_seconds()
+    results = []
+    for n in sizes:
+        if progress is not None:
+            progress(f"benchmarking {n:,} values")
+        results.append(_size_figures(int(n), repeats, seed))
+    return {
+        "benchmark": "tenfold codec vs zstd-3 / float16, single thread",
+        "data": DISTRIBUTION,
+        "repeats": repeats,
+        "statistic": (
+            "MB/s of float32 input (1 MB = 1e6 B): median of repeats after one warm-up "
+            "(best_MBps: the fastest repeat); ratios use medians"
+        ),
+        "numba_first_call_seconds": first_call,
+        "numba_first_call_note": (
+            "first compress+decompress+accumulate in this process: JIT compilation when "
+            "numba's on-disk cache (cache=True) is cold, only loading it otherwise"
+        ),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+            "zstandard": zstandard.__version__,
+        },
+        "sizes": results,
+    }

@@ -1,0 +1,69 @@
+"""tenfold.codec: named float tensors <-> one small, self-describing packet.
+
+The codec contract (written down once; everything else in the package follows it):
+
+* ``compress(tensors, policy, *, grad_rms=None) -> bytes`` takes a mapping of unique ``str``
+  names to float16/float32/float64 arrays (numpy, or CPU torch tensors by duck typing: torch
+  is never imported here), any shape including 0-d and empty, and returns ONE packet. NaN or
+  Inf values raise ``ValueError`` naming the tensor; other dtypes raise ``TypeError``.
+* Per tensor (paper Alg. 1, with DESIGN.md's errata): ``w_min``, ``w_max``; the policy picks
+  N bits (:class:`EntropyAdaptive`: ``N = ceil(H + c)``, H the entropy in bits of an M-bit
+  quantization of a seeded sample of a fraction F); values are binned with
+  ``i = floor(2**N (w - w_min) / (w_max - w_min))`` clamped to ``[0, 2**N - 1]`` and coded
+  with a canonical, length-limited Huffman code in four interleaved streams; the packet
+  carries code *lengths*, not probabilities. When plain N-bit packing or the raw values are
+  smaller, that mode is used instead (recorded per tensor); constant tensors send one value.
+* ``decompress(blob, *, max_output_bytes) -> dict[str, np.ndarray]`` returns the same
+  names, shapes, dtypes and order. Decoded values are ``w_min + (i + 0.5) Δ`` (clamped to
+  the range), so ``|w - w_hat| <= (w_max - w_min) / 2**(N + 1)`` plus the output dtype's
+  rounding; constant, raw and empty tensors decode exactly.
+* Any bytes given to ``decompress``, ``inspect`` or ``accumulate`` either decode correctly
+  or raise :class:`CorruptPacketError` (a ``ValueError``) saying what is wrong: the CRC32
+  and every header field are checked, and declared sizes are validated against the blob
+  length and ``max_output_bytes`` before anything is allocated or any kernel runs.
+* ``accumulate(blob, out)`` adds a packet into float32/float64 accumulators in place with a
+  fused decode-and-add, bit-equal to ``out[k] += decompress(blob)[k]``; a packet describing
+  other tensors raises :class:`PacketMismatchError` naming the first offending one.
+* ``inspect(blob) -> PacketInfo``: sizes, N, range, entropy and mode per tensor. Bits per
+  parameter is always ``8 * len(packet) / values``: headers, tables, padding, CRC included.
+* Same inputs and policy (seed included) give identical bytes. Policies are frozen
+  dataclasses with JSON-safe ``get_config()`` / ``Policy.from_config()``.
+
+The wire format is specified byte by byte in ``docs/FORMAT.md``.
+
+Example:
+    >>> import numpy as np
+    >>> from tenfold.codec import compress, decompress, inspect, EntropyAdaptive
+    >>> w = np.random.default_rng(0).laplace(0, 0.05, (392, 784)).astype(np.float32)
+    >>> blob = compress({"fc1.weight": w}, EntropyAdaptive(F=0.03, M=4, c=6, seed=0))
+    >>> info = inspect(blob)
+    >>> info.tensors[0].mode, info.bits_per_param < 8
+    ('huffman', True)
+    >>> decompress(blob)["fc1.weight"].shape
+    (392, 784)
+"""
+
+from __future__ import annotations
+
+from tenfold.codec.api import accumulate, compress, decompress, inspect
+from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
+from tenfold.codec.packet import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, PacketInfo, TensorInfo
+from tenfold.codec.policy import EntropyAdaptive, Fixed, GradientRMS, Lossless, Policy
+
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "FORMAT_VERSION",
+    "CorruptPacketError",
+    "EntropyAdaptive",
+    "Fixed",
+    "GradientRMS",
+    "Lossless",
+    "PacketInfo",
+    "PacketMismatchError",
+    "Policy",
+    "TensorInfo",
+    "accumulate",
+    "compress",
+    "decompress",
+    "inspect",
+]

@@ -1,0 +1,422 @@
+"""The public functions: compress, decompress, inspect, accumulate.
+
+See the package docstring (``tenfold.codec``) for the contract and docs/FORMAT.md for the
+bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tenfold.codec import bitpack, huffman
+from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
+from tenfold.codec.packet import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    MODE_BITPACK,
+    MODE_CONSTANT,
+    MODE_HUFFMAN,
+    MODE_RAW,
+    PacketInfo,
+    Record,
+    encode_record_header,
+    finish_packet,
+    packet_header,
+    parse,
+    varint,
+)
+from tenfold.codec.policy import EntropyAdaptive, Policy
+from tenfold.codec.quantize import (
+    Quantizer,
+    dequantization_lut,
+    finite_min_max,
+    kernel_view,
+    quantize,
+    quantize_histogram,
+)
+
+__all__ = ["accumulate", "compress", "decompress", "inspect"]
+
+#: LUTs beyond 2**16 entries would outgrow the tensors they decode: compute per value.
+_MAX_LUT_BITS = 16
+
+ArrayLike = Any  # numpy array, CPU torch tensor, or anything np.asarray accepts
+
+
+# ---- inputs -----------------------------------------------------------------------------
+
+
+def _as_float_array(name: str, value: ArrayLike) -> np.ndarray:
+    """A native-endian float16/32/64 numpy array for one input tensor (no torch import)."""
+    if hasattr(value, "detach"):  # a torch tensor, by duck typing
+        if "bfloat16" in str(getattr(value, "dtype", "")):
+            raise TypeError(
+                f"tensor {name!r} is bfloat16, which has no numpy equivalent; "
+                "convert it with .float() first"
+            )
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
+        raise TypeError(
+            f"tensor {name!r} has dtype {arr.dtype}; tenfold codes float16, float32 and float64"
+        )
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _as_packet_bytes(blob: Any) -> np.ndarray:
+    """The packet as a 1-D uint8 array (a view when possible)."""
+    if hasattr(blob, "detach") and not isinstance(blob, np.ndarray):
+        blob = blob.detach().cpu().numpy()
+    if isinstance(blob, np.ndarray):
+        if blob.dtype != np.uint8:
+            raise TypeError(f"a packet array must have dtype uint8, got {blob.dtype}")
+        return np.ascontiguousarray(blob).reshape(-1)
+    if isinstance(blob, (bytes, bytearray, memoryview)):
+        try:
+            mv = memoryview(blob).cast("B")
+        except TypeError as exc:  # non-contiguous memoryview
+            raise TypeError(f"a packet memoryview must be C-contiguous ({exc})") from None
+        return np.frombuffer(mv, dtype=np.uint8)
+    raise TypeError(
+        f"a packet must be bytes, bytearray, memoryview or a uint8 array, got {type(blob)!r}"
+    )
+
+
+def _check_max_output(max_output_bytes: int) -> int:
+    if isinstance(max_output_bytes, bool) or not isinstance(max_output_bytes, int):
+        raise TypeError("max_output_bytes must be an int")
+    if max_output_bytes < 0:
+        raise ValueError("max_output_bytes must be >= 0")
+    return max_output_bytes
+
+
+# ---- compress ---------------------------------------------------------------------------
+
+
+def compress(
+    tensors: Mapping[str, ArrayLike],
+    policy: Policy = EntropyAdaptive(),  # noqa: B008 - frozen, immutable default
+    *,
+    grad_rms: Mapping[str, float] | None = None,
+) -> bytes:
+    """Code named float tensors into one self-describing packet (paper Alg. 1).
+
+    Args:
+        tensors: name -> numpy array or CPU torch tensor (float16/32/64, any shape,
+            0-d and empty included). Names are unique strings; order is kept.
+        policy: how many bits each tensor gets (:class:`EntropyAdaptive` by default).
+        grad_rms: per-tensor RMS gradient G, required by :class:`GradientRMS`.
+
+    Returns:
+        The packet (bytes). ``8 * len(packet) / total values`` is the true bits/param.
+
+    Raises:
+        TypeError: non-mapping input, non-str names, non-float dtypes (bfloat16 included).
+        ValueError: NaN/Inf values (message names the tensor), bad policy inputs.
+
+    Example:
+        >>> import numpy as np, tenfold
+        >>> w = np.linspace(-1, 1, 1000, dtype=np.float32)
+        >>> blob = compress({"w": w}, tenfold.Fixed(8))
+        >>> out = decompress(blob)["w"]
+        >>> bool(np.abs(out - w).max() <= 2 / 2**9 + 1e-6)
+        True
+    """
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of name -> array, got {type(tensors)!r}")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a tenfold policy (e.g. Fixed(8)), got {policy!r}")
+    parts: list[bytes | np.ndarray] = [packet_header(len(tensors))]
+    seen: set[str] = set()
+    for position, (name, value) in enumerate(tensors.items()):
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, got {name!r} ({type(name).__name__})")
+        if name in seen:  # a plain dict cannot repeat a key; a custom Mapping might
+            raise ValueError(f"duplicate tensor name {name!r}")
+        seen.add(name)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"tensor name {name!r} is not encodable as UTF-8") from None
+        arr = _as_float_array(name, value)
+        parts += _encode_tensor(name, arr, policy, position, grad_rms)
+    return finish_packet(parts)
+
+
+def _encode_tensor(
+    name: str,
+    arr: np.ndarray,
+    policy: Policy,
+    position: int,
+    grad_rms: Mapping[str, float] | None,
+) -> list[bytes | np.ndarray]:
+    dtype = arr.dtype
+    shape = arr.shape
+    n = arr.size
+    width = 8 * dtype.itemsize
+    common: dict[str, Any] = {"name": name, "dtype": dtype, "shape": shape}
+    if n == 0:
+        header = encode_record_header(
+            **common, mode=MODE_RAW, bits=width, entropy=None, w_min=0.0, w_max=0.0
+        )
+        return [header]
+    x = kernel_view(arr)
+    w_min, w_max, finite = finite_min_max(x)
+    if not finite:
+        raise ValueError(f"tensor {name!r} contains NaN or Inf; refusing to code it")
+    if policy.lossless:
+        return _raw_record(common, arr, width, None, w_min, w_max)
+    if w_min == w_max:
+        header = encode_record_header(
+            **common, mode=MODE_CONSTANT, bits=0, entropy=None, w_min=w_min, w_max=w_max
+        )
+        return [header]
+    bits, entropy = policy.choose_bits(
+        x, w_min, w_max, name=name, position=position, grad_rms=grad_rms
+    )
+    # a custom Policy subclass must not be able to write an unreadable packet
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 24:
+        raise ValueError(f"{policy!r} chose bits={bits!r} for {name!r}; need an int in [1, 24]")
+    if entropy is not None and not 0.0 <= float(entropy) <= 24.0:
+        raise ValueError(f"{policy!r} returned entropy {entropy!r} for {name!r}; need [0, 24]")
+    bits = int(bits)
+    q = Quantizer.for_range(w_min, w_max, bits)
+
+    # Candidate sizes (payload + mode-specific header bytes); the smallest wins, ties go to
+    # the simplest mode (raw, then bitpack, then huffman).
+    raw_size = n * dtype.itemsize
+    best_mode, best_size = MODE_RAW, raw_size
+    if bits < width:
+        pack_size = bitpack.packed_nbytes(n, bits)
+        if pack_size < best_size:
+            best_mode, best_size = MODE_BITPACK, pack_size
+    huff: tuple[np.ndarray, bytes, np.ndarray] | None = None
+    if bits <= 16:
+        idx, hist = quantize_histogram(x, q)
+        total = hist.sum(axis=0)
+        limit = huffman.length_limit(int(np.count_nonzero(total)))
+        if limit is not None:
+            lengths = huffman.code_lengths(total, limit)
+            sizes = (huffman.stream_bits(hist, lengths) + 7) // 8
+            table = huffman.pack_lengths(lengths)
+            huff_size = (
+                len(varint(len(table)))
+                + len(table)
+                + sum(len(varint(int(s))) for s in sizes)
+                + int(sizes.sum())
+            )
+            if huff_size < best_size:
+                best_mode, best_size = MODE_HUFFMAN, huff_size
+                huff = (lengths, table, sizes)
+    elif best_mode == MODE_BITPACK:
+        idx = quantize(x, q)
+
+    if best_mode == MODE_RAW:
+        return _raw_record(common, arr, width, entropy, w_min, w_max)
+    if best_mode == MODE_BITPACK:
+        header = encode_record_header(
+            **common, mode=MODE_BITPACK, bits=bits, entropy=entropy, w_min=w_min, w_max=w_max
+        )
+        return [header, bitpack.encode(idx, bits)]
+    assert huff is not None
+    lengths, table, sizes = huff
+    header = encode_record_header(
+        **common,
+        mode=MODE_HUFFMAN,
+        bits=bits,
+        entropy=entropy,
+        w_min=w_min,
+        w_max=w_max,
+        table=table,
+        stream_nbytes=[int(s) for s in sizes],
+    )
+    return [header, *huffman.encode(idx, lengths, sizes)]
+
+
+def _raw_record(
+    common: dict[str, Any],
+    arr: np.ndarray,
+    width: int,
+    entropy: float | None,
+    w_min: float,
+    w_max: float,
+) -> list[bytes | np.ndarray]:
+    header = encode_record_header(
+        **common, mode=MODE_RAW, bits=width, entropy=entropy, w_min=w_min, w_max=w_max
+    )
+    values = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(-1)
+    return [header, values.view(np.uint8)]
+
+
+# ---- decode -----------------------------------------------------------------------------
+
+
+def _decode_record(data: np.ndarray, rec: Record, out: np.ndarray, *, add: bool) -> None:
+    """Decode one record into the 1-D ``out`` (its dtype), or add it into ``out``."""
+    info = rec.info
+    n = info.num_values
+    if n == 0:
+        return
+    if rec.mode == MODE_CONSTANT:
+        value = rec.dtype.type(info.w_min)
+        if add:
+            out += value
+        else:
+            out[...] = value
+        return
+    if rec.mode == MODE_RAW:
+        values = np.frombuffer(data, dtype=rec.dtype, count=n, offset=rec.payload_start)
+        lo, hi, finite = finite_min_max(values)
+        if not finite or lo != info.w_min or hi != info.w_max:
+            raise CorruptPacketError(
+                f"tensor {info.name!r}: raw values span [{lo}, {hi}], header says "
+                f"[{info.w_min}, {info.w_max}]"
+            )
+        if add:
+            out += values
+        else:
+            out[...] = values
+        return
+    q = rec.quantizer
+    # float16 outputs are written as their uint16 bit patterns (numba has no float16 loads
+    # and stores); decode-only, since accumulators are float32/float64.
+    target = out.view(np.uint16) if out.dtype == np.float16 else out
+    lut: np.ndarray | None = None
+    if info.bits <= _MAX_LUT_BITS:
+        lut = dequantization_lut(q, out.dtype)
+        if out.dtype == np.float16:
+            lut = lut.view(np.uint16)
+    if rec.mode == MODE_BITPACK:
+        ok = bitpack.decode(data, rec.payload_start, rec.payload_end, q, lut, target, add=add)
+        if not ok:
+            raise CorruptPacketError(f"tensor {info.name!r}: bit-packed payload has bad padding")
+        return
+    assert rec.lengths is not None and lut is not None
+    assert rec.stream_starts is not None and rec.stream_ends is not None
+    table = huffman.build_decode_table(rec.lengths, lut)
+    status = huffman.decode(data, rec.stream_starts, rec.stream_ends, table, target, add=add)
+    if status:
+        raise CorruptPacketError(
+            f"tensor {info.name!r}: Huffman stream {status - 1} does not decode to exactly "
+            f"its declared size (corrupt payload)"
+        )
+
+
+def decompress(
+    blob: bytes | bytearray | memoryview | np.ndarray,
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> dict[str, np.ndarray]:
+    """Decode a packet (paper Alg. 2) into ``{name: array}``: same names, shapes, dtypes, order.
+
+    Args:
+        blob: the packet (bytes-like or a uint8 array).
+        max_output_bytes: refuse packets whose tensors would need more memory than this
+            (checked from the header, before any allocation).
+
+    Raises:
+        CorruptPacketError: the bytes are not a valid packet (the message says why).
+        TypeError: ``blob`` is not bytes-like.
+    """
+    data = _as_packet_bytes(blob)
+    packet = parse(data, _check_max_output(max_output_bytes))
+    result: dict[str, np.ndarray] = {}
+    for rec in packet.records:
+        out = np.empty(rec.info.num_values, dtype=rec.dtype.newbyteorder("="))
+        _decode_record(data, rec, out, add=False)
+        result[rec.info.name] = out.reshape(rec.info.shape)
+    return result
+
+
+def inspect(
+    blob: bytes | bytearray | memoryview | np.ndarray,
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> PacketInfo:
+    """Describe a packet without decoding its payloads.
+
+    Checks the checksum and every header field (as ``decompress`` does) but not the
+    Huffman streams' contents, so it costs a CRC pass plus microseconds per tensor.
+
+    Raises:
+        CorruptPacketError: the bytes are not a valid packet.
+    """
+    return parse(_as_packet_bytes(blob), _check_max_output(max_output_bytes)).info
+
+
+def accumulate(
+    blob: bytes | bytearray | memoryview | np.ndarray,
+    out: Mapping[str, np.ndarray],
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> PacketInfo:
+    """Add a packet's decoded tensors into ``out`` in place (fused decode-and-add).
+
+    ``acc = zeros; for blob in blobs: accumulate(blob, acc)`` is deterministic and bit-equal
+    to ``acc[name] += decompress(blob)[name]`` in the same order, without a temporary
+    full-size array.
+
+    Args:
+        blob: the packet.
+        out: name -> float32/float64 C-contiguous writeable array; names, order, shapes and
+            dtypes must equal the packet's.
+        max_output_bytes: as for :func:`decompress`.
+
+    Returns:
+        The packet's :class:`PacketInfo`.
+
+    Raises:
+        CorruptPacketError: invalid bytes. The header is fully validated (checksum
+            included) before anything is added; only a payload that is corrupt *under a
+            valid checksum* (a broken encoder) is found while adding, leaving ``out``
+            partly updated.
+        PacketMismatchError: the packet's tensors differ from ``out``'s (names the first).
+        TypeError / ValueError: ``out`` holds unsupported arrays.
+    """
+    if not isinstance(out, Mapping):
+        raise TypeError(f"out must be a mapping of name -> array, got {type(out)!r}")
+    targets = list(out.items())
+    for name, arr in targets:
+        if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"out[{name!r}] must be a float32 or float64 numpy array")
+        if not (arr.flags.c_contiguous and arr.flags.writeable):
+            raise ValueError(f"out[{name!r}] must be C-contiguous and writeable")
+    data = _as_packet_bytes(blob)
+    packet = parse(data, _check_max_output(max_output_bytes))
+    _check_match(packet.records, targets)
+    for rec, (_, arr) in zip(packet.records, targets, strict=True):
+        _decode_record(data, rec, arr.reshape(-1), add=True)
+    return packet.info
+
+
+def _check_match(records: list[Record], targets: list[tuple[str, np.ndarray]]) -> None:
+    for i, (rec, (name, arr)) in enumerate(zip(records, targets, strict=False)):
+        info = rec.info
+        if info.name != name:
+            raise PacketMismatchError(
+                f"tensor {i}: packet has {info.name!r}, receiver expects {name!r}"
+            )
+        if tuple(arr.shape) != info.shape:
+            raise PacketMismatchError(
+                f"tensor {name!r}: packet shape {info.shape}, receiver shape {tuple(arr.shape)}"
+            )
+        if arr.dtype != rec.dtype:
+            raise PacketMismatchError(
+                f"tensor {name!r}: packet dtype {info.dtype}, receiver dtype {arr.dtype}"
+            )
+    if len(records) != len(targets):
+        if len(records) > len(targets):
+            extra = records[len(targets)].info.name
+            raise PacketMismatchError(
+                f"packet has {len(records)} tensors, receiver {len(targets)}: "
+                f"unexpected tensor {extra!r}"
+            )
+        missing = targets[len(records)][0]
+        raise PacketMismatchError(
+            f"packet has {len(records)} tensors, receiver {len(targets)}: "
+            f"tensor {missing!r} is missing"
+        )

@@ -1,0 +1,95 @@
+"""Regenerate the golden packets that freeze the wire format (run by hand, then commit).
+
+    .venv/bin/python tests/codec/golden/regenerate.py
+
+For each case this writes ``<case>.bin`` (the packet), ``<case>.input.npz`` (the tensors
+compressed), ``<case>.decoded.npz`` (what the packet decodes to) and ``<case>.json`` (the
+policy's config and ``inspect`` output). ``tests/codec/test_golden.py`` compares today's
+codec against these committed bytes: an old packet must keep decoding to the same arrays,
+and the encoder must keep producing the same bytes (change either only with a format
+version bump or a deliberate, reviewed regeneration).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tenfold.codec import EntropyAdaptive, Fixed, GradientRMS, Lossless, Policy, compress, inspect
+
+HERE = Path(__file__).resolve().parent
+
+
+def _weights(seed: int, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.laplace(0.0, 0.05, size=shape)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, max(1, flat.size // 100), replace=False)] *= 15.0
+    return x.astype(dtype)
+
+
+#: case name -> (tensors, policy, grad_rms)
+CASES: dict[str, Callable[[], tuple[dict[str, np.ndarray], Policy, dict[str, float] | None]]] = {
+    "entropy_mlp": lambda: (
+        {
+            "fc1.weight": _weights(1, (24, 40)),
+            "fc1.bias": np.zeros(24, np.float32),
+            "fc2.weight": _weights(2, (10, 24)),
+            "fc2.bias": _weights(3, (10,)),
+            "scale": np.array(0.5, np.float32),
+        },
+        EntropyAdaptive(F=0.03, M=4, c=6, seed=0),
+        None,
+    ),
+    "fixed8_dtypes": lambda: (
+        {
+            "half": _weights(4, (33,), np.float16),
+            "double": _weights(5, (5, 7), np.float64),
+            "empty": np.zeros((0, 3), np.float32),
+        },
+        Fixed(8),
+        None,
+    ),
+    "fixed3_bitpack": lambda: ({"w": _weights(6, (9,))}, Fixed(3), None),
+    "fixed20_bitpack": lambda: ({"w": _weights(7, (50,), np.float64)}, Fixed(20), None),
+    "grad_rms": lambda: (
+        {"a": _weights(8, (64,)), "b": _weights(9, (64,))},
+        GradientRMS(4.0),
+        {"a": 0.0, "b": 7.0},
+    ),
+    "lossless": lambda: (
+        {"w": _weights(10, (3, 4)), "d": np.array([1.0, -2.5], np.float64)},
+        Lossless(),
+        None,
+    ),
+}
+
+
+def build(name: str) -> tuple[dict[str, np.ndarray], Policy, dict[str, float] | None, bytes]:
+    """The case's inputs, policy, grad_rms and the packet today's codec makes from them."""
+    tensors, policy, grad_rms = CASES[name]()
+    return tensors, policy, grad_rms, compress(tensors, policy, grad_rms=grad_rms)
+
+
+def main() -> None:
+    from tenfold.codec import decompress
+
+    for name in CASES:
+        tensors, policy, grad_rms, blob = build(name)
+        (HERE / f"{name}.bin").write_bytes(blob)
+        np.savez(HERE / f"{name}.input.npz", **tensors)
+        np.savez(HERE / f"{name}.decoded.npz", **decompress(blob))
+        meta = {
+            "policy": policy.get_config(),
+            "grad_rms": grad_rms,
+            "info": inspect(blob).as_dict(),
+        }
+        (HERE / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"{name}: {len(blob)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The examples in the codec's docstrings run and print what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "tenfold.codec",
+    "tenfold.codec.api",
+    "tenfold.codec.errors",
+    "tenfold.codec.huffman",
+    "tenfold.codec.packet",
+    "tenfold.codec.policy",
+    "tenfold.codec.quantize",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
+def test_format_doc_example_matches_the_codec() -> None:
+    """docs/FORMAT.md's second worked example, byte for byte."""
+    import numpy as np
+
+    from tenfold.codec import Fixed, compress
+
+    blob = compress({"v": np.array([0, 0.5, 1], np.float32)}, Fixed(2))
+    assert blob.hex(" ").upper() == (
+        "54 46 4C 44 01 01 01 76 02 01 03 02 02 00 00 C0 7F 00 00 00 00 00 00 80 3F 38 6B 6F 90 7E"
+    )

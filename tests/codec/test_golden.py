@@ -1,0 +1,47 @@
+"""Golden packets (tests/codec/golden/) freeze the wire format.
+
+Regenerate only deliberately: ``.venv/bin/python tests/codec/golden/regenerate.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tenfold.codec import Policy, compress, decompress, inspect
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CASES = sorted(p.stem for p in GOLDEN.glob("*.bin"))
+
+
+def test_golden_files_exist() -> None:
+    assert len(CASES) >= 6, "golden packets missing: run tests/codec/golden/regenerate.py"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_packet_decodes_to_the_committed_arrays(case: str) -> None:
+    blob = (GOLDEN / f"{case}.bin").read_bytes()
+    meta = json.loads((GOLDEN / f"{case}.json").read_text())
+    out = decompress(blob)
+    assert list(out) == [t["name"] for t in meta["info"]["tensors"]]
+    with np.load(GOLDEN / f"{case}.decoded.npz") as expected:
+        for name, arr in out.items():
+            want = expected[name]
+            assert arr.dtype == want.dtype and arr.shape == want.shape
+            assert arr.tobytes() == want.tobytes(), name
+    assert json.loads(json.dumps(inspect(blob).as_dict())) == meta["info"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_encoder_still_produces_the_golden_bytes(case: str) -> None:
+    blob = (GOLDEN / f"{case}.bin").read_bytes()
+    meta = json.loads((GOLDEN / f"{case}.json").read_text())
+    with np.load(GOLDEN / f"{case}.input.npz") as inputs:
+        tensors = {name: inputs[name] for name in inputs.files}
+    # npz keeps insertion order; the packet's order is the reference
+    tensors = {t["name"]: tensors[t["name"]] for t in meta["info"]["tensors"]}
+    policy = Policy.from_config(meta["policy"])
+    assert compress(tensors, policy, grad_rms=meta["grad_rms"]) == blob
