@@ -24,7 +24,7 @@ data:
 
 ## The main job: 5 workers train the paper's network on Fashion-MNIST with compressed weight averaging.
 train: setup data
-	$(VENV)/bin/tenfold train --out runs/quickstart $(ARGS)
+	$(VENV)/bin/tenfold train --out runs/quickstart --overwrite $(ARGS)
 
 ## The test suite, as CI runs it: lint, types, then every test not marked slow.
 test: setup

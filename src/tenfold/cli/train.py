@@ -1,0 +1,417 @@
+"""``tenfold train``: the paper's data-parallel training with compressed weight averaging.
+
+The same options work for ``python -m tenfold.train`` and, one process per rank, under
+``torchrun --nproc_per_node=K -m tenfold.train ...`` (rank and world size from torchrun's
+environment; ``--workers`` defaults to the world size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tenfold.train.config import TrainConfig
+
+__all__ = ["add_arguments", "add_parser", "config_from_args", "run"]
+
+DESCRIPTION = """\
+Train the paper's 784-392-50-10 tanh network with K data-parallel workers, each on its own
+shard of the data. After every local epoch (or every --sync-every steps) the workers exchange
+their weights as tenfold packets over torch.distributed (gloo) and all continue from the same
+averaged weights. Prints a progress bar and, per synchronisation, one line: epoch, test
+accuracy and loss, bits/param as sent, N per layer, bytes on the wire. Writes config.json,
+metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out.
+"""
+
+EPILOG = """\
+examples:
+  tenfold train                                    # 5 workers, Fashion-MNIST, EntropyAdaptive
+  tenfold train --policy fixed --bits 8 --epochs 20 --out runs/fixed8
+  tenfold train --policy lossless --workers 2      # the uncompressed baseline
+  tenfold train --dataset mnist --data ~/mnist     # the paper's data, from a directory
+  tenfold train --simulate                         # all workers in this process, same weights
+  torchrun --standalone --nproc_per_node=4 -m tenfold.train --epochs 5 --out runs/tr
+
+exit codes: 0 done, 1 the run failed (a rank died, diverged, timed out), 2 bad option or data.
+"""
+
+POLICIES = ("entropy", "fixed", "gradient-rms", "lossless")
+
+#: --c1 when not given: the bit floor of GradientRMS. log2(G + 1) is ~0 for the small
+#: gradients of a trained network, so N ~ c1; 8 bits is where the paper's Fig. 1 recovers
+#: the uncompressed accuracy.
+DEFAULT_C1 = 8.0
+
+# Which policy each policy parameter belongs to (used to reject a stray --bits etc.).
+_POLICY_PARAMS = {
+    "bits": "fixed",
+    "F": "entropy",
+    "M": "entropy",
+    "c": "entropy",
+    "c1": "gradient-rms",
+    "c0": "gradient-rms",
+}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``tenfold train``."""
+    p = subparsers.add_parser(
+        "train",
+        help="train with K workers and compressed weight averaging",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add every ``tenfold train`` option to ``p`` (shared with ``python -m tenfold.train``)."""
+    from tenfold.train.config import DATASETS, INITS, TrainConfig
+
+    d = TrainConfig.__dataclass_fields__  # defaults shown in --help come from the config
+
+    def default(name: str) -> Any:
+        return d[name].default
+
+    g = p.add_argument_group("workers and synchronisation")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"data-parallel workers (ranks); default {default('workers')} (the paper's), "
+        "or the world size under torchrun",
+    )
+    g.add_argument(
+        "--sync-every",
+        type=int,
+        default=default("sync_every"),
+        metavar="STEPS",
+        help="average every STEPS local mini-batch steps; 0 (default) = after every epoch",
+    )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=default("timeout_s"),
+        metavar="SECONDS",
+        help="process-group timeout: a dead or stuck rank ends the run with an error after "
+        "at most this long (default %(default)s)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=default("threads"),
+        help="torch threads per rank (default %(default)s: ranks share the cores)",
+    )
+    g.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run all K workers in this one process with the simulated averager "
+        "(bit for bit the same weights; no torch.distributed)",
+    )
+
+    g = p.add_argument_group("compression policy (how each rank codes its weights)")
+    g.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="entropy",
+        help="entropy: N = ceil(H + c), H estimated per layer (paper Alg. 1; default); "
+        "fixed: N = --bits; gradient-rms: N from the gradient RMS (paper §3.2); "
+        "lossless: raw float32 (the uncompressed baseline)",
+    )
+    g.add_argument("--bits", type=int, default=None, help="fixed: bits per weight (default 8)")
+    g.add_argument(
+        "--F",
+        "--sample-rate",
+        dest="F",
+        type=float,
+        default=None,
+        help="entropy: fraction of weights sampled for the entropy estimate (default 0.03)",
+    )
+    g.add_argument(
+        "--M",
+        type=int,
+        default=None,
+        help="entropy: bits of the preliminary quantizer for the estimate (default 4)",
+    )
+    g.add_argument(
+        "--c", type=float, default=None, help="entropy: floor in bits, N = ceil(H + c) (default 6)"
+    )
+    g.add_argument(
+        "--c1",
+        type=float,
+        default=None,
+        help=f"gradient-rms: bit floor c1 in N = ceil(log2(G + c0) + c1) (default {DEFAULT_C1:g})",
+    )
+    g.add_argument(
+        "--c0",
+        type=float,
+        default=None,
+        help="gradient-rms: offset c0 > 0 (default 1, the paper's)",
+    )
+
+    g = p.add_argument_group("training (the paper leaves these open; see TrainConfig)")
+    g.add_argument(
+        "--epochs", type=int, default=default("epochs"), help="local epochs (default %(default)s)"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=default("batch_size"),
+        help="mini-batch size per worker (default %(default)s)",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=default("lr"),
+        help="initial learning rate (default %(default)s)",
+    )
+    g.add_argument(
+        "--lr-decay",
+        type=float,
+        default=default("lr_decay"),
+        help="learning-rate factor per epoch, in (0, 1] (default %(default)s)",
+    )
+    g.add_argument(
+        "--l1",
+        type=float,
+        default=default("l1"),
+        help="L1 coefficient on the weight matrices (default %(default)s)",
+    )
+    g.add_argument(
+        "--init",
+        choices=INITS,
+        default=default("init"),
+        help="weight initialisation (default %(default)s)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=default("seed"),
+        help="seeds weights, shard split, shuffling and the codec's sampling (default %(default)s)",
+    )
+
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=default("dataset"),
+        help="fashion-mnist (default; Debian's dataset-fashion-mnist, the user cache, or a "
+        "download) or mnist (the user cache or a download); downloads are SHA-256 checked",
+    )
+    g.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="a directory with the four MNIST-format IDX files (.gz or raw) instead",
+    )
+    g.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+
+    g = p.add_argument_group("evaluation and output")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=default("eval_every"),
+        metavar="SYNCS",
+        help="evaluate on the test set every SYNCS synchronisations, and after the last "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=default("eval_batch_size"),
+        help="test-set batch size (default %(default)s)",
+    )
+    g.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run directory (default runs/train-<date>-<time>)",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="reuse an --out directory that holds a run"
+    )
+    g.add_argument(
+        "--quiet", action="store_true", help="no progress bar or per-sync lines; summary only"
+    )
+
+
+def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
+    import tenfold
+    from tenfold.codec.policy import Policy
+
+    for param, owner in _POLICY_PARAMS.items():
+        if getattr(args, param) is not None and args.policy != owner:
+            flag = "--F/--sample-rate" if param == "F" else f"--{param}"
+            raise ValueError(f"{flag} applies to --policy {owner}, not --policy {args.policy}")
+    policy: Policy
+    if args.policy == "entropy":
+        kwargs = {k: getattr(args, k) for k in ("F", "M", "c") if getattr(args, k) is not None}
+        policy = tenfold.EntropyAdaptive(**kwargs, seed=args.seed)
+    elif args.policy == "fixed":
+        policy = tenfold.Fixed(8 if args.bits is None else args.bits)
+    elif args.policy == "gradient-rms":
+        c0 = {} if args.c0 is None else {"c0": args.c0}
+        policy = tenfold.GradientRMS(DEFAULT_C1 if args.c1 is None else args.c1, **c0)
+    else:
+        policy = tenfold.Lossless()
+    return dict(policy.get_config())
+
+
+def config_from_args(args: argparse.Namespace, *, world_size: int | None = None) -> TrainConfig:
+    """The :class:`~tenfold.train.config.TrainConfig` the options describe.
+
+    Raises:
+        ValueError: a bad value (the message names the option or field).
+    """
+    from tenfold.train.config import TrainConfig
+
+    workers = args.workers
+    if world_size is not None:
+        if workers is not None and workers != world_size:
+            raise ValueError(f"--workers {workers} differs from torchrun's world size {world_size}")
+        workers = world_size
+    return TrainConfig(
+        **({} if workers is None else {"workers": workers}),
+        policy=_policy_config(args),
+        sync_every=args.sync_every,
+        timeout_s=args.timeout,
+        threads=args.threads,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_decay=args.lr_decay,
+        l1=args.l1,
+        init=args.init,
+        seed=args.seed,
+        dataset=args.dataset,
+        data_dir=args.data,
+        download=not args.no_download,
+        eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch_size,
+    )
+
+
+def _err(message: str) -> None:
+    print(f"tenfold train: error: {message}", file=sys.stderr)
+
+
+def _describe_policy(policy: Mapping[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in policy.items() if k not in ("id", "seed"))
+    return f"{policy.get('id', '?')}({params})"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tenfold train``; returns the exit code."""
+    from tenfold.train.data import DatasetError, find_dataset, load_idx_dir
+    from tenfold.train.launch import RankFailure, spawn_training, torchrun_env, torchrun_main
+
+    env = torchrun_env()
+    lead = env is None or env[0] == 0
+    try:
+        config = config_from_args(args, world_size=None if env is None else env[1])
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    out = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    if (out / "metrics.jsonl").exists() and not args.overwrite:
+        _err(f"{out} already holds a run (metrics.jsonl); pick another --out or pass --overwrite")
+        return 2
+    if out.exists() and not out.is_dir():
+        _err(f"--out {out} exists and is not a directory")
+        return 2
+
+    if env is not None:  # one rank of a torchrun job: torchrun reports which rank failed
+        try:
+            torchrun_main(config, out, progress=not args.quiet)
+        except DatasetError as exc:
+            _err(str(exc))
+            return 2
+        except Exception as exc:
+            _err(f"rank {env[0]}: {type(exc).__name__}: {exc}")
+            return 1
+        if lead:
+            _summary(out)
+        return 0
+
+    try:
+        # Find (or download) and check the data once, here, before starting any rank: bad
+        # input is exit 2, and the ranks then read a known-good directory.
+        data_dir = find_dataset(config.dataset, config.data_dir, download=config.download)
+        data = load_idx_dir(data_dir)
+    except DatasetError as exc:
+        _err(str(exc))
+        return 2
+    if len(data.train_labels) < config.workers:
+        _err(f"{len(data.train_labels)} training images cannot feed {config.workers} workers")
+        return 2
+    config = config.replace(data_dir=str(data_dir))
+    print(
+        f"tenfold train: {config.workers} workers, policy {_describe_policy(config.policy)}, "
+        f"{config.epochs} epochs, sync every "
+        f"{f'{config.sync_every} steps' if config.sync_every else 'epoch'}, "
+        f"{len(data.train_labels)} training images from {data_dir} -> {out}",
+        flush=True,
+    )
+    del data
+    t0 = time.perf_counter()
+    try:
+        if args.simulate:
+            from tenfold.train.loop import run_simulated
+
+            run_simulated(config, run_dir=out, progress=not args.quiet)
+        else:
+            spawn_training(config, out, progress=not args.quiet)
+    except RankFailure as exc:
+        _err(f"the run failed: {exc}")
+        return 1
+    except (RuntimeError, ValueError) as exc:  # --simulate raises in this process
+        _err(f"the run failed: {type(exc).__name__}: {exc}")
+        return 1
+    _summary(out, wall_s=time.perf_counter() - t0)
+    return 0
+
+
+def _summary(out: Path, wall_s: float | None = None) -> None:
+    """Print the final summary from the run directory's metrics.jsonl."""
+    from tenfold.train.progress import format_bytes
+    from tenfold.train.rundir import read_metrics
+
+    metrics = read_metrics(out)
+    if not metrics:
+        print(f"tenfold train: no synchronisation recorded in {out}")
+        return
+    evaluated = [r for r in metrics if r["test_accuracy"] is not None]
+    last = evaluated[-1] if evaluated else None
+    best = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else None
+    bits = sum(r["bits_per_param"] for r in metrics) / len(metrics)
+    sent = sum(r["bytes_all_ranks"] for r in metrics)
+    raw = sum(4 * r["num_values"] * r["world_size"] for r in metrics)
+    lines = [f"tenfold train: done, {len(metrics)} synchronisations"]
+    if wall_s is not None:
+        lines[0] += f" in {wall_s:.1f} s"
+    if last is not None and best is not None:
+        lines.append(
+            f"  final test accuracy {100 * last['test_accuracy']:.2f}% "
+            f"(loss {last['test_loss']:.4f}); best {100 * best['test_accuracy']:.2f}% at "
+            f"epoch {best['epoch']:g}"
+        )
+    lines.append(
+        f"  mean {bits:.2f} bits/param as sent (float32: 32, {32 / bits:.1f}x less)"
+        if bits
+        else "  nothing sent (one worker)"
+    )
+    lines.append(
+        f"  on the wire: {format_bytes(sent)} of packets from all ranks "
+        f"(float32 would be {format_bytes(raw)})"
+    )
+    lines.append(f"  run directory: {out}{os.sep} (metrics.jsonl, model.safetensors, *.png)")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,545 @@
+"""Synchronous model averaging with compressed weights: every rank ends bit-identical.
+
+The protocol of one synchronisation ("round"), on each of K ranks:
+
+1. check the local tensors are finite (else every rank fails, see below);
+2. compress them into ONE packet with this rank's policy for this round
+   (:func:`round_policy`: the policy's sampling seed is derived from ``(seed, rank, round)``);
+3. exchange packets (:func:`tenfold.dist.exchange.all_gather_bytes`: sizes, then bytes);
+4. decode every rank's packet, its own included, adding it into float32 accumulators
+   (:func:`tenfold.codec.accumulate`, which validates names/shapes/dtypes first) in rank
+   order 0..K-1, divide by K, copy into the parameters in place.
+
+Every rank runs step 4 on the same K packets in the same order with the same kernels, so
+the result is bit-identical on every rank whatever the policy (lossy or not). Nobody keeps
+its own unquantized weights: that is what makes the ranks agree.
+
+:class:`SimulatedAverager` runs the same arithmetic (same functions) for K workers held in
+one process; it produces bit for bit the weights K real ranks would.
+
+A rank whose weights are not finite sends a status instead of a packet size; every rank
+then raises :class:`NonFiniteWeightsError` at the same collective, instead of the healthy
+ones blocking until the timeout.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tenfold.codec import PacketInfo, accumulate, compress
+from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
+from tenfold.dist.exchange import STATUS_NONFINITE, PeerStatusError, all_gather_bytes
+
+__all__ = [
+    "CompressedAverager",
+    "NonFiniteWeightsError",
+    "ParamsLike",
+    "SimulatedAverager",
+    "SyncStats",
+    "TensorStats",
+    "named_tensors",
+    "round_policy",
+]
+
+#: ``model.parameters()``, ``model.named_parameters()``, a list of tensors or of pairs.
+ParamsLike = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+
+#: Any tenfold policy (``tenfold.EntropyAdaptive()``, ``tenfold.Fixed(8)``, ...).
+Policy = Any
+
+
+class NonFiniteWeightsError(PeerStatusError):
+    """Weights were NaN/Inf before a synchronisation (training diverged).
+
+    Raised on every rank (or for the whole simulated group). ``local_tensors`` names the
+    offending tensors of this rank (empty when only peers were affected).
+    """
+
+    def __init__(self, statuses: dict[int, int], local_tensors: Sequence[str] = ()) -> None:
+        super().__init__(statuses)
+        self.local_tensors = tuple(local_tensors)
+        if self.local_tensors:
+            self.args = (
+                f"{self.args[0]} (here: {', '.join(self.local_tensors)}); "
+                "training diverged: lower --lr or check the data",
+            )
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """How one tensor of this rank's packet was coded.
+
+    Attributes:
+        name: the tensor's name (``fc1.weight``, or its position ``"0"`` when unnamed).
+        shape: its shape.
+        num_values: number of values.
+        bits: quantization bits N (the dtype's width when sent raw, e.g. Lossless; 0 for
+            a constant tensor).
+        entropy: the sampled entropy estimate H in bits (EntropyAdaptive only, else None).
+        nbytes: bytes this tensor takes in the packet (its share of the header included,
+            as the codec accounts it).
+        bits_per_param: ``8 * nbytes / num_values`` (inf for an empty tensor).
+        grad_rms: the RMS loss gradient passed in for this tensor, if any.
+        mode: the codec's coding mode: "huffman", "bitpack", "raw" or "constant".
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    num_values: int
+    bits: int
+    entropy: float | None
+    nbytes: int
+    bits_per_param: float
+    grad_rms: float | None
+    mode: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (metrics.jsonl uses ``N`` and ``H`` as in the paper)."""
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "num_values": self.num_values,
+            "N": self.bits,
+            "H": self.entropy,
+            "nbytes": self.nbytes,
+            # inf for an empty tensor; JSON has no inf
+            "bits_per_param": self.bits_per_param if math.isfinite(self.bits_per_param) else None,
+            "grad_rms": self.grad_rms,
+            "mode": self.mode,
+        }
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """What one synchronisation cost this rank (or one simulated worker).
+
+    Attributes:
+        world_size: number of ranks averaged (1: nothing was done).
+        rank: this rank in the group (the worker index when simulated).
+        round: 0-based index of this synchronisation for this averager.
+        bytes_sent: size of this rank's packet in bytes, i.e. what it contributes; the
+            transport's own overhead (8-byte size per rank, padding to the largest packet,
+            the collective algorithm's fan-out) is not included. 0 when not distributed.
+        bytes_received: the sum of the other ranks' packet sizes.
+        packet_bytes: every rank's packet size, in rank order.
+        num_values: number of parameter values averaged.
+        bits_per_param: ``8 * bytes_sent / num_values`` (Huffman-coded, everything counted).
+        quantized_bits_per_param: N averaged over values (before Huffman coding).
+        tensors: per-tensor coding of this rank's packet.
+        encode_seconds: time to compress this rank's packet (s).
+        comm_seconds: time in the two collectives (s); 0 when simulated.
+        decode_seconds: time to decode and sum all K packets, divide, copy back (s).
+    """
+
+    world_size: int
+    rank: int
+    round: int
+    bytes_sent: int
+    bytes_received: int
+    packet_bytes: tuple[int, ...]
+    num_values: int
+    bits_per_param: float
+    quantized_bits_per_param: float
+    tensors: tuple[TensorStats, ...]
+    encode_seconds: float
+    comm_seconds: float
+    decode_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (tensors as a list of dicts)."""
+        return {
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "round": self.round,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "packet_bytes": list(self.packet_bytes),
+            "num_values": self.num_values,
+            "bits_per_param": self.bits_per_param,
+            "quantized_bits_per_param": self.quantized_bits_per_param,
+            "tensors": [t.as_dict() for t in self.tensors],
+            "encode_seconds": self.encode_seconds,
+            "comm_seconds": self.comm_seconds,
+            "decode_seconds": self.decode_seconds,
+        }
+
+
+def named_tensors(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
+    """Normalise ``params`` to ``[(name, tensor), ...]``; unnamed tensors get ``"0"``, ``"1"``...
+
+    Raises:
+        TypeError: for a mix of named and unnamed items, or a non-tensor.
+        ValueError: for duplicate names.
+    """
+    items: list[Any] = list(params)
+    named = [isinstance(item, tuple) for item in items]
+    if any(named) and not all(named):
+        raise TypeError("params: mix of tensors and (name, tensor) pairs")
+    pairs = list(items) if items and named[0] else [(str(i), t) for i, t in enumerate(items)]
+    out: list[tuple[str, torch.Tensor]] = []
+    for name, tensor in pairs:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"params: {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+        out.append((str(name), tensor))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"params: duplicate tensor names in {names}")
+    return out
+
+
+def round_policy(policy: Policy, *, rank: int, round: int) -> Policy:
+    """The policy a rank codes with in a given round: same parameters, derived seed.
+
+    A policy with a ``seed`` in its config (EntropyAdaptive samples weights for its entropy
+    estimate) gets ``seed' = SeedSequence([seed, rank, round])`` so that ranks and rounds
+    draw independent samples, reproducibly. The distributed and the simulated averager both
+    call this function, which is what makes them agree bit for bit. Policies without a seed
+    (or with ``seed=None``) are returned unchanged.
+    """
+    config = policy.get_config()
+    seed = config.get("seed")
+    if seed is None:
+        return policy
+    derived = np.random.SeedSequence([int(seed), rank, round]).generate_state(1, np.uint32)[0]
+    return type(policy).from_config({**config, "seed": int(derived)})
+
+
+# ---- the arithmetic both averagers share ---------------------------------------------------
+
+
+def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor travels and is accumulated in: float64 stays, others float32.
+
+    The codec's accumulators are float32/float64, and a packet's dtype must equal its
+    accumulator's; float16/bfloat16 parameters are therefore coded as float32 (exact) and
+    the mean is rounded back to their dtype when copied in.
+    """
+    if not dtype.is_floating_point:
+        raise TypeError(f"can only average floating-point tensors, got {dtype}")
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _host_arrays(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """CPU numpy views in the wire dtype (copies only for device/non-contiguous/half tensors)."""
+    return {
+        name: t.detach().to("cpu", _wire_dtype(t.dtype)).contiguous().numpy() for name, t in named
+    }
+
+
+def _nonfinite(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]:
+    return [name for name, t in named if not bool(torch.isfinite(t.detach()).all())]
+
+
+def _encode(
+    named: Sequence[tuple[str, torch.Tensor]],
+    policy: Policy,
+    grad_rms: Mapping[str, float] | None,
+) -> tuple[bytes, float]:
+    t0 = time.perf_counter()
+    blob = compress(_host_arrays(named), policy, grad_rms=grad_rms)
+    return blob, time.perf_counter() - t0
+
+
+def _decode_mean(
+    packets: Sequence[Any],
+    named: Sequence[tuple[str, torch.Tensor]],
+) -> tuple[dict[str, np.ndarray], list[PacketInfo]]:
+    """Sum every packet into fresh accumulators in rank order, then divide by K.
+
+    Each packet is validated against the local tensors by ``accumulate`` (names, order,
+    shapes, dtypes). Accumulators are float32 (float64 for float64 tensors).
+    """
+    acc = {
+        name: np.zeros(
+            tuple(t.shape), np.float64 if _wire_dtype(t.dtype) == torch.float64 else np.float32
+        )
+        for name, t in named
+    }
+    infos: list[PacketInfo] = []
+    for rank, packet in enumerate(packets):
+        try:
+            infos.append(accumulate(packet, acc))
+        except PacketMismatchError as exc:
+            raise PacketMismatchError(f"packet from rank {rank} does not match: {exc}") from exc
+        except CorruptPacketError as exc:
+            raise CorruptPacketError(f"packet from rank {rank} is corrupt: {exc}") from exc
+    k = len(packets)
+    for a in acc.values():
+        # In place and in the accumulator's dtype: the same rounding on every rank.
+        np.divide(a, a.dtype.type(k), out=a)
+    return acc, infos
+
+
+def _copy_back(named: Sequence[tuple[str, torch.Tensor]], acc: Mapping[str, np.ndarray]) -> None:
+    with torch.no_grad():
+        for name, t in named:
+            t.copy_(torch.from_numpy(acc[name]))
+
+
+def _stats(
+    *,
+    info: PacketInfo,
+    world_size: int,
+    rank: int,
+    round: int,
+    packet_bytes: Sequence[int],
+    grad_rms: Mapping[str, float] | None,
+    encode_seconds: float,
+    comm_seconds: float,
+    decode_seconds: float,
+) -> SyncStats:
+    tensors = tuple(
+        TensorStats(
+            name=t.name,
+            shape=tuple(t.shape),
+            num_values=int(t.num_values),
+            bits=int(t.bits),
+            entropy=None if t.entropy is None else float(t.entropy),
+            nbytes=int(t.nbytes),
+            bits_per_param=float(t.bits_per_param),
+            grad_rms=None
+            if grad_rms is None or t.name not in grad_rms
+            else float(grad_rms[t.name]),
+            mode=str(t.mode),
+        )
+        for t in info.tensors
+    )
+    n = sum(t.num_values for t in tensors)
+    sent = int(packet_bytes[rank])
+    return SyncStats(
+        world_size=world_size,
+        rank=rank,
+        round=round,
+        bytes_sent=sent,
+        bytes_received=int(sum(packet_bytes)) - sent,
+        packet_bytes=tuple(int(b) for b in packet_bytes),
+        num_values=n,
+        bits_per_param=8.0 * sent / n if n else 0.0,
+        quantized_bits_per_param=sum(t.bits * t.num_values for t in tensors) / n if n else 0.0,
+        tensors=tensors,
+        encode_seconds=encode_seconds,
+        comm_seconds=comm_seconds,
+        decode_seconds=decode_seconds,
+    )
+
+
+def _noop_stats(named: Sequence[tuple[str, torch.Tensor]], *, rank: int, round: int) -> SyncStats:
+    return SyncStats(
+        world_size=1,
+        rank=rank,
+        round=round,
+        bytes_sent=0,
+        bytes_received=0,
+        packet_bytes=(0,),
+        num_values=sum(t.numel() for _, t in named),
+        bits_per_param=0.0,
+        quantized_bits_per_param=0.0,
+        tensors=(),
+        encode_seconds=0.0,
+        comm_seconds=0.0,
+        decode_seconds=0.0,
+    )
+
+
+# ---- the two transports -------------------------------------------------------------------
+
+
+class CompressedAverager:
+    """Average parameters across the ranks of a process group through compressed packets.
+
+    Args:
+        policy: a tenfold policy (``tenfold.EntropyAdaptive()``, ``tenfold.Fixed(8)``,
+            ``tenfold.GradientRMS(c1)``, ``tenfold.Lossless()``); every rank must use the same.
+        process_group: the group to average over (None: the default group).
+
+    Attributes:
+        round: index of the next synchronisation (part of the training state: restore it
+            on resume so the derived sampling seeds continue the same sequence).
+
+    Not distributed (torch.distributed unavailable or not initialised, or a group of one
+    rank): :meth:`average` leaves the tensors untouched and returns stats with
+    ``world_size=1`` and nothing sent.
+
+    Backends: gloo codes and exchanges on the CPU. With NCCL the tensors are copied to the
+    CPU, coded there, the packets are exchanged as CUDA uint8 tensors and the averaged
+    values are copied back to the device (not tested: no GPU on the build machines).
+
+    Example (inside each rank, after ``init_process_group``)::
+
+        avg = CompressedAverager(tenfold.EntropyAdaptive())
+        stats = avg.average(model.named_parameters())
+        stats.bits_per_param, stats.bytes_sent
+    """
+
+    def __init__(self, policy: Policy, process_group: dist.ProcessGroup | None = None) -> None:
+        self.policy = policy
+        self.process_group = process_group
+        self.round = 0
+
+    def _distributed(self) -> bool:
+        return (
+            dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size(self.process_group) > 1
+        )
+
+    def average(
+        self, params: ParamsLike, *, grad_rms: Mapping[str, float] | None = None
+    ) -> SyncStats:
+        """Replace every tensor, in place, by the mean over ranks of the decoded packets.
+
+        Args:
+            params: the tensors, as ``model.parameters()`` or ``model.named_parameters()``
+                (names must then match across ranks: they are in the packet).
+            grad_rms: per-tensor RMS of the loss gradient, keyed by name (required by
+                ``GradientRMS``; recorded in the stats for every policy).
+
+        Returns:
+            This rank's :class:`SyncStats`.
+
+        Raises:
+            NonFiniteWeightsError: on every rank, if any rank's tensors hold NaN/Inf.
+            tenfold.codec.PacketMismatchError: a peer's packet has other tensors (names,
+                shapes or dtypes); the message names the rank and the tensor.
+            tenfold.dist.CommunicationError: a peer died or the group's timeout expired.
+        """
+        named = named_tensors(params)
+        round_ = self.round
+        self.round += 1
+        if not self._distributed():
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            return _noop_stats(named, rank=rank, round=round_)
+
+        group = self.process_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        bad = _nonfinite(named)
+        if bad:
+            try:
+                all_gather_bytes(None, group=group, status=STATUS_NONFINITE)
+            except PeerStatusError as exc:
+                raise NonFiniteWeightsError(exc.statuses, bad) from None
+            raise AssertionError("unreachable: own status was not reported")  # pragma: no cover
+
+        blob, t_encode = _encode(
+            named, round_policy(self.policy, rank=rank, round=round_), grad_rms
+        )
+        try:
+            got = all_gather_bytes(blob, group=group)
+        except PeerStatusError as exc:
+            raise NonFiniteWeightsError(exc.statuses) from None
+        t0 = time.perf_counter()
+        acc, infos = _decode_mean(got.payloads, named)
+        _copy_back(named, acc)
+        t_decode = time.perf_counter() - t0
+        return _stats(
+            info=infos[rank],
+            world_size=world,
+            rank=rank,
+            round=round_,
+            packet_bytes=got.sizes,
+            grad_rms=grad_rms,
+            encode_seconds=t_encode,
+            comm_seconds=got.seconds,
+            decode_seconds=t_decode,
+        )
+
+
+class SimulatedAverager:
+    """K workers in one process, averaged exactly as K ranks of :class:`CompressedAverager`.
+
+    Same per-rank policy seeds (:func:`round_policy`), same packets, same decode-and-sum in
+    worker order, same division: the weights are bit for bit those of a real run with K
+    ranks. Packets are decoded once (every rank would decode the same K packets), and the
+    result copied into every worker's tensors.
+
+    Args:
+        policy: a tenfold policy, as for :class:`CompressedAverager`.
+
+    Attributes:
+        round: index of the next synchronisation (see :class:`CompressedAverager`).
+
+    Example::
+
+        sim = SimulatedAverager(tenfold.EntropyAdaptive())
+        stats = sim.average([m.named_parameters() for m in models])  # one SyncStats each
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.round = 0
+
+    def average(
+        self,
+        workers: Sequence[ParamsLike],
+        *,
+        grad_rms: Sequence[Mapping[str, float] | None] | None = None,
+    ) -> list[SyncStats]:
+        """Average the K workers' tensors in place (K = ``len(workers)``).
+
+        Args:
+            workers: one ``ParamsLike`` per worker, in rank order.
+            grad_rms: one mapping (or None) per worker, as for
+                :meth:`CompressedAverager.average`.
+
+        Returns:
+            One :class:`SyncStats` per worker, as that rank would have reported it
+            (``comm_seconds`` is 0; ``decode_seconds`` is the one shared decode).
+
+        Raises:
+            NonFiniteWeightsError: if any worker's tensors hold NaN/Inf (names the first).
+            tenfold.codec.PacketMismatchError: workers hold different tensors.
+        """
+        named = [named_tensors(p) for p in workers]
+        k = len(named)
+        if grad_rms is not None and len(grad_rms) != k:
+            raise ValueError(f"grad_rms: {len(grad_rms)} mappings for {k} workers")
+        rms = list(grad_rms) if grad_rms is not None else [None] * k
+        round_ = self.round
+        self.round += 1
+        if k <= 1:
+            return [_noop_stats(n, rank=r, round=round_) for r, n in enumerate(named)]
+
+        bad = {r: _nonfinite(n) for r, n in enumerate(named)}
+        bad = {r: names for r, names in bad.items() if names}
+        if bad:
+            first = min(bad)
+            raise NonFiniteWeightsError(
+                {r: STATUS_NONFINITE for r in bad}, [f"worker {first}: {n}" for n in bad[first]]
+            )
+
+        packets: list[bytes] = []
+        t_encode: list[float] = []
+        for r in range(k):
+            blob, seconds = _encode(
+                named[r], round_policy(self.policy, rank=r, round=round_), rms[r]
+            )
+            packets.append(blob)
+            t_encode.append(seconds)
+        t0 = time.perf_counter()
+        acc, infos = _decode_mean(packets, named[0])
+        for n in named:
+            _copy_back(n, acc)
+        t_decode = time.perf_counter() - t0
+        sizes = [len(p) for p in packets]
+        return [
+            _stats(
+                info=infos[r],
+                world_size=k,
+                rank=r,
+                round=round_,
+                packet_bytes=sizes,
+                grad_rms=rms[r],
+                encode_seconds=t_encode[r],
+                comm_seconds=0.0,
+                decode_seconds=t_decode,
+            )
+            for r in range(k)
+        ]

@@ -1,0 +1,340 @@
+"""The training driver: one loop for real ranks and for the simulated group.
+
+    for each round:   every local worker runs its local SGD steps (an epoch, or k steps)
+                      the averaging step (CompressedAverager or SimulatedAverager)
+                      evaluation on the test set (lead process only), one metrics record
+
+A real rank holds one :class:`~tenfold.train.worker.Worker` and a
+:class:`~tenfold.dist.CompressedAverager`; the simulated group holds K workers and a
+:class:`~tenfold.dist.SimulatedAverager`. Everything else is this same code, so the
+simulated run produces bit for bit the weights of the distributed one.
+
+Entry points: :func:`run_simulated` (K workers in this process) and :func:`run_rank` (the
+body of one rank of an initialised process group; :mod:`tenfold.train.launch` starts them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tenfold.dist import CompressedAverager, SimulatedAverager, SyncStats
+from tenfold.dist.exchange import translate_comm_errors
+from tenfold.train.config import TrainConfig
+from tenfold.train.data import IdxDataset, load_dataset
+from tenfold.train.worker import EvalSet, Worker, evaluate, one_hot, shard_indices, to_inputs
+
+__all__ = [
+    "ConfigMismatchError",
+    "Record",
+    "TrainResult",
+    "TrainState",
+    "check_same_config",
+    "make_workers",
+    "run_rank",
+    "run_simulated",
+    "train_loop",
+]
+
+#: One metrics record (one line of metrics.jsonl), see :func:`train_loop`.
+Record = dict[str, Any]
+
+
+class ConfigMismatchError(RuntimeError):
+    """Ranks were started with different configurations (raised on every rank)."""
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue: the one place checkpoint/resume will save.
+
+    (Each worker's :meth:`~tenfold.train.worker.Worker.state_dict` holds its model, RNG
+    and step; add ``averager.round``, ``syncs`` and ``metrics``.)
+
+    Attributes:
+        config: the run's configuration.
+        workers: the workers this process trains (1 per rank; K when simulated).
+        averager: the averaging transport; its ``round`` counter seeds the codec.
+        step: local SGD steps every worker has done.
+        syncs: synchronisations done.
+        metrics: the records so far (filled on the lead process only).
+    """
+
+    config: TrainConfig
+    workers: list[Worker]
+    averager: CompressedAverager | SimulatedAverager
+    step: int = 0
+    syncs: int = 0
+    metrics: list[Record] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Local steps per epoch (equal on every worker: shards have equal sizes)."""
+        return self.workers[0].steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        """Local steps of the whole run."""
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def steps_per_round(self) -> int:
+        """Local steps between two synchronisations."""
+        return self.config.sync_every or self.steps_per_epoch
+
+    @property
+    def total_syncs(self) -> int:
+        """Synchronisations of the whole run (the last round may be shorter)."""
+        return -(-self.total_steps // self.steps_per_round)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run returns: the metrics records and the final state."""
+
+    metrics: list[Record]
+    state: TrainState
+
+
+def make_workers(config: TrainConfig, data: IdxDataset, ranks: list[int]) -> list[Worker]:
+    """Build the workers of ``ranks`` out of ``config.workers``, each on its own shard."""
+    shards = shard_indices(len(data.train_labels), config.workers, config.seed)
+    return [
+        Worker(
+            config,
+            r,
+            to_inputs(data.train_images[shards[r]]),
+            one_hot(data.train_labels[shards[r]]),
+        )
+        for r in ranks
+    ]
+
+
+def _average(state: TrainState, grad_rms: list[dict[str, float]]) -> SyncStats:
+    """The only step that differs between the two paths; returns the lead's stats."""
+    if isinstance(state.averager, SimulatedAverager):
+        workers = [w.named_parameters() for w in state.workers]
+        return state.averager.average(workers, grad_rms=grad_rms)[0]
+    return state.averager.average(state.workers[0].named_parameters(), grad_rms=grad_rms[0])
+
+
+def train_loop(
+    state: TrainState,
+    *,
+    test: EvalSet | None = None,
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Record]:
+    """Run rounds until ``config.epochs`` local epochs are done; return the records.
+
+    Args:
+        state: the state to advance (resumes from ``state.step``).
+        test: evaluate on it after every ``eval_every``-th sync and after the last one
+            (None: never, e.g. on ranks other than 0).
+        on_record: called with each record, e.g. to write metrics.jsonl and print a line.
+
+    Each record holds: ``sync`` (1-based), ``step``, ``epoch`` (local epochs done, float),
+    ``lr`` (at the round's first step), ``train_loss`` (worker/rank 0's mean over the round), ``test_accuracy`` and
+    ``test_loss`` (None when not evaluated), ``bits_per_param`` (as sent, Huffman-coded),
+    ``quantized_bits_per_param`` (N averaged over values), ``bytes_sent``,
+    ``bytes_received``, ``bytes_all_ranks`` (sum of every rank's packet), ``num_values``,
+    ``world_size``, timings in seconds (``train_s``, ``encode_s``, ``comm_s``,
+    ``decode_s``, ``eval_s``, ``elapsed_s``) and ``layers``: per tensor ``name``, ``N``,
+    ``H``, ``bits_per_param``, ``nbytes``, ``grad_rms``... (rank 0's packet).
+    """
+    cfg = state.config
+    start = time.perf_counter()
+    while state.step < state.total_steps:
+        n = min(state.steps_per_round, state.total_steps - state.step)
+        lr = cfg.lr * cfg.lr_decay ** (state.step // state.steps_per_epoch)
+        t0 = time.perf_counter()
+        losses = [w.train_steps(n) for w in state.workers]
+        t_train = time.perf_counter() - t0
+        stats = _average(state, [w.take_grad_rms() for w in state.workers])
+        state.step += n
+        state.syncs += 1
+        accuracy = loss = None
+        t_eval = 0.0
+        last = state.step >= state.total_steps
+        if test is not None and (state.syncs % cfg.eval_every == 0 or last):
+            t0 = time.perf_counter()
+            accuracy, loss = evaluate(state.workers[0].model, test, cfg.eval_batch_size)
+            t_eval = time.perf_counter() - t0
+        record: Record = {
+            "sync": state.syncs,
+            "step": state.step,
+            "epoch": state.step / state.steps_per_epoch,
+            "lr": lr,
+            "train_loss": losses[0],
+            "test_accuracy": accuracy,
+            "test_loss": loss,
+            "bits_per_param": stats.bits_per_param,
+            "quantized_bits_per_param": stats.quantized_bits_per_param,
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+            "bytes_all_ranks": sum(stats.packet_bytes),
+            "num_values": stats.num_values,
+            "world_size": stats.world_size,
+            "train_s": t_train,
+            "encode_s": stats.encode_seconds,
+            "comm_s": stats.comm_seconds,
+            "decode_s": stats.decode_seconds,
+            "eval_s": t_eval,
+            "elapsed_s": time.perf_counter() - start,
+            "layers": [t.as_dict() for t in stats.tensors],
+        }
+        if test is not None:
+            state.metrics.append(record)
+        if on_record is not None:
+            on_record(record)
+    return state.metrics
+
+
+def run_simulated(
+    config: TrainConfig,
+    *,
+    data: IdxDataset | None = None,
+    run_dir: str | Path | None = None,
+    progress: bool = False,
+    on_record: Callable[[Record], None] | None = None,
+) -> TrainResult:
+    """Train ``config.workers`` workers in this process with the simulated averager.
+
+    Bit for bit the weights (and the records, timings aside) a real ``tenfold train`` run
+    with the same config produces, at the cost of running the workers one after the other.
+    Sets ``torch.set_num_threads(config.threads)`` (the thread count can change matmul
+    results; real ranks use the same setting).
+
+    Args:
+        config: the run's configuration.
+        data: a dataset already in memory (sweeps load it once); default: load
+            ``config.dataset`` / ``config.data_dir``.
+        run_dir: write config.json, metrics.jsonl, model.safetensors and plots there.
+        progress: show a progress bar (stderr) and one line per sync (stdout).
+        on_record: called with each metrics record.
+
+    Example:
+        >>> res = run_simulated(TrainConfig(epochs=2, workers=5))  # doctest: +SKIP
+        >>> res.metrics[-1]["test_accuracy"], final_weights(res.state)  # doctest: +SKIP
+    """
+    torch.set_num_threads(config.threads)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, download=config.download)
+    state = TrainState(
+        config=config,
+        workers=make_workers(config, data, list(range(config.workers))),
+        averager=SimulatedAverager(config.make_policy()),
+    )
+    test = EvalSet.from_arrays(data.test_images, data.test_labels)
+    return _drive(
+        state,
+        test,
+        run_dir=run_dir,
+        progress=progress,
+        mode="simulated",
+        source=data.source,
+        on_record=on_record,
+    )
+
+
+def _drive(
+    state: TrainState,
+    test: EvalSet | None,
+    *,
+    run_dir: str | Path | None,
+    progress: bool,
+    mode: str,
+    source: str,
+    on_record: Callable[[Record], None] | None = None,
+) -> TrainResult:
+    """Run :func:`train_loop`; the lead process (``test`` given) writes and reports."""
+    from tenfold.train.progress import Reporter
+    from tenfold.train.rundir import RunDir
+
+    lead = test is not None
+    rd = RunDir(run_dir) if lead and run_dir is not None else None
+    if rd is not None:
+        rd.start(state.config, mode=mode, source=source)
+    reporter = Reporter(state, enabled=lead and progress)
+
+    def record_hook(record: Record) -> None:
+        if rd is not None:
+            rd.append(record)
+        reporter.update(record)
+        if on_record is not None:
+            on_record(record)
+
+    try:
+        train_loop(state, test=test, on_record=record_hook)
+    finally:
+        reporter.close()
+    if rd is not None:
+        rd.finish(state)
+    return TrainResult(metrics=state.metrics, state=state)
+
+
+def check_same_config(config: TrainConfig, group: dist.ProcessGroup | None = None) -> None:
+    """All ranks all-gather their config digest; any difference fails on every rank.
+
+    Raises:
+        ConfigMismatchError: naming the ranks whose configuration differs from rank 0's.
+    """
+    mine = torch.tensor([int.from_bytes(config.digest(), "big", signed=True)], dtype=torch.int64)
+    world = dist.get_world_size(group)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    with translate_comm_errors("comparing configurations"):
+        dist.all_gather(every, mine, group=group)
+    digests = [int(t.item()) for t in every]
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise ConfigMismatchError(
+            f"ranks started with different configurations: rank(s) {differ} differ from "
+            f"rank 0 (config digests {[f'{d & (2**64 - 1):016x}' for d in digests]}); "
+            "start every rank with the same options"
+        )
+
+
+def run_rank(
+    config: TrainConfig,
+    *,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    mode: str = "spawn",
+) -> TrainResult:
+    """The body of one rank; the default process group must be initialised.
+
+    Checks every rank has the same config, loads the data, trains this rank's worker,
+    averages with :class:`~tenfold.dist.CompressedAverager` each round. Rank 0 evaluates,
+    writes the run directory (if ``run_dir``) and shows progress (if ``progress``).
+
+    Raises:
+        ConfigMismatchError, NonFiniteWeightsError, DatasetError, CommunicationError (a
+        peer died or the timeout expired): on this rank; the launcher reports them.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world != config.workers:
+        raise ConfigMismatchError(
+            f"rank {rank}: config says {config.workers} workers, the process group has {world}"
+        )
+    torch.set_num_threads(config.threads)
+    check_same_config(config)
+    data = load_dataset(config.dataset, config.data_dir, download=config.download)
+    workers = make_workers(config, data, [rank])
+    state = TrainState(
+        config=config, workers=workers, averager=CompressedAverager(config.make_policy())
+    )
+    test = EvalSet.from_arrays(data.test_images, data.test_labels) if rank == 0 else None
+    source = data.source
+    del data  # keep only the shard (and, on rank 0, the test set) in memory
+    return _drive(state, test, run_dir=run_dir, progress=progress, mode=mode, source=source)
+
+
+def final_weights(state: TrainState) -> dict[str, np.ndarray]:
+    """The averaged weights (identical on every worker) as float32 arrays by name."""
+    return {n: p.detach().cpu().numpy().copy() for n, p in state.workers[0].named_parameters()}

@@ -1,0 +1,94 @@
+"""Console output of a training run: a tqdm bar and one line per synchronisation.
+
+A line reads::
+
+    epoch  3.00  acc 84.12%  loss 0.1234  3.61 bits/param (N 8.40)  N fc1.w=9 fc1.b=0 ...
+        sent 148.1 kB/rank, 740.5 kB all ranks
+
+``bits/param`` is as sent (Huffman-coded, every byte of the packet counted), the ``N`` in
+parentheses the quantization bits averaged over values, then N per tensor.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tenfold.train.loop import Record, TrainState
+
+__all__ = ["Reporter", "format_bytes", "format_record"]
+
+
+def format_bytes(n: float) -> str:
+    """``148123 -> '148.1 kB'`` (SI units)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _short(name: str) -> str:
+    return name.replace(".weight", ".w").replace(".bias", ".b")
+
+
+def format_record(record: Record) -> str:
+    """The one-line summary of a metrics record."""
+    acc = record.get("test_accuracy")
+    loss = record.get("test_loss")
+    acc_s = f"acc {100 * acc:6.2f}%" if acc is not None else "acc    -   "
+    loss_s = f"loss {loss:.4f}" if loss is not None else "loss   -   "
+    layers = " ".join(f"{_short(t['name'])}={t['N']}" for t in record.get("layers", []))
+    return (
+        f"epoch {record['epoch']:6.2f}  {acc_s}  {loss_s}  "
+        f"{record['bits_per_param']:.2f} bits/param (N {record['quantized_bits_per_param']:.2f})"
+        + (f"  N {layers}" if layers else "")
+        + f"  sent {format_bytes(record['bytes_sent'])}/rank,"
+        f" {format_bytes(record['bytes_all_ranks'])} all ranks"
+    )
+
+
+class Reporter:
+    """Progress bar over synchronisations plus one printed line per sync (lead only).
+
+    Args:
+        state: the run's state (for the number of syncs).
+        enabled: False: print nothing (ranks other than 0, quiet runs).
+        stream: where lines go (default stdout; the bar goes to stderr).
+    """
+
+    def __init__(self, state: TrainState, *, enabled: bool = True, stream: Any = None) -> None:
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stdout
+        self._bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=state.total_syncs,
+                initial=state.syncs,
+                unit="sync",
+                desc=f"{state.config.workers} workers",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+                disable=None,  # no bar when stderr is not a terminal (CI logs, pipes)
+            )
+
+    def update(self, record: Record) -> None:
+        """Print the record's line and advance the bar."""
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(format_record(record), file=self.stream)
+        self.stream.flush()
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
