@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["add_parser", "run"]
 
 DESCRIPTION = """\
-Measure the codec on weight-like float32 data (Laplacian bulk + 0.01%% outliers), single
+Measure the codec on weight-like float32 data (Laplacian bulk + 0.01% outliers), single
 thread: compress/decompress/accumulate speed and bits/param under EntropyAdaptive(c=6, M=4)
 and Fixed(8), against zstd level 3 on the raw bytes, a float16 cast, and Fixed(8) indices
 compressed by zstd. Prints JSON (and writes it to --out). Speeds are medians of --repeats
