@@ -1,0 +1,211 @@
+"""``tenfold reproduce``: rerun the paper's experiments, then write figures and REPORT.md."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROFILE_NAMES", "add_parser", "default_out", "run"]
+
+DESCRIPTION = """\
+Reproduce Øland & Raj's Figures 1-5 and headline table: train every setting of a profile
+(K simulated data-parallel workers per run, bit for bit the weights of torch.distributed
+ranks), then draw the figures (PNG) and write REPORT.md with the paper's numbers beside
+ours. The sweep is resumable: each finished run is saved as runs/<setting>__seed<k>.json
+and a rerun skips it, so an interrupted sweep (Ctrl-C) continues where it stopped.
+
+profiles:
+  quick  a smoke test: 10,000 training images, 3 epochs, 2 seeds, 9 settings (<1 min)
+  full   the reproduction: all of Fashion-MNIST, every setting of Figs. 1, 4, 5 and the
+         init x L1 ablation, 3 seeds each, 16 epochs: 117 runs (~42-46 min on 2 idle
+         cores with --jobs 2; measure this machine with --estimate first)
+"""
+
+EPILOG = """\
+examples:
+  tenfold reproduce                                      # quick profile
+  tenfold reproduce --profile full --out results --jobs 2
+  tenfold reproduce --profile full --estimate --jobs 2   # measure an epoch, predict wall time
+  tenfold reproduce --profile full --out results --report-only   # redraw from saved runs
+
+exit codes: 0 done, 1 some runs failed (the others are saved; rerun to retry),
+2 bad option, missing data or no runs to report, 130 interrupted (finished runs are kept).
+"""
+
+
+def default_out(profile: str) -> Path:
+    """``results`` for the full profile (committed), ``runs/reproduce-<profile>`` otherwise."""
+    return Path("results") if profile == "full" else Path(f"runs/reproduce-{profile}")
+
+
+#: The shipped profiles (``tenfold.experiments.profiles.PROFILES``), spelled out so that
+#: building the CLI parser does not import the trainer (and torch); a test keeps them equal.
+PROFILE_NAMES = ("full", "quick")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``tenfold reproduce``."""
+    p = subparsers.add_parser(
+        "reproduce",
+        help="rerun the paper's experiments; write figures and REPORT.md",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILE_NAMES,
+        default="quick",
+        help="which sweep to run (default %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="sweep directory: runs/, figures/, REPORT.md, sweep.json (default: results for "
+        "--profile full, runs/reproduce-<profile> otherwise)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs trained in parallel, one process and one torch thread each (default "
+        "%(default)s; 2 on a 2-core machine)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: analyse the runs already in --out, redraw figures and REPORT.md",
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="measure one epoch with --jobs runs in parallel on this machine, print the "
+        "predicted wall time of the runs still to do, and exit",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override the profile's epochs per run (recorded in the report)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="a directory with the four MNIST-format IDX files instead of Fashion-MNIST's "
+        "usual locations",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _err(message: str) -> None:
+    print(f"tenfold reproduce: error: {message}", file=sys.stderr)
+
+
+def _profile(args: argparse.Namespace) -> Any:
+    from tenfold.experiments.profiles import get_profile
+
+    profile = get_profile(args.profile)
+    changes: dict[str, Any] = {}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.data is not None:
+        changes["data_dir"] = str(Path(args.data).expanduser().resolve())
+    return profile.replace(**changes) if changes else profile
+
+
+def _command(args: argparse.Namespace, out: Path) -> str:
+    """The canonical command line of this sweep (recorded in sweep.json and the report)."""
+    parts = ["tenfold", "reproduce", "--profile", args.profile, "--out", str(out)]
+    parts += ["--jobs", str(args.jobs)]
+    if args.epochs is not None:
+        parts += ["--epochs", str(args.epochs)]
+    if args.data is not None:
+        parts += ["--data", str(args.data)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tenfold reproduce``; returns the exit code."""
+    from tenfold.experiments.report import write_report
+    from tenfold.experiments.sweep import (
+        is_finished,
+        measure_epoch_seconds,
+        predict_wall_seconds,
+        run_sweep,
+    )
+    from tenfold.train.data import DatasetError, find_dataset
+
+    if args.jobs < 1:
+        _err(f"--jobs must be >= 1, got {args.jobs}")
+        return 2
+    if args.report_only and args.estimate:
+        _err("--report-only and --estimate exclude each other")
+        return 2
+    try:
+        profile = _profile(args)
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    out = Path(args.out) if args.out else default_out(profile.name)
+    if out.exists() and not out.is_dir():
+        _err(f"--out {out} exists and is not a directory")
+        return 2
+
+    if not args.report_only:
+        try:
+            find_dataset(profile.dataset, profile.data_dir, download=False)
+        except DatasetError as exc:
+            _err(str(exc))
+            return 2
+        specs = profile.runs()
+        todo = [s for s in specs if not is_finished(out, s)]
+        print(
+            f"tenfold reproduce: profile {profile.name}, {len(specs)} runs of {profile.epochs} "
+            f"epochs ({len(specs) - len(todo)} already done in {out}), --jobs {args.jobs}",
+            flush=True,
+        )
+        if args.estimate:
+            print("tenfold reproduce: timing one epoch (after a warm-up epoch)...", flush=True)
+            epoch_s = measure_epoch_seconds(profile, jobs=args.jobs)
+            wall = predict_wall_seconds(profile, epoch_s, jobs=args.jobs, out_dir=out)
+            print(
+                f"  one epoch of one run, {args.jobs} running at once: {epoch_s:.2f} s\n"
+                f"  runs to do: {len(todo)} x {profile.epochs} epochs -> predicted wall time "
+                f"{_fmt_s(wall)} (+ ~1 min for figures and the report)",
+                flush=True,
+            )
+            return 0
+        command = _command(args, out)
+        t0 = time.perf_counter()
+        result = run_sweep(profile, out, jobs=args.jobs, progress=not args.quiet, command=command)
+        print(
+            f"tenfold reproduce: {result.ran} runs trained, {result.skipped} skipped, "
+            f"{len(result.failed)} failed in {_fmt_s(time.perf_counter() - t0)}",
+            flush=True,
+        )
+        for key, error in result.failed:
+            print(f"  failed: {key}: {error}", file=sys.stderr)
+    else:
+        result = None
+
+    try:
+        path = write_report(out, profile)
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    print(f"tenfold reproduce: report {path}, figures in {path.parent / 'figures'}", flush=True)
+    return 1 if result is not None and result.failed else 0
