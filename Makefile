@@ -27,7 +27,7 @@ train: setup data
 	$(VENV)/bin/tenfold train --out runs/quickstart --overwrite $(ARGS)
 
 ## The test suite, as CI runs it: lint, types, then every test not marked slow.
-test: setup
+test: setup data
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy src/tenfold/codec
