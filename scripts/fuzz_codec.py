@@ -1,20 +1,32 @@
 """Fuzz the codec's decoders with mutated packets (run by hand; prints a JSON summary).
 
-    .venv/bin/python scripts/fuzz_codec.py --iterations 1000000 --seed 0 --max-seconds 3600
+    .venv/bin/python scripts/fuzz_codec.py --iterations 1000000 --jobs 2 --seed 0
+    .venv/bin/python scripts/fuzz_codec.py --seed 0 --reproduce 123456   # one mutant, verbose
 
-A pool of valid packets (many tensor kinds: dtypes, shapes incl. 0-d and empty, constant,
-extreme ranges; every policy, hence every coding mode) is mutated - bit flips, byte
-overwrites, truncation, extension, splices of two packets, header fields set to extreme
-values - and, half of the time, the CRC is re-sealed so the checks behind the checksum are
-exercised. Each mutant goes to ``decompress``, ``inspect`` and ``accumulate``. The only
-acceptable outcomes are success or ``CorruptPacketError`` (``PacketMismatchError`` for
-``accumulate``); anything else is printed with its reproducer and the exit code is 1.
+A pool of valid packets (many tensor kinds: float16/32/64, shapes incl. 0-d and empty,
+constant, weight-like, extreme ranges, 1-6 tensors; every policy, hence every coding mode)
+is mutated - bit flips, byte overwrites, truncation, extension, splices of two packets,
+header bytes set to extreme values, varints replaced by huge ones, runs of 00/FF, chunks
+duplicated - and, half of the time, the CRC is re-sealed so the checks behind the checksum
+are exercised. A "forge" mutation builds a whole packet from random header fields (shapes
+up to 2**62 values, bad dtypes/modes/bits, NaN ranges, random or valid Huffman code
+tables with plausible stream sizes, random payloads) under a valid CRC, to reach the
+payload decoders with hostile input. Each mutant goes to ``decompress``, ``inspect`` and
+``accumulate``.
+
+The only acceptable outcomes are success or ``CorruptPacketError`` (``PacketMismatchError``
+for ``accumulate``). A failure is any other exception, a call slower than
+``--call-timeout`` seconds, a worker that stops making progress for ``--hang-seconds``
+(killed by the watchdog: a hang), or a worker that dies (an interpreter crash, e.g. a
+segfault in a kernel). Mutant ``i`` depends only on ``(--seed, --pool, i)``, so every
+failure is printed with the index that ``--reproduce`` replays. Exit code 1 on any failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import random
 import struct
 import sys
@@ -26,20 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from tenfold.codec import (
-    CorruptPacketError,
-    EntropyAdaptive,
-    Fixed,
-    GradientRMS,
-    Lossless,
-    PacketMismatchError,
-    accumulate,
-    compress,
-    decompress,
-    inspect,
-)
+MAX_OUTPUT = 1 << 24  # keep every successful decode small (16 MiB)
 
-MAX_OUTPUT = 1 << 24  # keep every successful decode small
+
+# ---- the pool of valid packets -------------------------------------------------------------
 
 
 def _tensor(rng: np.random.Generator, kind: str, dtype: type) -> np.ndarray:
@@ -59,12 +61,17 @@ def _tensor(rng: np.random.Generator, kind: str, dtype: type) -> np.ndarray:
     return x.astype(dtype).reshape(shape)
 
 
-def build_pool(rng: np.random.Generator, size: int) -> list[tuple[bytes, dict[str, Any]]]:
-    """Valid packets with the shapes/dtypes of what they hold (for accumulate targets)."""
+def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
+    """Valid packets, with the shapes/dtypes of what they hold (for accumulate targets)."""
+    from tenfold.codec import EntropyAdaptive, Fixed, GradientRMS, Lossless, compress
+
+    rng = np.random.default_rng(seed)
     policies = [
         EntropyAdaptive(),
         EntropyAdaptive(F=1.0, M=6, c=2),
+        EntropyAdaptive(F=0.5, M=10, c=0),
         Fixed(1),
+        Fixed(2),
         Fixed(4),
         Fixed(8),
         Fixed(12),
@@ -73,14 +80,16 @@ def build_pool(rng: np.random.Generator, size: int) -> list[tuple[bytes, dict[st
         Fixed(24),
         Lossless(),
         GradientRMS(3.0),
+        GradientRMS(0.5, c0=0.1),
     ]
+    names = ["w", "fc1.weight", "bias", "", "ünïcödé", "x" * 300]
     pool = []
     for i in range(size):
         tensors = {}
-        for j in range(int(rng.integers(0, 4))):
-            kind = str(rng.choice(["normal", "normal", "big", "constant", "extreme"]))
+        for j in range(int(rng.integers(0, 7))):
+            kind = str(rng.choice(["normal", "normal", "big", "big", "constant", "extreme"]))
             dtype = [np.float16, np.float32, np.float64][int(rng.integers(0, 3))]
-            tensors[f"t{i}.{j}"] = _tensor(rng, kind, dtype)
+            tensors[f"{names[int(rng.integers(0, len(names)))]}{i}.{j}"] = _tensor(rng, kind, dtype)
         policy = policies[i % len(policies)]
         grad = {k: float(rng.uniform(0, 10)) for k in tensors}
         blob = compress(tensors, policy, grad_rms=grad)
@@ -88,9 +97,167 @@ def build_pool(rng: np.random.Generator, size: int) -> list[tuple[bytes, dict[st
     return pool
 
 
+# ---- mutations -----------------------------------------------------------------------------
+
+
+def _seal(data: bytes | bytearray) -> bytes:
+    body = bytes(data[:-4])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+_EXTREME_INTS = [0, 1, 2, 3, 7, 8, 15, 16, 17, 24, 25, 64, 65, 127, 128, 255, 256, 4096, 65535]
+_EXTREME_INTS += [65536, 1 << 20, (1 << 31) - 1, 1 << 31, 1 << 32, 1 << 40, (1 << 63) - 1]
+
+
+def _varint(value: int) -> bytes:
+    from tenfold.codec.packet import varint
+
+    return varint(min(value, (1 << 63) - 1))  # the format's largest varint
+
+
+def _rand_varint(rnd: random.Random) -> bytes:
+    if rnd.random() < 0.1:  # malformed: non-minimal or too long
+        return rnd.choice([b"\x80\x00", b"\xff" * 10, b"\x81\x80\x00", b"\x80"])
+    return _varint(rnd.choice(_EXTREME_INTS) if rnd.random() < 0.3 else rnd.randint(0, 40))
+
+
+def _float_bytes(rnd: random.Random, itemsize: int, value: float) -> bytes:
+    fmt = {2: "<e", 4: "<f", 8: "<d"}[itemsize]
+    try:
+        return struct.pack(fmt, value)
+    except OverflowError:
+        return struct.pack(fmt, float("inf"))
+
+
+_FIELDS = ["name", "dtype", "ndim", "dims", "mode", "bits", "entropy", "range"]
+_FIELDS += ["table", "streams", "payload"]
+
+
+def _forge_record(rnd: random.Random) -> bytes:
+    """One record from random header fields: all plausible but (usually) one hostile field.
+
+    Plausible fields get the forged packet past the header checks to the payload decoders
+    (random Huffman streams and bit-packed data under a valid header); the hostile one
+    exercises one check at a time.
+    """
+    from tenfold.codec import huffman
+
+    bad = rnd.choice([None, None, None, None, *_FIELDS])
+    name = rnd.choice([b"w", b"", "é".encode(), b"a" * rnd.randint(0, 40)])
+    if bad == "name":
+        name = rnd.choice([b"\xff\xfe", b"\xc3", b"\xed\xa0\x80"])
+    out = [_varint(len(name)) if bad != "name" or rnd.random() < 0.5 else _rand_varint(rnd)]
+    out.append(name)
+    dtype = rnd.choice([1, 2, 3]) if bad != "dtype" else rnd.choice([0, 4, 255])
+    itemsize = {1: 2, 2: 4, 3: 8}.get(dtype, 4)
+    width = 8 * itemsize
+    ndim = rnd.choice([0, 1, 1, 1, 2, 3]) if bad != "ndim" else rnd.choice([64, 65, 255])
+    out.append(bytes([dtype, ndim]))
+    dims = []
+    for _ in range(min(ndim, 6)):
+        d = rnd.choice([0, 1, 2, 3, 5, 17, 100, 1000, 5000])
+        if bad == "dims" and rnd.random() < 0.5:
+            d = rnd.choice(_EXTREME_INTS)
+        dims.append(d)
+        out.append(_varint(d))
+    if ndim > 6:  # the remaining dims: ones
+        out.append(b"\x01" * (ndim - 6))
+    n = 1
+    for d in dims:
+        n *= d
+    mode = rnd.choice([1, 1, 1, 2, 2, 0, 3]) if bad != "mode" else rnd.choice([4, 7, 255])
+    if n == 0 and bad is None:
+        mode = 3
+    bits = {0: 0, 1: rnd.randint(1, 16), 2: rnd.randint(1, min(24, width - 1)), 3: width}.get(
+        mode, 8
+    )
+    if bad == "bits":
+        bits = rnd.choice([0, 17, 24, 25, 32, 64, 255])
+    out.append(bytes([mode, bits]))
+    entropy = rnd.choice([b"\x00\x00\xc0\x7f", struct.pack("<f", rnd.uniform(0, 24))])
+    if bad == "entropy":
+        entropy = rnd.choice([b"\x01\x00\xc0\x7f", struct.pack("<f", -1.0), b"\x00\x00\x80\x7f"])
+    out.append(entropy)
+    lo = rnd.choice([0.0, -1.0, -1e-3, -65504.0, -0.5])
+    hi = lo if mode == 0 else rnd.choice([lo + 1e-3, 1.0, 2.0, 65504.0, lo + 1e-30])
+    if n == 0 and bad is None:
+        lo = hi = 0.0
+    if bad == "range":
+        lo, hi = rnd.choice([(float("nan"), 1.0), (0.0, float("inf")), (2.0, 1.0), (1.0, 1.0)])
+    out += [_float_bytes(rnd, itemsize, lo), _float_bytes(rnd, itemsize, hi)]
+    payload_len = 0
+    if mode == 1:  # Huffman: a valid (or random) code table, plausible (or not) stream sizes
+        k = 1 << min(max(bits, 1), 16)
+        used = rnd.randint(2, min(k, 4096))
+        if bad != "table" and huffman.length_limit(used) is not None:
+            freq = np.zeros(k, np.int64)
+            chosen = rnd.sample(range(k), used) if k <= 4096 else list(range(used))
+            freq[chosen] = [rnd.choice([1, 1, 2, 10, 1000]) for _ in range(used)]
+            lengths = huffman.code_lengths(freq, huffman.length_limit(used))
+            table = huffman.pack_lengths(lengths)
+            lmin, lmax = int(lengths[lengths > 0].min()), int(lengths.max())
+        else:
+            table = rnd.randbytes(rnd.randint(0, 64))
+            lmin, lmax = 1, 14
+        out += [_varint(len(table)), table]
+        for stream in range(4):
+            ns = (n - stream + 3) // 4 if n > stream else 0
+            size = rnd.randint((ns * lmin + 7) // 8, (ns * lmax + 7) // 8)
+            if bad == "streams" and rnd.random() < 0.5:
+                size = rnd.choice(_EXTREME_INTS)
+            out.append(_varint(size))
+            payload_len += size
+    elif mode == 2:
+        payload_len = (n * max(bits, 1) + 7) // 8
+    elif mode == 3:
+        payload_len = n * itemsize
+    if bad == "payload":
+        payload_len += rnd.choice([-1, 1, -8, 100])
+    payload_len = max(0, min(payload_len, 1 << 16))
+    fill = rnd.random()
+    if fill < 0.8:
+        payload = rnd.randbytes(payload_len)
+    elif mode == 3 and 0 < n <= 1 << 14:  # raw values that satisfy the header's range
+        with np.errstate(all="ignore"):
+            values = np.linspace(lo, hi, n).astype(np.dtype(f"<f{itemsize}"))
+        payload = values.tobytes()[:payload_len]
+    else:
+        payload = rnd.choice([b"\x00", b"\xff"]) * payload_len
+    out.append(payload)
+    return b"".join(out)
+
+
+def forge(rnd: random.Random) -> bytes:
+    """A whole packet (valid CRC) from random header fields; see :func:`_forge_record`."""
+    count = rnd.choice([0, 1, 1, 1, 2, 3])
+    records = [_forge_record(rnd) for _ in range(count)]
+    if rnd.random() < 0.1:
+        count = rnd.choice([count + 1, max(0, count - 1), 1 << 40])
+    body = b"TFLD" + bytes([1 if rnd.random() < 0.97 else 2]) + _varint(count) + b"".join(records)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+KINDS = [
+    "flip",
+    "flips",
+    "overwrite",
+    "truncate",
+    "extend",
+    "splice",
+    "field",
+    "varint",
+    "run",
+    "duplicate",
+    "forge",
+]
+
+
 def mutate(rnd: random.Random, blob: bytes, other: bytes) -> tuple[str, bytes]:
+    """One mutant of ``blob`` (``other``: a second pool packet, for splices)."""
+    kind = rnd.choice(KINDS)
+    if kind == "forge":
+        return kind, forge(rnd)
     data = bytearray(blob)
-    kind = rnd.choice(["flip", "flips", "overwrite", "truncate", "extend", "splice", "field"])
     if kind == "flip":
         bit = rnd.randrange(8 * len(data))
         data[bit // 8] ^= 1 << (bit % 8)
@@ -108,84 +275,222 @@ def mutate(rnd: random.Random, blob: bytes, other: bytes) -> tuple[str, bytes]:
     elif kind == "splice":
         cut = rnd.randrange(len(data))
         data = data[:cut] + other[rnd.randrange(len(other)) :]
-    else:  # a header-ish byte set to an extreme value
+    elif kind == "field":  # a header-ish byte set to an extreme value
         at = rnd.randrange(min(len(data), 80))
         data[at] = rnd.choice([0x00, 0x01, 0x0F, 0x10, 0x7F, 0x80, 0xFE, 0xFF])
+    elif kind == "varint":  # a header-ish stretch replaced by a (huge, malformed) varint
+        at = rnd.randrange(5, max(6, min(len(data) - 4, 120)))
+        span = rnd.randint(1, 3)
+        data[at : at + span] = _rand_varint(rnd)
+    elif kind == "run":
+        at = rnd.randrange(len(data))
+        data[at : at + rnd.randint(1, 32)] = rnd.choice([b"\x00", b"\xff"]) * rnd.randint(1, 32)
+    else:  # duplicate a chunk in place
+        at = rnd.randrange(len(data))
+        chunk = data[at : at + rnd.randint(1, 64)]
+        data[at:at] = chunk
     if rnd.random() < 0.5 and len(data) >= 4:  # re-seal the checksum
-        body = bytes(data[:-4])
-        data = bytearray(body + struct.pack("<I", zlib.crc32(body)))
+        data = bytearray(_seal(data))
         kind += "+crc"
     return kind, bytes(data)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iterations", type=int, default=100_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=600.0)
-    p.add_argument("--pool", type=int, default=200, help="valid packets to mutate")
-    args = p.parse_args(argv)
+def mutant(seed: int, index: int, pool: list[tuple[bytes, dict[str, Any]]]) -> tuple:
+    """Mutant ``index`` (deterministic in ``seed``, the pool and ``index``)."""
+    rnd = random.Random(f"tenfold-fuzz/{seed}/{index}")
+    blob, meta = pool[rnd.randrange(len(pool))]
+    kind, data = mutate(rnd, blob, pool[rnd.randrange(len(pool))][0])
+    return kind, data, meta
 
-    rng = np.random.default_rng(args.seed)
-    rnd = random.Random(args.seed)
-    t0 = time.perf_counter()
-    pool = build_pool(rng, args.pool)
+
+# ---- running the decoders ------------------------------------------------------------------
+
+
+def run_one(data: bytes, meta: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+    """Feed one mutant to each entry point: ``(function, outcome, seconds, error)`` each."""
+    from tenfold.codec import (
+        CorruptPacketError,
+        PacketMismatchError,
+        accumulate,
+        decompress,
+        inspect,
+    )
+
+    def acc() -> object:
+        out = {
+            k: np.zeros(s, np.float64 if d == np.float64 else np.float32)
+            for k, (s, d) in meta.items()
+        }
+        return accumulate(data, out, max_output_bytes=MAX_OUTPUT)
+
+    def dec() -> object:
+        arrays = decompress(data, max_output_bytes=MAX_OUTPUT)
+        # what decodes must be usable: finite values (a NaN would poison every rank's mean)
+        for k, v in arrays.items():
+            if v.size and not np.isfinite(v).all():
+                raise AssertionError(f"decompress returned non-finite values in {k!r}")
+        return arrays
+
+    results = []
+    for name, call in (
+        ("decompress", dec),
+        ("inspect", lambda: inspect(data, max_output_bytes=MAX_OUTPUT)),
+        ("accumulate", acc),
+    ):
+        t0 = time.perf_counter()
+        error = ""
+        try:
+            call()
+            outcome = "ok"
+        except CorruptPacketError:
+            outcome = "corrupt"
+        except PacketMismatchError:
+            outcome = "mismatch" if name == "accumulate" else "UNEXPECTED"
+            error = "PacketMismatchError outside accumulate"
+        except Exception as exc:  # the bug this script exists to find
+            outcome = "UNEXPECTED"
+            error = f"{exc!r}\n{traceback.format_exc()}"
+        results.append((name, outcome, time.perf_counter() - t0, error))
+    return results
+
+
+def worker(job: int, args: argparse.Namespace, index_of: Any, beat: Any, queue: Any) -> None:
+    """Run mutants ``job, job + jobs, ...``; progress in shared memory, results at the end."""
+    pool = build_pool(args.seed, args.pool)
     outcomes: Counter[str] = Counter()
-    by_mutation: Counter[str] = Counter()
+    mutations: Counter[str] = Counter()
+    slowest: dict[str, float] = {}
     failures: list[dict[str, Any]] = []
+    deadline = time.monotonic() + args.max_seconds
     done = 0
-    for done in range(1, args.iterations + 1):  # noqa: B007 - `done` is reported
-        blob, meta = pool[rnd.randrange(len(pool))]
-        kind, mutant = mutate(rnd, blob, pool[rnd.randrange(len(pool))][0])
-        by_mutation[kind] += 1
-        for name, call in (
-            ("decompress", lambda m=mutant: decompress(m, max_output_bytes=MAX_OUTPUT)),
-            ("inspect", lambda m=mutant: inspect(m, max_output_bytes=MAX_OUTPUT)),
-            (
-                "accumulate",
-                lambda m=mutant, meta=meta: accumulate(
-                    m,
-                    {
-                        k: np.zeros(s, np.float64 if d == np.float64 else np.float32)
-                        for k, (s, d) in meta.items()
-                    },
-                    max_output_bytes=MAX_OUTPUT,
-                ),
-            ),
-        ):
-            try:
-                call()
-                outcomes[f"{name}:ok"] += 1
-            except CorruptPacketError:
-                outcomes[f"{name}:corrupt"] += 1
-            except PacketMismatchError:
-                outcomes[f"{name}:mismatch"] += 1
-            except Exception as exc:  # the bug this script exists to find
+    for index in range(job, args.iterations, args.jobs):
+        index_of[job] = index
+        beat[job] = time.monotonic()
+        kind, data, meta = mutant(args.seed, index, pool)
+        mutations[kind] += 1
+        for name, outcome, seconds, error in run_one(data, meta):
+            outcomes[f"{name}:{outcome}"] += 1
+            slowest[name] = max(slowest.get(name, 0.0), seconds)
+            if outcome == "UNEXPECTED" or seconds > args.call_timeout:
+                what = "exception" if outcome == "UNEXPECTED" else f"slow call ({seconds:.2f} s)"
                 failures.append(
-                    {
-                        "function": name,
-                        "mutation": kind,
-                        "error": repr(exc),
-                        "packet_hex": mutant.hex(),
-                        "traceback": traceback.format_exc(),
-                    }
+                    {"index": index, "function": name, "mutation": kind, "failure": what}
+                    | {"error": error, "packet_hex": data.hex()[:2000]}
                 )
-                outcomes[f"{name}:UNEXPECTED"] += 1
-        if time.perf_counter() - t0 > args.max_seconds or len(failures) >= 20:
+        done += 1
+        if time.monotonic() > deadline or len(failures) >= 20:
             break
-    summary = {
-        "iterations": done,
+    index_of[job] = -1  # finished: the watchdog stops looking
+    queue.put(
+        {
+            "job": job,
+            "iterations": done,
+            "outcomes": dict(outcomes),
+            "mutations": dict(mutations),
+            "slowest": slowest,
+            "failures": failures,
+        }
+    )
+
+
+def campaign(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the workers under a watchdog; merge their results."""
+    ctx = mp.get_context("spawn")
+    index_of = ctx.Array("q", [0] * args.jobs, lock=False)
+    beat = ctx.Array("d", [time.monotonic()] * args.jobs, lock=False)
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=worker, args=(j, args, index_of, beat, queue), daemon=True)
+        for j in range(args.jobs)
+    ]
+    t0 = time.monotonic()
+    for p in procs:
+        p.start()
+    results: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    pending = set(range(args.jobs))
+    while pending:
+        while not queue.empty():
+            r = queue.get()
+            results.append(r)
+            pending.discard(r["job"])
+        for j in sorted(pending):
+            p = procs[j]
+            stalled = time.monotonic() - beat[j] > args.hang_seconds and index_of[j] >= 0
+            if stalled and p.is_alive():
+                p.kill()
+                p.join()
+                dead.append({"job": j, "index": int(index_of[j]), "failure": "hang"})
+                pending.discard(j)
+            elif not p.is_alive() and p.exitcode != 0 and queue.empty():
+                dead.append(
+                    {"job": j, "index": int(index_of[j]), "failure": f"crash ({p.exitcode})"}
+                )
+                pending.discard(j)
+        time.sleep(0.5)
+    for p in procs:
+        p.join(timeout=10)
+    outcomes: Counter[str] = Counter()
+    mutations: Counter[str] = Counter()
+    slowest: dict[str, float] = {}
+    failures: list[dict[str, Any]] = []
+    for r in results:
+        outcomes.update(r["outcomes"])
+        mutations.update(r["mutations"])
+        for k, v in r["slowest"].items():
+            slowest[k] = max(slowest.get(k, 0.0), v)
+        failures += r["failures"]
+    unexpected = len(failures) + len(dead)
+    return {
+        "iterations": sum(r["iterations"] for r in results),
         "seed": args.seed,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "pool": len(pool),
+        "pool": args.pool,
+        "jobs": args.jobs,
+        "seconds": round(time.monotonic() - t0, 1),
         "outcomes": dict(sorted(outcomes.items())),
-        "mutations": dict(sorted(by_mutation.items())),
-        "unexpected": len(failures),
+        "mutations": dict(sorted(mutations.items())),
+        "slowest_call_seconds": {k: round(v, 4) for k, v in sorted(slowest.items())},
+        "call_timeout": args.call_timeout,
+        "unexpected": unexpected,
+        "hangs_or_crashes": dead,
         "failures": failures[:5],
     }
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """Replay mutant ``--reproduce`` in this process, printing every outcome."""
+    pool = build_pool(args.seed, args.pool)
+    kind, data, meta = mutant(args.seed, args.reproduce, pool)
+    print(f"mutant {args.reproduce}: {kind}, {len(data)} bytes\n{data.hex()}")
+    bad = 0
+    for name, outcome, seconds, error in run_one(data, meta):
+        print(f"{name}: {outcome} in {seconds:.4f} s {error}")
+        bad += outcome == "UNEXPECTED" or seconds > args.call_timeout
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run the campaign (or one reproducer), print JSON; 1 on any failure."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=100_000, help="mutants in all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--max-seconds", type=float, default=1200.0, help="stop each worker after")
+    p.add_argument("--pool", type=int, default=300, help="valid packets to mutate")
+    p.add_argument("--call-timeout", type=float, default=2.0, help="a slower call is a failure (s)")
+    p.add_argument(
+        "--hang-seconds", type=float, default=60.0, help="a worker silent this long is hung"
+    )
+    p.add_argument("--reproduce", type=int, default=None, metavar="INDEX")
+    args = p.parse_args(argv)
+    if args.jobs < 1 or args.iterations < 0:
+        p.error("--jobs must be >= 1 and --iterations >= 0")
+    if args.reproduce is not None:
+        return reproduce(args)
+    summary = campaign(args)
     print(json.dumps(summary, indent=2))
-    if failures:
-        print(f"FUZZ FAILURE: {len(failures)} unexpected exception(s)", file=sys.stderr)
+    if summary["unexpected"]:
+        print(f"FUZZ FAILURE: {summary['unexpected']} unexpected outcome(s)", file=sys.stderr)
         return 1
     return 0
 

@@ -53,6 +53,7 @@ def test_run_directory_contents(tiny_data: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "accuracy.png",
         "bits.png",
+        "checkpoint.safetensors",  # the last one: resuming a finished run only rewrites files
         "config.json",
         "metrics.jsonl",
         "model.safetensors",

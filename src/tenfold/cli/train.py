@@ -26,7 +26,9 @@ shard of the data. After every local epoch (or every --sync-every steps) the wor
 their weights as tenfold packets over torch.distributed (gloo) and all continue from the same
 averaged weights. Prints a progress bar and, per synchronisation, one line: epoch, test
 accuracy and loss, bits/param as sent, N per layer, bytes on the wire. Writes config.json,
-metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out.
+metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out, and after every
+synchronisation a checkpoint (checkpoint.safetensors): --resume DIR continues an
+interrupted run from it, with exactly the result the uninterrupted run would have had.
 """
 
 EPILOG = """\
@@ -37,8 +39,10 @@ examples:
   tenfold train --dataset mnist --data ~/mnist     # the paper's data, from a directory
   tenfold train --simulate                         # all workers in this process, same weights
   torchrun --standalone --nproc_per_node=4 -m tenfold.train --epochs 5 --out runs/tr
+  tenfold train --resume runs/fixed8                # continue an interrupted run
 
-exit codes: 0 done, 1 the run failed (a rank died, diverged, timed out), 2 bad option or data.
+exit codes: 0 done, 1 the run failed (a rank died, diverged, timed out), 2 bad option, data
+or checkpoint, 130 interrupted (Ctrl-C).
 """
 
 POLICIES = ("entropy", "fixed", "gradient-rms", "lossless")
@@ -47,6 +51,30 @@ POLICIES = ("entropy", "fixed", "gradient-rms", "lossless")
 #: gradients of a trained network, so N ~ c1; 8 bits is where the paper's Fig. 1 recovers
 #: the uncompressed accuracy.
 DEFAULT_C1 = 8.0
+
+#: Options --resume accepts besides the saved configuration, by argparse dest: they cannot
+#: change the numbers the run computes (config field in parentheses).
+RESUME_OVERRIDES = {"timeout": "timeout_s", "data": "data_dir", "no_download": "download"}
+
+#: Options that never conflict with --resume (output only).
+_RESUME_NEUTRAL = {"quiet", "resume", "out"}
+
+# argparse dest -> TrainConfig field, for the options that set one field each.
+_FIELD_OF = {
+    "workers": "workers",
+    "sync_every": "sync_every",
+    "threads": "threads",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lr_decay": "lr_decay",
+    "l1": "l1",
+    "init": "init",
+    "seed": "seed",
+    "dataset": "dataset",
+    "eval_every": "eval_every",
+    "eval_batch_size": "eval_batch_size",
+}
 
 # Which policy each policy parameter belongs to (used to reject a stray --bits etc.).
 _POLICY_PARAMS = {
@@ -72,10 +100,62 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+_GIVEN = "_given_options"
+
+
+def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
+    setattr(namespace, _GIVEN, {*getattr(namespace, _GIVEN, ()), dest})
+
+
+class _Store(argparse.Action):
+    """argparse's ``store``, also recording that the option was given on the command line.
+
+    --resume must tell "--epochs 20 given" from "20 by default": only given options can
+    conflict with the saved configuration.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _StoreTrue(argparse.Action):
+    """argparse's ``store_true``, also recording that the option was given."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("default", False)
+        super().__init__(option_strings, dest, nargs=0, const=True, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True)
+        _mark_given(namespace, self.dest)
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The dests of the options given on the command line (not left at their default)."""
+    return set(getattr(args, _GIVEN, ()))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add every ``tenfold train`` option to ``p`` (shared with ``python -m tenfold.train``)."""
     from tenfold.train.config import DATASETS, INITS, TrainConfig
 
+    # Every option below records that it was given (see given_options).
+    p.register("action", None, _Store)
+    p.register("action", "store", _Store)
+    p.register("action", "store_true", _StoreTrue)
     d = TrainConfig.__dataclass_fields__  # defaults shown in --help come from the config
 
     def default(name: str) -> Any:
@@ -243,6 +323,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quiet", action="store_true", help="no progress bar or per-sync lines; summary only"
     )
 
+    g = p.add_argument_group("checkpoint and resume")
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the interrupted run in RUN_DIR from its last checkpoint (written "
+        "after every synchronisation), with its saved configuration; the result is bit for "
+        "bit the uninterrupted run's. Only --timeout, --data (the same data, moved), "
+        "--no-download and --quiet may be given with it",
+    )
+
 
 def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
     import tenfold
@@ -321,9 +412,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return 2
+    if args.resume is not None:
+        return _resume(args, env)
     out = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if (out / "metrics.jsonl").exists() and not args.overwrite:
-        _err(f"{out} already holds a run (metrics.jsonl); pick another --out or pass --overwrite")
+        _err(
+            f"{out} already holds a run (metrics.jsonl); pick another --out, pass --overwrite "
+            f"to replace it, or --resume {out} to continue it"
+        )
         return 2
     if out.exists() and not out.is_dir():
         _err(f"--out {out} exists and is not a directory")
@@ -353,7 +449,8 @@ def run(args: argparse.Namespace) -> int:
     if len(data.train_labels) < config.workers:
         _err(f"{len(data.train_labels)} training images cannot feed {config.workers} workers")
         return 2
-    config = config.replace(data_dir=str(data_dir))
+    # absolute: a resumed run (config from the checkpoint) may start in another directory
+    config = config.replace(data_dir=os.path.abspath(data_dir))
     print(
         f"tenfold train: {config.workers} workers, policy {_describe_policy(config.policy)}, "
         f"{config.epochs} epochs, sync every "
@@ -377,6 +474,114 @@ def run(args: argparse.Namespace) -> int:
         _err(f"the run failed: {type(exc).__name__}: {exc}")
         return 1
     _summary(out, wall_s=time.perf_counter() - t0)
+    return 0
+
+
+def _resume_config(args: argparse.Namespace, saved: TrainConfig, world: int | None) -> TrainConfig:
+    """The saved config with the allowed overrides; any other given option must agree.
+
+    Raises:
+        ValueError: an option conflicts with the saved configuration (names both values).
+    """
+    given = given_options(args)
+    if "overwrite" in given:
+        raise ValueError("--resume continues a run, --overwrite starts a new one: pick one")
+    if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ValueError(f"--out {args.out} differs from --resume {args.resume}")
+    wanted = config_from_args(args, world_size=world)  # also validates the given values
+    conflicts = []
+    for dest in sorted(given - _RESUME_NEUTRAL - set(RESUME_OVERRIDES)):
+        if dest in _FIELD_OF:
+            name = _FIELD_OF[dest]
+            if getattr(wanted, name) != getattr(saved, name):
+                flag = f"--{dest.replace('_', '-')} {getattr(args, dest)}"
+                conflicts.append(f"{flag} (the run has {name}={getattr(saved, name)!r})")
+        elif dest in ("policy", *_POLICY_PARAMS):
+            mine = {k: v for k, v in wanted.policy.items() if k != "seed"}
+            theirs = {k: v for k, v in saved.policy.items() if k != "seed"}
+            if mine != theirs:
+                conflicts.append(f"--{dest} (the run's policy is {_describe_policy(saved.policy)})")
+        elif dest != "simulate":  # the mode is checked against the checkpoint by the caller
+            conflicts.append(f"--{dest.replace('_', '-')}")
+    if world is not None and world != saved.workers:
+        conflicts.append(f"torchrun's world size {world} (the run has workers={saved.workers})")
+    if conflicts:
+        raise ValueError(
+            "--resume continues the run with its saved configuration; these options "
+            f"conflict with it: {'; '.join(conflicts)}"
+        )
+    changes: dict[str, Any] = {}
+    if "timeout" in given:
+        changes["timeout_s"] = args.timeout
+    if "data" in given:
+        changes["data_dir"] = os.path.abspath(args.data)
+    if "no_download" in given:
+        changes["download"] = False
+    return saved.replace(**changes)
+
+
+def _resume(args: argparse.Namespace, env: tuple[int, int] | None) -> int:
+    """``tenfold train --resume RUN_DIR``: continue a run from its checkpoint."""
+    from tenfold.train.checkpoint import CheckpointError, dataset_fingerprint, read_checkpoint
+    from tenfold.train.data import DatasetError, find_dataset, load_idx_dir
+    from tenfold.train.launch import RankFailure, spawn_training, torchrun_main
+
+    out = Path(args.resume)
+    try:
+        ckpt = read_checkpoint(out)
+        config = _resume_config(args, ckpt.config, None if env is None else env[1])
+    except (CheckpointError, ValueError) as exc:
+        _err(str(exc))
+        return 2
+    simulated = ckpt.mode == "simulated"
+    if args.simulate and not simulated:
+        _err(f"{out} holds a {ckpt.mode} run: it cannot be resumed with --simulate")
+        return 2
+    if env is not None and simulated:
+        _err(f"{out} holds a --simulate run: resume it without torchrun")
+        return 2
+    lead = env is None or env[0] == 0
+    if lead:
+        try:
+            data_dir = find_dataset(config.dataset, config.data_dir, download=config.download)
+            fingerprint = dataset_fingerprint(load_idx_dir(data_dir))
+        except DatasetError as exc:
+            _err(f"{exc} (the run's data; pass --data DIR if it moved)")
+            return 2
+        if fingerprint["sha256"] != ckpt.data.get("sha256"):
+            _err(
+                f"the data in {data_dir} ({fingerprint['train']} training / "
+                f"{fingerprint['test']} test images) is not the data the run in {out} was "
+                "trained on; pass --data DIR with the original files"
+            )
+            return 2
+        if ckpt.complete:
+            state = "is complete (rewriting its final files)"
+        else:
+            epoch = ckpt.step / max(1, ckpt.total_steps) * config.epochs
+            state = f"continues after sync {ckpt.syncs}, epoch {epoch:g} of {config.epochs}"
+        print(f"tenfold train: resuming {out}: the {ckpt.mode} run {state}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        if env is not None:
+            torchrun_main(config, out, progress=not args.quiet, resume=True)
+        elif simulated:
+            from tenfold.train.loop import run_simulated
+
+            run_simulated(config, run_dir=out, progress=not args.quiet, resume=True)
+        else:
+            spawn_training(config, out, progress=not args.quiet, resume=True)
+    except RankFailure as exc:
+        _err(f"the run failed: {exc}")
+        return 1
+    except CheckpointError as exc:
+        _err(str(exc))
+        return 2
+    except (RuntimeError, ValueError) as exc:
+        _err(f"the run failed: {type(exc).__name__}: {exc}")
+        return 1
+    if lead:
+        _summary(out, wall_s=time.perf_counter() - t0)
     return 0
 
 

@@ -148,6 +148,7 @@ def _expected(exc: BaseException) -> bool:
     """Errors that explain themselves: print no traceback for them."""
     from tenfold.codec.errors import PacketMismatchError
     from tenfold.dist import CommunicationError, PeerStatusError
+    from tenfold.train.checkpoint import CheckpointError
     from tenfold.train.data import DatasetError
     from tenfold.train.loop import ConfigMismatchError
 
@@ -157,6 +158,7 @@ def _expected(exc: BaseException) -> bool:
             PeerStatusError,
             CommunicationError,
             PacketMismatchError,
+            CheckpointError,
             DatasetError,
             ConfigMismatchError,
             dist.DistError,
@@ -279,24 +281,37 @@ def _collect(procs: Sequence[Any], report_dir: str) -> list[RankReport]:
 # ---- training entry points ----------------------------------------------------------------
 
 
-def _train_rank(config_json: str, run_dir: str | None, progress: bool) -> None:
+def _train_rank(
+    config_json: str, run_dir: str | None, progress: bool, resume: bool = False
+) -> None:
     from tenfold.train.loop import run_rank
 
-    run_rank(TrainConfig.from_dict(json.loads(config_json)), run_dir=run_dir, progress=progress)
+    run_rank(
+        TrainConfig.from_dict(json.loads(config_json)),
+        run_dir=run_dir,
+        progress=progress,
+        resume=resume,
+    )
 
 
 def spawn_training(
-    config: TrainConfig, run_dir: str | Path | None, *, progress: bool = True
+    config: TrainConfig,
+    run_dir: str | Path | None,
+    *,
+    progress: bool = True,
+    resume: bool = False,
 ) -> None:
     """Train with ``config.workers`` spawned ranks on this machine (``tenfold train``).
 
-    Rank 0 writes ``run_dir`` and prints progress. Raises :class:`RankFailure` when the
-    run fails (see :func:`launch`).
+    Rank 0 writes ``run_dir`` (checkpointed after every sync) and prints progress;
+    ``resume`` continues the run in ``run_dir`` from its checkpoint. Raises
+    :class:`RankFailure` when the run fails (see :func:`launch`).
     """
+    run = None if run_dir is None else str(run_dir)
     launch(
         _train_rank,
         config.workers,
-        (json.dumps(config.to_dict()), None if run_dir is None else str(run_dir), progress),
+        (json.dumps(config.to_dict()), run, progress, resume),
         timeout_s=config.timeout_s,
         threads=config.threads,
     )
@@ -310,9 +325,13 @@ def torchrun_env() -> tuple[int, int] | None:
 
 
 def torchrun_main(
-    config: TrainConfig, run_dir: str | Path | None, *, progress: bool = True
+    config: TrainConfig,
+    run_dir: str | Path | None,
+    *,
+    progress: bool = True,
+    resume: bool = False,
 ) -> None:
-    """The rank body under torchrun: join with ``env://`` and train.
+    """The rank body under torchrun: join with ``env://`` and train (``resume``: continue).
 
     Raises whatever the rank raises (the CLI turns it into a message and an exit code;
     torchrun then reports the failed rank and stops the others).
@@ -327,7 +346,7 @@ def torchrun_main(
         "gloo", init_method="env://", timeout=timedelta(seconds=config.timeout_s)
     )
     try:
-        run_rank(config, run_dir=run_dir, progress=progress, mode="torchrun")
+        run_rank(config, run_dir=run_dir, progress=progress, mode="torchrun", resume=resume)
     finally:
         _destroy_group()
 

@@ -53,10 +53,11 @@ class ConfigMismatchError(RuntimeError):
 
 @dataclass
 class TrainState:
-    """Everything a run needs to continue: the one place checkpoint/resume will save.
+    """Everything a run needs to continue: what :mod:`tenfold.train.checkpoint` saves.
 
     (Each worker's :meth:`~tenfold.train.worker.Worker.state_dict` holds its model, RNG
-    and step; add ``averager.round``, ``syncs`` and ``metrics``.)
+    and step; the checkpoint adds ``averager.round``, ``syncs``, ``elapsed_s``, the
+    processes' global RNGs, and the count and hash of the ``metrics`` records.)
 
     Attributes:
         config: the run's configuration.
@@ -65,6 +66,8 @@ class TrainState:
         step: local SGD steps every worker has done.
         syncs: synchronisations done.
         metrics: the records so far (filled on the lead process only).
+        elapsed_s: training wall time of the rounds done so far (s), over every process
+            that worked on the run (a resumed run continues its predecessor's clock).
     """
 
     config: TrainConfig
@@ -73,6 +76,7 @@ class TrainState:
     step: int = 0
     syncs: int = 0
     metrics: list[Record] = field(default_factory=list)
+    elapsed_s: float = 0.0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -130,6 +134,7 @@ def train_loop(
     *,
     test: EvalSet | None = None,
     on_record: Callable[[Record], None] | None = None,
+    on_sync: Callable[[TrainState], None] | None = None,
 ) -> list[Record]:
     """Run rounds until ``config.epochs`` local epochs are done; return the records.
 
@@ -138,6 +143,8 @@ def train_loop(
         test: evaluate on it after every ``eval_every``-th sync and after the last one
             (None: never, e.g. on ranks other than 0).
         on_record: called with each record, e.g. to write metrics.jsonl and print a line.
+        on_sync: called on every process after each round's record (after ``on_record``),
+            with the state as of that sync, e.g. to write a checkpoint.
 
     Each record holds: ``sync`` (1-based), ``step``, ``epoch`` (local epochs done, float),
     ``lr`` (at the round's first step), ``train_loss`` (worker/rank 0's mean over the round), ``test_accuracy`` and
@@ -150,6 +157,7 @@ def train_loop(
     """
     cfg = state.config
     start = time.perf_counter()
+    elapsed_before = state.elapsed_s
     while state.step < state.total_steps:
         n = min(state.steps_per_round, state.total_steps - state.step)
         lr = cfg.lr * cfg.lr_decay ** (state.step // state.steps_per_epoch)
@@ -166,6 +174,7 @@ def train_loop(
             t0 = time.perf_counter()
             accuracy, loss = evaluate(state.workers[0].model, test, cfg.eval_batch_size)
             t_eval = time.perf_counter() - t0
+        state.elapsed_s = elapsed_before + time.perf_counter() - start
         record: Record = {
             "sync": state.syncs,
             "step": state.step,
@@ -186,13 +195,15 @@ def train_loop(
             "comm_s": stats.comm_seconds,
             "decode_s": stats.decode_seconds,
             "eval_s": t_eval,
-            "elapsed_s": time.perf_counter() - start,
+            "elapsed_s": state.elapsed_s,
             "layers": [t.as_dict() for t in stats.tensors],
         }
         if test is not None:
             state.metrics.append(record)
         if on_record is not None:
             on_record(record)
+        if on_sync is not None:
+            on_sync(state)
     return state.metrics
 
 
@@ -203,6 +214,7 @@ def run_simulated(
     run_dir: str | Path | None = None,
     progress: bool = False,
     on_record: Callable[[Record], None] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train ``config.workers`` workers in this process with the simulated averager.
 
@@ -215,9 +227,15 @@ def run_simulated(
         config: the run's configuration.
         data: a dataset already in memory (sweeps load it once); default: load
             ``config.dataset`` / ``config.data_dir``.
-        run_dir: write config.json, metrics.jsonl, model.safetensors and plots there.
+        run_dir: write config.json, metrics.jsonl, model.safetensors and plots there, and
+            a checkpoint after every sync.
         progress: show a progress bar (stderr) and one line per sync (stdout).
         on_record: called with each metrics record.
+        resume: continue the run in ``run_dir`` from its checkpoint (``config`` must be
+            the saved one, up to :data:`~tenfold.train.checkpoint.RESUME_OVERRIDABLE`).
+
+    Raises:
+        CheckpointError: ``resume`` and the checkpoint is missing, damaged or another run's.
 
     Example:
         >>> res = run_simulated(TrainConfig(epochs=2, workers=5))  # doctest: +SKIP
@@ -240,7 +258,15 @@ def run_simulated(
         mode="simulated",
         source=data.source,
         on_record=on_record,
+        resume=resume,
+        fingerprint=_fingerprint(data) if run_dir is not None else None,
     )
+
+
+def _fingerprint(data: IdxDataset) -> dict[str, Any]:
+    from tenfold.train.checkpoint import dataset_fingerprint
+
+    return dataset_fingerprint(data)
 
 
 def _drive(
@@ -252,15 +278,47 @@ def _drive(
     mode: str,
     source: str,
     on_record: Callable[[Record], None] | None = None,
+    resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run :func:`train_loop`; the lead process (``test`` given) writes and reports."""
+    """Run :func:`train_loop`; the lead process (``test`` given) writes and reports.
+
+    With a run directory, every process checkpoints after each sync (the lead writes the
+    file); with ``resume`` the state is first restored from the directory's checkpoint.
+    Among real ranks the lead decides and tells the others (:func:`_agree_on_checkpoint`).
+    """
+    from tenfold.train.checkpoint import Checkpointer
+    from tenfold.train.faults import active_fault
     from tenfold.train.progress import Reporter
     from tenfold.train.rundir import RunDir
 
     lead = test is not None
+    distributed = _is_distributed(state)
+    fault = active_fault()
     rd = RunDir(run_dir) if lead and run_dir is not None else None
-    if rd is not None:
-        rd.start(state.config, mode=mode, source=source)
+    checkpointing = _agree_on_checkpoint(
+        state,
+        rd,
+        lead=lead,
+        distributed=distributed,
+        resume=resume,
+        mode=mode,
+        source=source,
+        fingerprint=fingerprint,
+    )
+    checkpointer = (
+        Checkpointer(rd, mode=mode, distributed=distributed, data=fingerprint, fault=fault)
+        if checkpointing
+        else None
+    )
+    rank = dist.get_rank() if distributed else 0
+
+    def sync_hook(s: TrainState) -> None:
+        if checkpointer is not None:
+            checkpointer.save(s, elapsed_s=s.elapsed_s)
+        if fault is not None:
+            fault.after_sync(s.syncs, rank, s.workers[0].params)
+
     reporter = Reporter(state, enabled=lead and progress)
 
     def record_hook(record: Record) -> None:
@@ -271,12 +329,99 @@ def _drive(
             on_record(record)
 
     try:
-        train_loop(state, test=test, on_record=record_hook)
+        train_loop(state, test=test, on_record=record_hook, on_sync=sync_hook)
     finally:
         reporter.close()
     if rd is not None:
         rd.finish(state)
     return TrainResult(metrics=state.metrics, state=state)
+
+
+def _is_distributed(state: TrainState) -> bool:
+    return (
+        isinstance(state.averager, CompressedAverager)
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    )
+
+
+# Status rank 0 broadcasts before training: what every rank does about checkpoints.
+_NO_CHECKPOINT, _CHECKPOINT, _RESUME, _FAILED = 0, 1, 2, -1
+
+
+def _agree_on_checkpoint(
+    state: TrainState,
+    rd: Any,
+    *,
+    lead: bool,
+    distributed: bool,
+    resume: bool,
+    mode: str,
+    source: str,
+    fingerprint: dict[str, Any] | None,
+) -> bool:
+    """Prepare the run directory (lead), restore a checkpoint (everyone); True: checkpoint.
+
+    The lead starts or takes over the run directory and reads the checkpoint; with real
+    ranks it then broadcasts a status and the checkpoint's bytes, so every rank restores the
+    same state (no shared file system needed) and joins the per-sync checkpoint collective
+    exactly when the lead writes checkpoints. A lead that cannot resume tells the others
+    before raising: every rank fails at once instead of waiting for a timeout.
+    """
+    from tenfold.train.checkpoint import (
+        Checkpoint,
+        CheckpointError,
+        broadcast_bytes,
+        check_resumable,
+        read_checkpoint_bytes,
+        restore_state,
+    )
+
+    ckpt: Checkpoint | None = None
+    blob: bytes | None = None
+    if lead:
+        status = _NO_CHECKPOINT
+        try:
+            if resume and rd is None:
+                raise ValueError("resume needs the run directory to resume from")
+            if rd is not None and resume:
+                ckpt, blob = read_checkpoint_bytes(rd.path)
+                check_resumable(ckpt, state.config, mode=mode)
+                if fingerprint is not None and ckpt.data.get("sha256") != fingerprint["sha256"]:
+                    raise CheckpointError(
+                        f"{ckpt.path}: the data set differs from the one the run was trained "
+                        f"on (source {source}: {fingerprint['train']} training / "
+                        f"{fingerprint['test']} test images)"
+                    )
+                restore_state(state, ckpt)
+                state.metrics = rd.resume(
+                    state.config,
+                    count=ckpt.metrics_count,
+                    sha256=ckpt.metrics_sha256,
+                    from_sync=ckpt.syncs,
+                )
+                status = _RESUME
+            elif rd is not None:
+                rd.start(state.config, mode=mode, source=source)
+                status = _CHECKPOINT
+        except BaseException:
+            if distributed:
+                broadcast_bytes(None, status=_FAILED)
+            raise
+        if distributed:
+            broadcast_bytes(blob if status == _RESUME else None, status=status)
+        return status != _NO_CHECKPOINT
+    if not distributed:
+        return False
+    status, data = broadcast_bytes(None)
+    if status == _FAILED:
+        raise CheckpointError("rank 0 could not start or resume the run directory (see its error)")
+    if status == _RESUME:
+        ckpt = Checkpoint.from_bytes(data, what="the checkpoint received from rank 0")
+        check_resumable(ckpt, state.config, mode=mode)
+        restore_state(state, ckpt)
+    return status != _NO_CHECKPOINT
 
 
 def check_same_config(config: TrainConfig, group: dist.ProcessGroup | None = None) -> None:
@@ -306,16 +451,20 @@ def run_rank(
     run_dir: str | Path | None = None,
     progress: bool = True,
     mode: str = "spawn",
+    resume: bool = False,
 ) -> TrainResult:
     """The body of one rank; the default process group must be initialised.
 
     Checks every rank has the same config, loads the data, trains this rank's worker,
     averages with :class:`~tenfold.dist.CompressedAverager` each round. Rank 0 evaluates,
-    writes the run directory (if ``run_dir``) and shows progress (if ``progress``).
+    writes the run directory (if ``run_dir``: then every rank takes part in a checkpoint
+    after each sync) and shows progress (if ``progress``). ``resume`` (read on rank 0):
+    continue the run in ``run_dir`` from its checkpoint.
 
     Raises:
         ConfigMismatchError, NonFiniteWeightsError, DatasetError, CommunicationError (a
-        peer died or the timeout expired): on this rank; the launcher reports them.
+        peer died or the timeout expired), CheckpointError (cannot resume): on this rank;
+        the launcher reports them.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != config.workers:
@@ -331,8 +480,18 @@ def run_rank(
     )
     test = EvalSet.from_arrays(data.test_images, data.test_labels) if rank == 0 else None
     source = data.source
+    fingerprint = _fingerprint(data) if rank == 0 and run_dir is not None else None
     del data  # keep only the shard (and, on rank 0, the test set) in memory
-    return _drive(state, test, run_dir=run_dir, progress=progress, mode=mode, source=source)
+    return _drive(
+        state,
+        test,
+        run_dir=run_dir,
+        progress=progress,
+        mode=mode,
+        source=source,
+        resume=resume,
+        fingerprint=fingerprint,
+    )
 
 
 def final_weights(state: TrainState) -> dict[str, np.ndarray]:

@@ -5,13 +5,19 @@ run.json           how it ran: mode, data source, versions, times, final figures
 metrics.jsonl      one JSON record per synchronisation (see ``train_loop``), appended
                    and flushed as training goes
 model.safetensors  the final averaged weights (float32, by parameter name)
+checkpoint.safetensors
+                   the latest checkpoint, rewritten atomically after every
+                   synchronisation (see :mod:`tenfold.train.checkpoint`); ``tenfold train
+                   --resume DIR`` continues the run from it
 accuracy.png       test accuracy vs epoch
 bits.png           bits/param vs epoch: as sent (Huffman-coded) and N before coding
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +45,20 @@ class RunDir:
         self.path = Path(path)
         self._run: dict[str, Any] = {}
         self._t0 = time.time()
+        # Running SHA-256 and count of metrics.jsonl's lines: a checkpoint records both.
+        self._metrics_hash = hashlib.sha256()
+        self._metrics_count = 0
 
     def start(self, config: TrainConfig, *, mode: str, source: str) -> None:
-        """Write config.json and run.json, and start an empty metrics.jsonl."""
+        """Write config.json and run.json, start an empty metrics.jsonl, drop old checkpoints."""
         import torch
 
         from tenfold import __version__
+        from tenfold.train.checkpoint import remove_checkpoint
 
         self.path.mkdir(parents=True, exist_ok=True)
+        # A checkpoint of an earlier run here (--overwrite) must not be resumable into this one.
+        remove_checkpoint(self.path)
         _write_json(self.path / CONFIG, config.to_dict())
         self._t0 = time.time()
         self._run = {
@@ -59,11 +71,75 @@ class RunDir:
         }
         _write_json(self.path / RUN, self._run)
         (self.path / METRICS).write_text("")
+        self._metrics_hash = hashlib.sha256()
+        self._metrics_count = 0
+
+    def resume(
+        self, config: TrainConfig, *, count: int, sha256: str, from_sync: int
+    ) -> list[Record]:
+        """Take over a run directory to continue it from a checkpoint; return its records.
+
+        metrics.jsonl must begin with the ``count`` records the checkpoint covers (checked
+        against their SHA-256); any later or partial line - written after that checkpoint,
+        before the run died - is dropped. config.json is rewritten (a resumed run may change
+        its timeout or data path), run.json notes the resumption.
+
+        Raises:
+            CheckpointError: metrics.jsonl is missing records or does not match.
+        """
+        from tenfold.train.checkpoint import CheckpointError, write_atomic
+
+        path = self.path / METRICS
+        raw = path.read_bytes() if path.is_file() else b""
+        lines = raw.split(b"\n")[:-1]  # complete lines only: a crash may cut the last one
+        if len(lines) < count:
+            raise CheckpointError(
+                f"{path}: {len(lines)} complete records, the checkpoint covers {count} "
+                "(the file was truncated or replaced)"
+            )
+        kept = b"".join(line + b"\n" for line in lines[:count])
+        digest = hashlib.sha256(kept)
+        if digest.hexdigest() != sha256:
+            raise CheckpointError(
+                f"{path}: its first {count} records do not match the checkpoint's SHA-256 "
+                "(the file was edited or belongs to another run)"
+            )
+        records = [json.loads(line) for line in lines[:count]]
+        write_atomic(path, kept)
+        self._metrics_hash, self._metrics_count = digest, count
+        _write_json(self.path / CONFIG, config.to_dict())
+        try:
+            self._run = json.loads((self.path / RUN).read_text())
+        except (OSError, ValueError):
+            self._run = {}
+        resumed = time.time()
+        self._run.setdefault("resumed", []).append(
+            {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(resumed)),
+                "from_sync": from_sync,
+            }
+        )
+        self._run["finished"] = None
+        self._t0 = resumed  # run.json's wall_seconds: of this (the last) process
+        _write_json(self.path / RUN, self._run)
+        return records
 
     def append(self, record: Record) -> None:
-        """Append one record to metrics.jsonl (flushed at once: readable while training)."""
-        with (self.path / METRICS).open("a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
+        """Append one record to metrics.jsonl, flushed and fsynced.
+
+        Readable while training; and durable before the checkpoint that counts it is written.
+        """
+        line = (json.dumps(record, allow_nan=False) + "\n").encode()
+        with (self.path / METRICS).open("ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self._metrics_hash.update(line)
+        self._metrics_count += 1
+
+    def metrics_digest(self) -> tuple[int, str]:
+        """``(records written, SHA-256 of metrics.jsonl so far)``, for the checkpoint."""
+        return self._metrics_count, self._metrics_hash.hexdigest()
 
     def finish(self, state: TrainState) -> None:
         """Write model.safetensors, the plots, and the final figures into run.json."""
