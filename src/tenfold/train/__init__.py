@@ -16,22 +16,49 @@ Example:
 
 from __future__ import annotations
 
-from tenfold.train.config import TrainConfig, make_policy
-from tenfold.train.data import DatasetError, IdxDataset, find_dataset, load_dataset
-from tenfold.train.launch import RankFailure, launch, spawn_training, torchrun_main
-from tenfold.train.loop import (
-    ConfigMismatchError,
-    TrainResult,
-    TrainState,
-    final_weights,
-    make_workers,
-    run_rank,
-    run_simulated,
-    train_loop,
-)
-from tenfold.train.model import PaperMLP, init_weights
-from tenfold.train.rundir import RunDir, read_metrics
-from tenfold.train.worker import EvalSet, Worker, evaluate
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562) so that ``tenfold.train.config`` - which the
+# CLI needs to build ``--help`` - can be imported without paying for torch; ``tenfold
+# inspect`` and ``tenfold bench`` never import torch at all.
+_EXPORTS: dict[str, str] = {
+    "TrainConfig": "config",
+    "make_policy": "config",
+    "DatasetError": "data",
+    "IdxDataset": "data",
+    "find_dataset": "data",
+    "load_dataset": "data",
+    "RankFailure": "launch",
+    "launch": "launch",
+    "spawn_training": "launch",
+    "torchrun_main": "launch",
+    "ConfigMismatchError": "loop",
+    "TrainResult": "loop",
+    "TrainState": "loop",
+    "final_weights": "loop",
+    "make_workers": "loop",
+    "run_rank": "loop",
+    "run_simulated": "loop",
+    "train_loop": "loop",
+    "PaperMLP": "model",
+    "init_weights": "model",
+    "RunDir": "rundir",
+    "read_metrics": "rundir",
+    "EvalSet": "worker",
+    "Worker": "worker",
+    "evaluate": "worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tenfold.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tenfold.train.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ConfigMismatchError",

@@ -1,0 +1,34 @@
+"""The CLI stays light: inspecting a packet must not import torch (seconds of start-up)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import tenfold
+
+
+def test_tenfold_inspect_does_not_import_torch(tmp_path: Path) -> None:
+    packet = tmp_path / "p.tf"
+    packet.write_bytes(tenfold.compress({"w": np.linspace(-1, 1, 100, dtype=np.float32)}))
+    code = (
+        "import sys\n"
+        "from tenfold.cli import main\n"
+        f"rc = main(['inspect', {str(packet)!r}])\n"
+        "assert rc == 0, rc\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_lazy_train_exports_resolve() -> None:
+    import tenfold.train as train
+
+    for name in train.__all__:
+        assert getattr(train, name) is not None, name
