@@ -571,7 +571,7 @@ def full_profile(*, epochs: int = FULL_EPOCHS, seeds: tuple[int, ...] = (0, 1, 2
         name="full",
         description=(
             "all figures and the headline table on the whole Fashion-MNIST training set, "
-            f"{len(seeds)} seeds, {epochs} epochs, plus the init x L1 ablation"
+            f"{len(seeds)} seeds, plus the init x L1 ablation"
         ),
         epochs=epochs,
         seeds=seeds,

@@ -765,13 +765,21 @@ def _section_differences(a: Analysis) -> str:
 
 
 def _section_reproduce(profile: Profile, out: Path) -> str:
+    from tenfold.experiments.profiles import get_profile
+
+    # A sweep run with --epochs must be continued and redrawn with the same override,
+    # or its finished runs no longer match the profile and would be trained again.
+    epochs = (
+        "" if profile.epochs == get_profile(profile.name).epochs else f" --epochs {profile.epochs}"
+    )
+    base = f"tenfold reproduce --profile {profile.name} --out {out}{epochs}"
     return "\n".join(
         [
             "## Reproduce",
             "",
             "```",
-            f"tenfold reproduce --profile {profile.name} --out {out} --jobs 2   # resumable: rerun to continue",
-            f"tenfold reproduce --profile {profile.name} --out {out} --report-only   # figures + this report",
+            f"{base} --jobs 2   # resumable: rerun to continue",
+            f"{base} --report-only   # figures + this report",
             "```",
             "",
             "Each finished run is `runs/<setting>__seed<k>.json` (config, per-epoch metrics, "
