@@ -765,13 +765,12 @@ def _section_differences(a: Analysis) -> str:
 
 
 def _section_reproduce(profile: Profile, out: Path) -> str:
-    from tenfold.experiments.profiles import get_profile
+    from tenfold.experiments.profiles import PROFILES, get_profile
 
     # A sweep run with --epochs must be continued and redrawn with the same override,
     # or its finished runs no longer match the profile and would be trained again.
-    epochs = (
-        "" if profile.epochs == get_profile(profile.name).epochs else f" --epochs {profile.epochs}"
-    )
+    default = get_profile(profile.name).epochs if profile.name in PROFILES else None
+    epochs = "" if profile.epochs == default else f" --epochs {profile.epochs}"
     base = f"tenfold reproduce --profile {profile.name} --out {out}{epochs}"
     return "\n".join(
         [
