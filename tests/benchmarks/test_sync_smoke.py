@@ -110,6 +110,9 @@ def test_smoke_tenfold_weights_agree_across_ranks(smoke: dict[str, Any]) -> None
         err = m["error_vs_exact_mean"]
         assert 0 < err["max_abs_relative_to_range"] < 0.05
         assert err["rms_relative_to_weights_rms"] < 0.1
+        cpu = m["cpu_seconds"]
+        assert cpu["sum_over_ranks_median"] >= cpu["per_rank_max_median"] > 0
+        assert cpu["floor_seconds_here"] > 0
         phases = m["phases_seconds"]
         for phase in ("encode", "comm", "decode"):
             assert phases[phase]["median"] >= 0
