@@ -362,3 +362,14 @@ def test_half_and_double_tensors_keep_their_dtype() -> None:
         assert named[0][1].tolist() == [2.0, 4.0] and named[1][1].tolist() == [0.5, 0.5]
     with pytest.raises(TypeError, match="floating-point"):
         SimulatedAverager(tenfold.Lossless()).average([[torch.ones(2, dtype=torch.int32)]] * 2)
+
+
+def test_absurd_announced_packet_sizes_are_refused_before_allocation() -> None:
+    from tenfold.codec import CorruptPacketError
+    from tenfold.dist.averaging import _check_announced_sizes
+
+    named = [("w", torch.zeros(100, 10)), ("b", torch.zeros(10))]
+    honest = len(tenfold.compress(dict(named), tenfold.Lossless()))
+    _check_announced_sizes([honest, honest, 0], named)  # a Lossless packet always fits
+    with pytest.raises(CorruptPacketError, match=r"rank 1 announced a packet of 1099511627776"):
+        _check_announced_sizes([honest, 2**40, honest], named)

@@ -192,6 +192,32 @@ class SyncStats:
         }
 
 
+def _check_announced_sizes(sizes: Sequence[int], named: list[tuple[str, torch.Tensor]]) -> None:
+    """Refuse absurd sizes before any buffer is allocated for them.
+
+    No packet of this model can exceed its raw bytes plus headers (the codec never picks a
+    mode bigger than raw), so a larger announcement is a broken or hostile peer. Every
+    rank sees the same sizes and raises the same error at the same point, so nobody is
+    left waiting in the transfer.
+    """
+    raw = sum(t.numel() * t.element_size() for _, t in named)
+    limit = 2 * raw + 65_536 + sum(1024 + 16 * t.dim() + len(n) for n, t in named)
+    for peer, size in enumerate(sizes):
+        if size > limit:
+            raise CorruptPacketError(
+                f"rank {peer} announced a packet of {size} bytes, more than any packet of "
+                f"this model can need ({limit} bytes): refusing to allocate it"
+            )
+
+
+def _require_parameters(named: list[tuple[str, torch.Tensor]]) -> None:
+    """An empty model is a caller's mistake (often a spent ``parameters()`` generator)."""
+    if not named:
+        raise ValueError(
+            "no parameters to average (an empty model, or a parameters() iterator already consumed)"
+        )
+
+
 def named_tensors(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
     """Normalise ``params`` to ``[(name, tensor), ...]``; unnamed tensors get ``"0"``, ``"1"``...
 
@@ -608,6 +634,7 @@ class CompressedAverager:
             tenfold.dist.CommunicationError: a peer died or the group's timeout expired.
         """
         named = named_tensors(params)
+        _require_parameters(named)
         round_ = self.round
         self.round += 1
         if not self._distributed():
@@ -633,6 +660,7 @@ class CompressedAverager:
         except PeerStatusError as exc:
             raise NonFiniteWeightsError(exc.statuses) from None
         t_sizes = time.perf_counter() - t_start
+        _check_announced_sizes(sizes, named)
         summer = RankOrderSum(named, world, pool=self._pool)
         summer.offer(rank, blob)
         with PacketTransfer(blob, sizes, group=group) as transfer:
@@ -714,6 +742,8 @@ class SimulatedAverager:
             tenfold.codec.PacketMismatchError: workers hold different tensors.
         """
         named = [named_tensors(p) for p in workers]
+        for tensors in named:
+            _require_parameters(tensors)
         k = len(named)
         if grad_rms is not None and len(grad_rms) != k:
             raise ValueError(f"grad_rms: {len(grad_rms)} mappings for {k} workers")
