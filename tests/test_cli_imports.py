@@ -32,3 +32,10 @@ def test_lazy_train_exports_resolve() -> None:
 
     for name in train.__all__:
         assert getattr(train, name) is not None, name
+
+
+def test_a_submodule_does_not_hide_the_export_of_the_same_name() -> None:
+    import tenfold.train.launch  # noqa: F401  (binds the submodule on the package)
+    from tenfold.train import launch
+
+    assert callable(launch) and not isinstance(launch, type(tenfold))

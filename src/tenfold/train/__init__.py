@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # Names are imported on first use (PEP 562) so that ``tenfold.train.config`` - which the
@@ -49,6 +51,24 @@ _EXPORTS: dict[str, str] = {
     "Worker": "worker",
     "evaluate": "worker",
 }
+
+
+class _TrainPackage(types.ModuleType):
+    """This package's module type: a submodule never hides an export of the same name.
+
+    The import system binds every imported submodule as an attribute of its package, so
+    importing ``tenfold.train.launch`` (the module) would otherwise hide ``launch`` (the
+    function) from ``from tenfold.train import launch``. The submodule stays reachable
+    through ``sys.modules`` and ``from tenfold.train.launch import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _TrainPackage
 
 
 def __getattr__(name: str) -> Any:
