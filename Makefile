@@ -26,11 +26,11 @@ data:
 train: setup data
 	$(VENV)/bin/tenfold train --out runs/quickstart --overwrite $(ARGS)
 
-## The test suite, as CI runs it: lint, types, then every test not marked slow.
+## The test suite, as CI runs it: lint and types over src/ tests/ benchmarks/, then every test not marked slow.
 test: setup data
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/mypy src/tenfold/codec
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
 test-slow: setup

@@ -4,7 +4,7 @@
 K ranks (default 4; gloo, CPU, one compute thread each) each hold a model of P float32
 parameters and average it once, three ways:
 
-* ``tenfold``            - ``tenfold.dist.CompressedAverager(tenfold.EntropyAdaptive())``;
+* ``tenfold``            - ``tenfold.distributed.CompressedAverager(tenfold.EntropyAdaptive())``;
   the wall time of ``.average()``: encode, exchange of sizes, then the packets around a
   ring, decoded and summed (in rank order) while the later ones are still arriving.
 * ``float32_all_reduce`` - ``dist.all_reduce`` of every tensor in place, then ``/ K``.
@@ -362,7 +362,7 @@ class _Rank:
         t0 = time.perf_counter()
         try:
             import tenfold
-            from tenfold.dist import CompressedAverager
+            from tenfold.distributed import CompressedAverager
 
             self.policy = tenfold.EntropyAdaptive()
             self.tenfold = tenfold
@@ -485,7 +485,7 @@ class _Rank:
         """
         import numpy as np
 
-        from tenfold.dist import SimulatedAverager, all_gather_bytes
+        from tenfold.distributed import SimulatedAverager, all_gather_bytes
 
         nbytes = self.last_packet_bytes
         payload = np.random.default_rng([self.cfg.seed, self.rank]).integers(

@@ -2,7 +2,7 @@
 
 The smoke run is one subprocess shared by the module (it starts 4 gloo ranks, ~5-20 s on
 2 cores, most of it importing torch and, on a cold cache, numba's JIT compile). The tenfold
-checks skip, with the reason, while ``tenfold.dist`` is not importable.
+checks skip, with the reason, while ``tenfold.distributed`` is not importable.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _load_sync() -> ModuleType:
 def _tenfold_dist_error() -> str | None:
     try:
         import tenfold  # noqa: F401
-        import tenfold.dist  # noqa: F401
+        import tenfold.distributed  # noqa: F401
     except Exception as exc:  # not built yet, or broken: say why when skipping
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -93,7 +93,7 @@ def test_smoke_report_structure_and_baselines(smoke: dict[str, Any]) -> None:
 def test_smoke_tenfold_weights_agree_across_ranks(smoke: dict[str, Any]) -> None:
     why = _tenfold_dist_error()
     if why is not None:
-        pytest.skip(f"tenfold.dist is not importable yet ({why})")
+        pytest.skip(f"tenfold.distributed is not importable yet ({why})")
     net = smoke["networks"]["loopback"]
     assert net["tenfold"]["available"], net["tenfold"].get("error")
     assert net["tenfold"]["jit_compile"]["first_call_seconds_max_over_ranks"] > 0

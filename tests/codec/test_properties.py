@@ -28,7 +28,9 @@ from tenfold.codec import (
 
 from .conftest import half_bin_bound, rounding_slack
 
-DTYPES = st.sampled_from([np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)])
+DTYPES: st.SearchStrategy[np.dtype] = st.sampled_from(
+    [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)]
+)
 
 POLICIES = st.one_of(
     st.builds(Fixed, st.integers(1, 24)),

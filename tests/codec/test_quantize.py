@@ -45,7 +45,7 @@ def test_lut_is_bin_centres() -> None:
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("bits", [1, 3, 8, 12, 16])
 def test_half_bin_bound(dtype: type, bits: int, rng: np.random.Generator) -> None:
-    x = rng.normal(size=2000).astype(dtype)
+    x: np.ndarray = rng.normal(size=2000).astype(dtype)
     lo, hi, ok = finite_min_max(x)
     assert ok
     q = Quantizer.for_range(lo, hi, bits)

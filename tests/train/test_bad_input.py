@@ -15,7 +15,7 @@ from tiny_idx import write_tiny_idx
 
 import tenfold
 from tenfold.cli import main
-from tenfold.dist import CompressedAverager, NonFiniteWeightsError, SimulatedAverager
+from tenfold.distributed import CompressedAverager, NonFiniteWeightsError, SimulatedAverager
 
 
 def run(args: list[str], tmp_path: Path) -> int:

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 import tenfold
 from tenfold.cli import main
-from tenfold.dist import NonFiniteWeightsError
+from tenfold.distributed import NonFiniteWeightsError
 from tenfold.train import TrainConfig, final_weights, read_metrics, run_simulated
 
 

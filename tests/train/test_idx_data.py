@@ -27,7 +27,7 @@ from tenfold.train.data import (
 @pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
 def test_write_read_round_trip(tmp_path: Path, name: str, dtype: type) -> None:
-    array = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
+    array: np.ndarray = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
     write_idx(tmp_path / name, array)
     got = read_idx(tmp_path / name)
     assert got.dtype == np.dtype(dtype) and got.dtype.isnative

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 import tenfold
-from tenfold.dist import CompressedAverager
+from tenfold.distributed import CompressedAverager
 from tenfold.train import ConfigMismatchError, RankFailure, TrainConfig, launch
 from tenfold.train.loop import check_same_config
 

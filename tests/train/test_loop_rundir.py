@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load_file
 
 import tenfold
-from tenfold.dist import NonFiniteWeightsError, SimulatedAverager
+from tenfold.distributed import NonFiniteWeightsError, SimulatedAverager
 from tenfold.train import (
     TrainConfig,
     TrainState,

@@ -82,7 +82,7 @@ def test_a_stuck_rank_times_out_and_is_stopped(
     assert elapsed < 5 + 5 + 120
 
 
-@pytest.mark.slow  # also covered in-process: tests/dist/test_averaging.py, test_loop_rundir.py
+@pytest.mark.slow  # also covered in-process: tests/distributed/test_averaging.py, test_loop_rundir.py
 def test_a_rank_with_nonfinite_weights_stops_every_rank(
     tiny_data: Path,
     tmp_path: Path,

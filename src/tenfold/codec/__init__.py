@@ -6,7 +6,7 @@ The codec contract (written down once; everything else in the package follows it
   names to float16/float32/float64 arrays (numpy, or CPU torch tensors by duck typing: torch
   is never imported here), any shape including 0-d and empty, and returns ONE packet. NaN or
   Inf values raise ``ValueError`` naming the tensor; other dtypes raise ``TypeError``.
-* Per tensor (paper Alg. 1, with DESIGN.md's errata): ``w_min``, ``w_max``; the policy picks
+* Per tensor (paper Alg. 1, with the errata of docs/DESIGN.md): ``w_min``, ``w_max``; the policy picks
   N bits (:class:`EntropyAdaptive`: ``N = ceil(H + c)``, H the entropy in bits of an M-bit
   quantization of a seeded sample of a fraction F); values are binned with
   ``i = floor(2**N (w - w_min) / (w_max - w_min))`` clamped to ``[0, 2**N - 1]`` and coded

@@ -1,4 +1,4 @@
-"""Uniform quantization (DESIGN errata 1-3) and the sampled entropy estimate (paper Alg. 1).
+"""Uniform quantization (docs/DESIGN.md errata 1-3) and the sampled entropy estimate (paper Alg. 1).
 
 Quantizer, for a tensor with ``w_min < w_max`` coded with ``N`` bits (``K = 2**N`` bins):
 

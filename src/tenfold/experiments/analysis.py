@@ -1,6 +1,6 @@
 """From run files to the paper's quantities: accuracy, convergence, bits, correlations.
 
-Definitions (paper §3-5, DESIGN.md erratum 9):
+Definitions (paper §3-5, docs/DESIGN.md erratum 9):
 
 * **accuracy** of a run: its peak test accuracy over epochs, i.e. the accuracy at its
   convergence epoch (the paper's Figs. 1 and 4); the last epoch's accuracy is kept too.

@@ -152,7 +152,7 @@ def _section_run(a: Analysis, profile: Profile, meta: dict[str, Any], out: Path)
         "every local epoch each worker compresses its weights into one tenfold packet, all "
         "packets are exchanged and every worker continues from the same average of the decoded "
         "packets (paper §2). The K workers of a run are *simulated* in one process "
-        "(`tenfold.dist.SimulatedAverager`): bit for bit the weights of K torch.distributed "
+        "(`tenfold.distributed.SimulatedAverager`): bit for bit the weights of K torch.distributed "
         "ranks, which `tests/experiments/test_simulated_equals_distributed.py` checks.",
         f"- **Epochs**: {profile.epochs} per run (the paper: 100); **seeds**: "
         f"{seeds_txt} (the paper: 50 per point of Fig. 4, "

@@ -295,7 +295,7 @@ def simulate(
     """
     import torch
 
-    from tenfold.dist import NonFiniteWeightsError, SimulatedAverager
+    from tenfold.distributed import NonFiniteWeightsError, SimulatedAverager
     from tenfold.train import EvalSet, TrainState, make_workers, train_loop
 
     cfg = spec.config

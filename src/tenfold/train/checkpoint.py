@@ -25,7 +25,7 @@ synchronisations write O(syncs^2) bytes. On resume the file is cut back to the c
 records after their hash is checked.
 
 With real ranks, every rank serialises its own part (a few kB) and the parts travel to the
-lead as byte payloads (:func:`tenfold.dist.all_gather_bytes`: uint8 tensors, no pickle); on
+lead as byte payloads (:func:`tenfold.distributed.all_gather_bytes`: uint8 tensors, no pickle); on
 resume the lead broadcasts the checkpoint's bytes to every rank the same way, so ranks on
 other machines need no shared file system.
 """
@@ -494,7 +494,7 @@ def broadcast_bytes(
         ignored. Used on resume to hand every rank the checkpoint, and to agree on whether
         checkpoints are written at all.
     """
-    from tenfold.dist.exchange import translate_comm_errors
+    from tenfold.distributed.exchange import translate_comm_errors
 
     src = dist.get_global_rank(group, 0) if group is not None else 0
     mine = dist.get_rank() == src
@@ -611,7 +611,7 @@ class Checkpointer:
         """Gather every process's part; the lead writes the checkpoint atomically."""
         part = process_snapshot(state.workers, self.process)
         if self.distributed:
-            from tenfold.dist import all_gather_bytes
+            from tenfold.distributed import all_gather_bytes
 
             got = all_gather_bytes(part.to_bytes())
             if self.run_dir is None:

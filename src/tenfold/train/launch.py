@@ -147,7 +147,7 @@ def _entry(
 def _expected(exc: BaseException) -> bool:
     """Errors that explain themselves: print no traceback for them."""
     from tenfold.codec.errors import PacketMismatchError
-    from tenfold.dist import CommunicationError, PeerStatusError
+    from tenfold.distributed import CommunicationError, PeerStatusError
     from tenfold.train.checkpoint import CheckpointError
     from tenfold.train.data import DatasetError
     from tenfold.train.loop import ConfigMismatchError

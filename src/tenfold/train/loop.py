@@ -5,8 +5,8 @@
                       evaluation on the test set (lead process only), one metrics record
 
 A real rank holds one :class:`~tenfold.train.worker.Worker` and a
-:class:`~tenfold.dist.CompressedAverager`; the simulated group holds K workers and a
-:class:`~tenfold.dist.SimulatedAverager`. Everything else is this same code, so the
+:class:`~tenfold.distributed.CompressedAverager`; the simulated group holds K workers and a
+:class:`~tenfold.distributed.SimulatedAverager`. Everything else is this same code, so the
 simulated run produces bit for bit the weights of the distributed one.
 
 Entry points: :func:`run_simulated` (K workers in this process) and :func:`run_rank` (the
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.dist import CompressedAverager, SimulatedAverager, SyncStats
-from tenfold.dist.exchange import translate_comm_errors
+from tenfold.distributed import CompressedAverager, SimulatedAverager, SyncStats
+from tenfold.distributed.exchange import translate_comm_errors
 from tenfold.train.config import TrainConfig
 from tenfold.train.data import IdxDataset, load_dataset
 from tenfold.train.worker import EvalSet, Worker, evaluate, one_hot, shard_indices, to_inputs
@@ -456,7 +456,7 @@ def run_rank(
     """The body of one rank; the default process group must be initialised.
 
     Checks every rank has the same config, loads the data, trains this rank's worker,
-    averages with :class:`~tenfold.dist.CompressedAverager` each round. Rank 0 evaluates,
+    averages with :class:`~tenfold.distributed.CompressedAverager` each round. Rank 0 evaluates,
     writes the run directory (if ``run_dir``: then every rank takes part in a checkpoint
     after each sync) and shows progress (if ``progress``). ``resume`` (read on rank 0):
     continue the run in ``run_dir`` from its checkpoint.

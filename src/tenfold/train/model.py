@@ -57,7 +57,7 @@ def init_weights(model: nn.Module, scheme: str, generator: torch.Generator) -> N
       tanh); biases 0.
     * ``torch-default``: nn.Linear's default, W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
-    Zero biases are constant tensors: the codec sends them as one value (DESIGN.md erratum 3).
+    Zero biases are constant tensors: the codec sends them as one value (docs/DESIGN.md, erratum 3).
     """
     with torch.no_grad():
         for module in model.modules():

@@ -6,9 +6,9 @@ The protocol of one synchronisation ("round"), on each of K ranks:
    (:func:`round_policy`: the policy's sampling seed is derived from ``(seed, rank, round)``);
 2. if that failed because a tensor holds NaN/Inf, send a status instead (every rank
    fails, see below);
-3. exchange packet sizes (:func:`tenfold.dist.exchange.exchange_sizes`), then the packets
+3. exchange packet sizes (:func:`tenfold.distributed.exchange.exchange_sizes`), then the packets
    themselves around a ring of point-to-point transfers
-   (:class:`tenfold.dist.exchange.PacketTransfer`: exact sizes, no padding; the peers'
+   (:class:`tenfold.distributed.exchange.PacketTransfer`: exact sizes, no padding; the peers'
    packets arrive one after the other);
 4. decode every rank's packet, its own included, and add it into float32 accumulators
    (:func:`tenfold.codec.accumulate`, which validates names/shapes/dtypes first) in rank
@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from tenfold.codec import PacketInfo, accumulate, compress
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
-from tenfold.dist.exchange import (
+from tenfold.distributed.exchange import (
     STATUS_NONFINITE,
     PacketTransfer,
     PeerStatusError,
@@ -631,7 +631,7 @@ class CompressedAverager:
             NonFiniteWeightsError: on every rank, if any rank's tensors hold NaN/Inf.
             tenfold.codec.PacketMismatchError: a peer's packet has other tensors (names,
                 shapes or dtypes); the message names the rank and the tensor.
-            tenfold.dist.CommunicationError: a peer died or the group's timeout expired.
+            tenfold.distributed.CommunicationError: a peer died or the group's timeout expired.
         """
         named = named_tensors(params)
         _require_parameters(named)

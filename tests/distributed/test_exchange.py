@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tenfold.dist import CommunicationError, PeerStatusError, all_gather_bytes
-from tenfold.dist.exchange import (
+from tenfold.distributed import CommunicationError, PeerStatusError, all_gather_bytes
+from tenfold.distributed.exchange import (
     STATUS_NONFINITE,
     PacketTransfer,
     exchange_sizes,

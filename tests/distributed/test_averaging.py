@@ -21,7 +21,7 @@ from torch.distributed.algorithms.model_averaging.utils import average_parameter
 
 import tenfold
 from tenfold.codec.errors import PacketMismatchError
-from tenfold.dist import (
+from tenfold.distributed import (
     CompressedAverager,
     NonFiniteWeightsError,
     SimulatedAverager,
@@ -366,7 +366,7 @@ def test_half_and_double_tensors_keep_their_dtype() -> None:
 
 def test_absurd_announced_packet_sizes_are_refused_before_allocation() -> None:
     from tenfold.codec import CorruptPacketError
-    from tenfold.dist.averaging import _check_announced_sizes
+    from tenfold.distributed.averaging import _check_announced_sizes
 
     named = [("w", torch.zeros(100, 10)), ("b", torch.zeros(10))]
     honest = len(tenfold.compress(dict(named), tenfold.Lossless()))

@@ -10,7 +10,7 @@ import torch
 
 import tenfold
 from tenfold.codec.errors import PacketMismatchError
-from tenfold.dist.averaging import BufferPool, RankOrderSum, _decode_mean
+from tenfold.distributed.averaging import BufferPool, RankOrderSum, _decode_mean
 
 K = 4
 

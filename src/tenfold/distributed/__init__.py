@@ -8,7 +8,7 @@
 
 Example (each rank, after ``torch.distributed.init_process_group("gloo", ...)``)::
 
-    from tenfold.dist import CompressedAverager
+    from tenfold.distributed import CompressedAverager
     avg = CompressedAverager(policy=tenfold.EntropyAdaptive())
     stats = avg.average(model.named_parameters())   # in place
     print(stats.bits_per_param, stats.bytes_sent)
@@ -16,7 +16,7 @@ Example (each rank, after ``torch.distributed.init_process_group("gloo", ...)``)
 
 from __future__ import annotations
 
-from tenfold.dist.averaging import (
+from tenfold.distributed.averaging import (
     CompressedAverager,
     NonFiniteWeightsError,
     ParamsLike,
@@ -26,7 +26,7 @@ from tenfold.dist.averaging import (
     named_tensors,
     round_policy,
 )
-from tenfold.dist.exchange import (
+from tenfold.distributed.exchange import (
     CommunicationError,
     Exchanged,
     PeerStatusError,
