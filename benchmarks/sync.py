@@ -4,7 +4,7 @@
 K ranks (default 4; gloo, CPU, one compute thread each) each hold a model of P float32
 parameters and average it once, three ways:
 
-* ``tenfold``            - ``tenfold.distributed.CompressedAverager(tenfold.EntropyAdaptive())``;
+* ``tenfold``            - ``tenfold.distributed.CompressedAverager(tenfold.EntropyAdaptive(), transmit="weights")``;
   the wall time of ``.average()``: encode, exchange of sizes, then the packets around a
   ring, decoded and summed (in rank order) while the later ones are still arriving.
 * ``float32_all_reduce`` - ``dist.all_reduce`` of every tensor in place, then ``/ K``.
@@ -378,7 +378,7 @@ class _Rank:
             (n, self.torch.from_numpy(w))
             for n, w in make_weights(2_000, rank=self.rank, seed=self.cfg.seed + 1)
         ]
-        avg = self.CompressedAverager(self.policy)
+        avg = self.CompressedAverager(self.policy, transmit="weights")
         calls = [self.timed(lambda: avg.average(tiny))[0] for _ in range(2)]
         self.rec(
             "tenfold",
@@ -403,7 +403,11 @@ class _Rank:
             num_params=sum(w.numel() for _, w in params),
             tensors=[[n, list(w.shape)] for n, w in params],
         )
-        avg = self.CompressedAverager(self.policy) if self.tenfold is not None else None
+        avg = (
+            self.CompressedAverager(self.policy, transmit="weights")
+            if self.tenfold is not None
+            else None
+        )
         ops: dict[str, Callable[[], Any]] = {
             "float32_all_reduce": lambda: self.allreduce_f32(params),
             "float16_all_reduce": lambda: self.allreduce_f16(params),
@@ -503,7 +507,7 @@ class _Rank:
             ]
             # One averager for all reps, as the measured tenfold path keeps one per size
             # (its accumulator stays allocated between rounds).
-            sim = SimulatedAverager(self.policy)
+            sim = SimulatedAverager(self.policy, transmit="weights")
             for rep in range(reps):
                 work = [[(n, t.clone()) for n, t in m] for m in models]
                 stats = sim.average(work)
@@ -1016,7 +1020,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
             "timing": "per repetition: dist.barrier(), then each rank's wall time of the "
             "operation; the repetition's time is the max over ranks; median/min/max over "
             "repetitions, after warm-up; methods interleaved within each repetition",
-            "tenfold": "CompressedAverager(EntropyAdaptive()).average(params): encode + "
+            "tenfold": "CompressedAverager(EntropyAdaptive(), transmit='weights').average(params): encode + "
             "exchange (all_gather of sizes, then the exact packets around a ring of "
             "point-to-point transfers) + decode and sum in rank order, overlapped with "
             "the transfers",

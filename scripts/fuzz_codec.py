@@ -63,7 +63,15 @@ def _tensor(rng: np.random.Generator, kind: str, dtype: type) -> np.ndarray:
 
 def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
     """Valid packets, with the shapes/dtypes of what they hold (for accumulate targets)."""
-    from tenfold.codec import EntropyAdaptive, Fixed, GradientRMS, Lossless, compress
+    from tenfold.codec import (
+        EntropyAdaptive,
+        Fixed,
+        GradientRMS,
+        Lossless,
+        RelativeStep,
+        TargetRate,
+        compress,
+    )
 
     rng = np.random.default_rng(seed)
     policies = [
@@ -81,6 +89,12 @@ def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
         Lossless(),
         GradientRMS(3.0),
         GradientRMS(0.5, c0=0.1),
+        # version 2: mid-tread steps, rate control, ANS
+        TargetRate(bits_per_param=1.0),
+        TargetRate(bits_per_param=0.2),
+        TargetRate(bits_per_param=3.0, coder="huffman"),
+        RelativeStep(alpha=0.5),
+        RelativeStep(alpha=4.0),
     ]
     names = ["w", "fc1.weight", "bias", "", "ünïcödé", "x" * 300]
     pool = []
@@ -133,16 +147,17 @@ _FIELDS = ["name", "dtype", "ndim", "dims", "mode", "bits", "entropy", "range"]
 _FIELDS += ["table", "streams", "payload"]
 
 
-def _forge_record(rnd: random.Random) -> bytes:
+def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
     """One record from random header fields: all plausible but (usually) one hostile field.
 
     Plausible fields get the forged packet past the header checks to the payload decoders
     (random Huffman streams and bit-packed data under a valid header); the hostile one
     exercises one check at a time.
     """
-    from tenfold.codec import huffman
+    from tenfold.codec import ans, huffman
 
     bad = rnd.choice([None, None, None, None, *_FIELDS])
+    quant = 1 if rnd.random() < 0.35 else 0  # version 2: the mid-tread (step) quantizer
     name = rnd.choice([b"w", b"", "é".encode(), b"a" * rnd.randint(0, 40)])
     if bad == "name":
         name = rnd.choice([b"\xff\xfe", b"\xc3", b"\xed\xa0\x80"])
@@ -165,15 +180,22 @@ def _forge_record(rnd: random.Random) -> bytes:
     n = 1
     for d in dims:
         n *= d
-    mode = rnd.choice([1, 1, 1, 2, 2, 0, 3]) if bad != "mode" else rnd.choice([4, 7, 255])
+    mode = rnd.choice([1, 1, 4, 4, 2, 2, 0, 3]) if bad != "mode" else rnd.choice([5, 7, 255])
+    if quant and mode == 3:
+        mode = 4
     if n == 0 and bad is None:
-        mode = 3
-    bits = {0: 0, 1: rnd.randint(1, 16), 2: rnd.randint(1, min(24, width - 1)), 3: width}.get(
-        mode, 8
-    )
+        mode, quant = 3, 0
+    top = 24 if not quant else 16
+    bits = {
+        0: 0,
+        1: rnd.randint(1, 16),
+        2: rnd.randint(1, min(top, width - 1)),
+        3: width,
+        4: rnd.randint(1, 16),
+    }.get(mode, 8)
     if bad == "bits":
         bits = rnd.choice([0, 17, 24, 25, 32, 64, 255])
-    out.append(bytes([mode, bits]))
+    out.append(bytes([mode | (quant << 4) if bad != "mode" else mode, bits]))
     entropy = rnd.choice([b"\x00\x00\xc0\x7f", struct.pack("<f", rnd.uniform(0, 24))])
     if bad == "entropy":
         entropy = rnd.choice([b"\x01\x00\xc0\x7f", struct.pack("<f", -1.0), b"\x00\x00\x80\x7f"])
@@ -185,8 +207,37 @@ def _forge_record(rnd: random.Random) -> bytes:
     if bad == "range":
         lo, hi = rnd.choice([(float("nan"), 1.0), (0.0, float("inf")), (2.0, 1.0), (1.0, 1.0)])
     out += [_float_bytes(rnd, itemsize, lo), _float_bytes(rnd, itemsize, hi)]
+    if quant:  # step (binary64), lowest level (zigzag varint), clamp count
+        step = rnd.choice([1e-3, 0.5, 1.0, 1e300, 5e-324, -1.0, float("nan")])
+        if bad is None:
+            step = rnd.choice([1e-3, 0.01, 0.5, 1.0])
+        out.append(struct.pack("<d", step))
+        out.append(_varint(rnd.choice([0, 1, 2, 7, 65534, 65535, 65536]) if bad else 0))
+        out.append(_varint(rnd.choice([0, 0, 1, n, n + 1])))
     payload_len = 0
-    if mode == 1:  # Huffman: a valid (or random) code table, plausible (or not) stream sizes
+    if mode == 4:  # ANS: a valid (or random) frequency table, plausible (or not) lane sizes
+        k = 1 << min(max(bits, 1), 16)
+        scale = rnd.choice([12, 12, 14, 16]) if bad != "table" else rnd.choice([0, 1, 17, 255])
+        out.append(bytes([scale]))
+        if bad != "table" and 1 <= scale <= 16:
+            used = rnd.randint(1, min(k, 1 << (scale - 1), 512))
+            counts = np.zeros(k, np.int64)
+            counts[rnd.sample(range(min(k, 4096)), min(used, min(k, 4096)))] = 1
+            counts[counts > 0] *= np.array(
+                [rnd.choice([1, 3, 1000]) for _ in range(int(counts.sum()))]
+            )
+            table = ans.pack_frequencies(ans.quantize_frequencies(counts, scale))
+        else:
+            table = rnd.randbytes(rnd.randint(0, 64))
+        out += [_varint(len(table)), table]
+        for lane in range(4):
+            ns = (n - lane + 3) // 4 if n > lane else 0
+            size = 4 + 2 * rnd.randint(0, ns)
+            if bad == "streams" and rnd.random() < 0.5:
+                size = rnd.choice([*_EXTREME_INTS, 3, 5])
+            out.append(_varint(size))
+            payload_len += size
+    elif mode == 1:  # Huffman: a valid (or random) code table, plausible (or not) stream sizes
         k = 1 << min(max(bits, 1), 16)
         used = rnd.randint(2, min(k, 4096))
         if bad != "table" and huffman.length_limit(used) is not None:
@@ -224,16 +275,21 @@ def _forge_record(rnd: random.Random) -> bytes:
     else:
         payload = rnd.choice([b"\x00", b"\xff"]) * payload_len
     out.append(payload)
-    return b"".join(out)
+    return b"".join(out), bool(quant or mode == 4)
 
 
 def forge(rnd: random.Random) -> bytes:
     """A whole packet (valid CRC) from random header fields; see :func:`_forge_record`."""
     count = rnd.choice([0, 1, 1, 1, 2, 3])
-    records = [_forge_record(rnd) for _ in range(count)]
+    forged = [_forge_record(rnd) for _ in range(count)]
+    records = [r for r, _ in forged]
     if rnd.random() < 0.1:
         count = rnd.choice([count + 1, max(0, count - 1), 1 << 40])
-    body = b"TFLD" + bytes([1 if rnd.random() < 0.97 else 2]) + _varint(count) + b"".join(records)
+    # the version the records need, except now and then the other one (or an unknown one)
+    version = 2 if any(v2 for _, v2 in forged) else 1
+    if rnd.random() < 0.05:
+        version = rnd.choice([1, 2, 3])
+    body = b"TFLD" + bytes([version]) + _varint(count) + b"".join(records)
     return body + struct.pack("<I", zlib.crc32(body))
 
 

@@ -11,7 +11,11 @@ What is measured, per size (float32 tensors of n values), single thread:
 * ``fixed8_indices_zstd3``: Fixed(8) bin indices as uint8, compressed by zstd-3 (bytes):
   what a generic compressor makes of the same quantization;
 * ``vs_zstd3``: speed and size ratios, and whether the issue's targets are met (compress
-  >= 3x, decompress >= 2x zstd-3's speed, >= 8x fewer bytes).
+  >= 3x, decompress >= 2x zstd-3's speed, >= 8x fewer bytes);
+* ``target_rate_1`` / ``target_rate_0.5``: the delta-mode policy (rate control, mid-tread
+  quantizer, ANS) on the same data, against the same zstd-3 figures;
+* ``ans_vs_constriction``: tenfold's rANS kernels against the ``constriction`` library on
+  the same symbols, both directions (:mod:`tenfold.benchmarks_ans`).
 
 The numba first-call time (JIT compile, or loading the on-disk cache) is measured once,
 before anything else, and reported separately.
@@ -100,6 +104,7 @@ def _policy_figures(
         "bytes": len(blob),
         "bits_per_param": info.bits_per_param,
         "N": t.bits,
+        "step": t.step,
         "entropy_estimate": t.entropy,
         "mode": t.mode,
         "compress_MBps": c_speed,
@@ -129,7 +134,7 @@ def _policy_figures(
 def _size_figures(n: int, repeats: int, seed: int) -> dict[str, Any]:
     import zstandard
 
-    from tenfold.codec import EntropyAdaptive, Fixed
+    from tenfold.codec import EntropyAdaptive, Fixed, TargetRate
     from tenfold.codec.quantize import Quantizer, quantize
 
     x = make_data(n, seed)
@@ -162,6 +167,13 @@ def _size_figures(n: int, repeats: int, seed: int) -> dict[str, Any]:
                 x, EntropyAdaptive(c=6, M=4), repeats, zstd_c, zstd_d, len(zblob)
             ),
             "fixed8": _policy_figures(x, Fixed(8), repeats, zstd_c, zstd_d, len(zblob)),
+            # the delta-mode policies (rate control, mid-tread steps, ANS), on the same data
+            "target_rate_1": _policy_figures(
+                x, TargetRate(bits_per_param=1.0), repeats, zstd_c, zstd_d, len(zblob)
+            ),
+            "target_rate_0.5": _policy_figures(
+                x, TargetRate(bits_per_param=0.5), repeats, zstd_c, zstd_d, len(zblob)
+            ),
         },
     }
 
@@ -172,6 +184,7 @@ def run_benchmark(
     repeats: int = 5,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    ans_symbols: int | None = None,
 ) -> dict[str, Any]:
     """Run the codec benchmark and return its figures as a JSON-safe dict.
 
@@ -180,9 +193,13 @@ def run_benchmark(
         repeats: timed runs per figure (the median is reported), after one warm-up.
         seed: data seed.
         progress: called with a short message before each size (e.g. ``print`` to stderr).
+        ans_symbols: symbols for the ANS kernels against ``constriction``
+            (:func:`tenfold.benchmarks_ans.ans_vs_constriction`); default the largest size.
     """
     import numba
     import zstandard
+
+    from tenfold.benchmarks_ans import ans_vs_constriction
 
     first_call = _first_call_seconds()
     results = []
@@ -190,6 +207,9 @@ def run_benchmark(
         if progress is not None:
             progress(f"benchmarking {n:,} values")
         results.append(_size_figures(int(n), repeats, seed))
+    if progress is not None:
+        progress("benchmarking the ANS kernels against constriction")
+    ans = ans_vs_constriction(n=int(ans_symbols or max(sizes)), repeats=repeats, seed=seed)
     return {
         "benchmark": "tenfold codec vs zstd-3 / float16, single thread",
         "data": DISTRIBUTION,
@@ -212,4 +232,5 @@ def run_benchmark(
             "zstandard": zstandard.__version__,
         },
         "sizes": results,
+        "ans_vs_constriction": ans,
     }

@@ -32,7 +32,12 @@ def test_golden_packet_decodes_to_the_committed_arrays(case: str) -> None:
             want = expected[name]
             assert arr.dtype == want.dtype and arr.shape == want.shape
             assert arr.tobytes() == want.tobytes(), name
-    assert json.loads(json.dumps(inspect(blob).as_dict())) == meta["info"]
+    info = json.loads(json.dumps(inspect(blob).as_dict()))
+    if info["version"] == 1:
+        # fields added with version 2 (the mid-tread quantizer) are absent from v1 records
+        for t in info["tensors"]:
+            assert (t.pop("step"), t.pop("clamped")) == (None, 0)
+    assert info == meta["info"]
 
 
 @pytest.mark.parametrize("case", CASES)

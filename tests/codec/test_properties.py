@@ -20,6 +20,8 @@ from tenfold.codec import (
     Fixed,
     Lossless,
     PacketMismatchError,
+    RelativeStep,
+    TargetRate,
     accumulate,
     compress,
     decompress,
@@ -42,6 +44,13 @@ POLICIES = st.one_of(
         seed=st.integers(0, 2**64 - 1),
     ),
     st.just(Lossless()),
+    st.builds(RelativeStep, alpha=st.floats(0.05, 8.0), coder=st.sampled_from(["auto", "huffman"])),
+    st.builds(
+        TargetRate,
+        bits_per_param=st.floats(0.05, 8.0),
+        coder=st.sampled_from(["auto", "huffman"]),
+        seed=st.integers(0, 2**64 - 1),
+    ),
 )
 
 
@@ -75,6 +84,12 @@ def test_round_trip_and_half_bin_bound(tensors: dict[str, np.ndarray], policy) -
     for t in info.tensors:
         x, y = tensors[t.name], out[t.name]
         assert y.shape == x.shape and y.dtype == x.dtype
+        if t.step is not None:  # mid-tread: half a step, unless clamped (and then counted)
+            assert np.all(np.isfinite(y))
+            err = np.abs(x.astype(np.float64) / 2 - y.astype(np.float64) / 2) * 2
+            over = err > t.step / 2 * (1 + 1e-9) + rounding_slack(x)
+            assert int(np.count_nonzero(over)) <= t.clamped
+            continue
         if t.mode in ("raw", "constant") or x.size == 0:
             assert np.array_equal(x, y)  # exact (a constant keeps its value)
             continue

@@ -80,7 +80,7 @@ def _policies_job(rank: int, world: int, rdzv: str, out: str) -> None:
     out_dir = Path(out)
     try:
         for i, policy in enumerate(POLICIES):
-            avg = CompressedAverager(policy)
+            avg = CompressedAverager(policy, transmit="weights")
             named = rank_tensors(rank)
             stats = avg.average(named, grad_rms=grad_rms_of(rank))
             _save(out_dir, f"p{i}-r{rank}", named)
@@ -96,7 +96,7 @@ def _policies_job(rank: int, world: int, rdzv: str, out: str) -> None:
         _save(out_dir, f"ref-r{rank}", ref)
         # plain tensors (not pairs) are accepted too, and named by position
         plain = [t for _, t in rank_tensors(rank)]
-        s = CompressedAverager(tenfold.Lossless()).average(plain)
+        s = CompressedAverager(tenfold.Lossless(), transmit="weights").average(plain)
         assert [t.name for t in s.tensors] == ["0", "1", "2", "3"]
     finally:
         dist.destroy_process_group()
@@ -125,7 +125,7 @@ def test_distributed_equals_simulated_and_decoded_mean(policies_run: Path, i: in
     policy = POLICIES[i]
     workers = [rank_tensors(r) for r in range(3)]
     rms = [grad_rms_of(r) for r in range(3)]
-    SimulatedAverager(policy).average(workers, grad_rms=rms)
+    SimulatedAverager(policy, transmit="weights").average(workers, grad_rms=rms)
     got = _load(policies_run, f"p{i}-r1")
     for name, t in workers[0]:
         assert t.numpy().tobytes() == got[name].tobytes(), name
@@ -221,7 +221,7 @@ def _failures_job(rank: int, world: int, rdzv: str, out: str) -> None:
         if rank == 1:
             named[2] = ("fc2.weight", torch.zeros(48, 10))
         try:
-            CompressedAverager(tenfold.Fixed(8)).average(named)
+            CompressedAverager(tenfold.Fixed(8), transmit="weights").average(named)
             results["mismatch"] = "no error"
         except PacketMismatchError as exc:
             results["mismatch"] = str(exc)
@@ -230,13 +230,13 @@ def _failures_job(rank: int, world: int, rdzv: str, out: str) -> None:
         if rank == 2:
             named[3][1][4] = float("nan")
         try:
-            CompressedAverager(tenfold.EntropyAdaptive()).average(named)
+            CompressedAverager(tenfold.EntropyAdaptive(), transmit="weights").average(named)
             results["nonfinite"] = "no error"
         except NonFiniteWeightsError as exc:
             results["nonfinite"] = str(exc)
         # the group still works afterwards: nobody is stuck in a collective
         named = rank_tensors(rank)
-        CompressedAverager(tenfold.Fixed(4)).average(named)
+        CompressedAverager(tenfold.Fixed(4), transmit="weights").average(named)
         results["after"] = "ok"
         # a rank that dies: the survivors fail fast, well within the 20 s timeout
         (out_dir / f"failures-r{rank}.json").write_text(json.dumps(results))
@@ -248,7 +248,7 @@ def _failures_job(rank: int, world: int, rdzv: str, out: str) -> None:
         t0 = time.monotonic()
         try:
             for _ in range(5):  # gloo may need a collective or two to notice
-                CompressedAverager(tenfold.Fixed(8)).average(rank_tensors(rank))
+                CompressedAverager(tenfold.Fixed(8), transmit="weights").average(rank_tensors(rank))
                 time.sleep(0.2)
             results["dead_peer"] = "no error"
         except (RuntimeError, dist.DistError) as exc:
@@ -292,7 +292,7 @@ def test_not_initialised_is_a_noop_with_stats() -> None:
     assert not dist.is_initialized()
     named = rank_tensors(0)
     before = [t.clone() for _, t in named]
-    avg = CompressedAverager(tenfold.EntropyAdaptive())
+    avg = CompressedAverager(tenfold.EntropyAdaptive(), transmit="weights")
     stats = avg.average(named)
     for (_, t), b in zip(named, before, strict=True):
         assert torch.equal(t, b)
@@ -304,7 +304,7 @@ def test_not_initialised_is_a_noop_with_stats() -> None:
 def test_simulated_single_worker_is_a_noop() -> None:
     named = rank_tensors(0)
     before = [t.clone() for _, t in named]
-    (stats,) = SimulatedAverager(tenfold.Fixed(2)).average([named])
+    (stats,) = SimulatedAverager(tenfold.Fixed(2), transmit="weights").average([named])
     assert all(torch.equal(t, b) for (_, t), b in zip(named, before, strict=True))
     assert stats.bytes_sent == 0
 
@@ -313,14 +313,14 @@ def test_simulated_rejects_nonfinite_naming_worker_and_tensor() -> None:
     workers = [rank_tensors(r) for r in range(3)]
     workers[1][0][1][0, 0] = float("inf")
     with pytest.raises(NonFiniteWeightsError, match=r"worker 1: fc1\.weight"):
-        SimulatedAverager(tenfold.Fixed(8)).average(workers)
+        SimulatedAverager(tenfold.Fixed(8), transmit="weights").average(workers)
 
 
 def test_simulated_rejects_mismatching_worker() -> None:
     workers = [rank_tensors(r) for r in range(2)]
     workers[1][3] = ("fc2.bias", torch.zeros(11))
     with pytest.raises(PacketMismatchError, match=r"fc2\.bias"):
-        SimulatedAverager(tenfold.Fixed(8)).average(workers)
+        SimulatedAverager(tenfold.Fixed(8), transmit="weights").average(workers)
 
 
 def test_named_tensors_forms() -> None:
@@ -356,12 +356,14 @@ def test_half_and_double_tensors_keep_their_dtype() -> None:
         for r in range(2)
     ]
     workers[1][0][1].mul_(3)
-    SimulatedAverager(tenfold.Lossless()).average(workers)
+    SimulatedAverager(tenfold.Lossless(), transmit="weights").average(workers)
     for named in workers:
         assert named[0][1].dtype == torch.float16 and named[1][1].dtype == torch.float64
         assert named[0][1].tolist() == [2.0, 4.0] and named[1][1].tolist() == [0.5, 0.5]
     with pytest.raises(TypeError, match="floating-point"):
-        SimulatedAverager(tenfold.Lossless()).average([[torch.ones(2, dtype=torch.int32)]] * 2)
+        SimulatedAverager(tenfold.Lossless(), transmit="weights").average(
+            [[torch.ones(2, dtype=torch.int32)]] * 2
+        )
 
 
 def test_absurd_announced_packet_sizes_are_refused_before_allocation() -> None:

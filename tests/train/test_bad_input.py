@@ -95,9 +95,11 @@ def test_an_empty_model_is_a_clear_error(averager: str) -> None:
     assert list(empty.parameters()) == []
     with pytest.raises(ValueError, match="no parameters"):
         if averager == "compressed":
-            CompressedAverager(tenfold.Fixed(8)).average(empty.named_parameters())
+            CompressedAverager(tenfold.Fixed(8), transmit="weights").average(
+                empty.named_parameters()
+            )
         else:
-            SimulatedAverager(tenfold.Fixed(8)).average([[], []])
+            SimulatedAverager(tenfold.Fixed(8), transmit="weights").average([[], []])
 
 
 def test_nonfinite_weights_before_a_sync_name_the_worker_and_tensor() -> None:
@@ -106,4 +108,6 @@ def test_nonfinite_weights_before_a_sync_name_the_worker_and_tensor() -> None:
     with torch.no_grad():
         b.bias[1] = float("inf")
     with pytest.raises(NonFiniteWeightsError, match=r"worker 1: bias"):
-        SimulatedAverager(tenfold.Fixed(8)).average([a.named_parameters(), b.named_parameters()])
+        SimulatedAverager(tenfold.Fixed(8), transmit="weights").average(
+            [a.named_parameters(), b.named_parameters()]
+        )

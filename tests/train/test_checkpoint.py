@@ -52,6 +52,7 @@ def tiny_config(data: Path, **changes: object) -> TrainConfig:
         "sync_every": 4,  # 7 steps per epoch: syncs fall mid-epoch and across epochs
         "data_dir": str(data),
         "policy": tenfold.EntropyAdaptive().get_config(),  # seeded sampling: round matters
+        "transmit": "weights",
         **changes,
     }
     return TrainConfig(**kwargs)
@@ -94,6 +95,62 @@ def test_resume_after_a_crash_is_bit_identical(
     assert_same_run(reference, out)
     run = json.loads((out / "run.json").read_text())
     assert run["resumed"][0]["from_sync"] == crash_at - 1 and run["finished"]
+
+
+DELTA = {"transmit": "delta", "policy": tenfold.TargetRate(bits_per_param=0.5).get_config()}
+
+
+@pytest.fixture(scope="module")
+def delta_reference(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted simulated run sending rate-controlled deltas with error feedback."""
+    out = tmp_path_factory.mktemp("delta-reference") / "run"
+    run_simulated(tiny_config(tiny_data, **DELTA), run_dir=out)
+    return out
+
+
+@pytest.mark.parametrize("crash_at", [2, 5])
+def test_delta_mode_resumes_bit_identically(
+    tiny_data: Path, tmp_path: Path, delta_reference: Path, crash_at: int
+) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_data, **DELTA)
+
+    def die(record: dict) -> None:
+        if record["sync"] == crash_at:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        run_simulated(cfg, run_dir=out, on_record=die)
+    ckpt = read_checkpoint(out)
+    assert any(k.startswith("averager/0/reference/") for k in ckpt.snapshot.tensors)
+    run_simulated(cfg, run_dir=out, resume=True)
+    assert_same_run(delta_reference, out)
+
+
+def test_delta_mode_residuals_and_reference_matter(
+    tiny_data: Path, tmp_path: Path, delta_reference: Path
+) -> None:
+    """The comparison can fail: a checkpoint without the residuals resumes differently."""
+    cfg = tiny_config(tiny_data, **DELTA)
+
+    def die(record: dict) -> None:
+        if record["sync"] == 3:
+            raise SimulatedCrash
+
+    out = tmp_path / "run"
+    with pytest.raises(SimulatedCrash):
+        run_simulated(cfg, run_dir=out, on_record=die)
+    ckpt = read_checkpoint(out)
+    tensors, meta = dict(ckpt.snapshot.tensors), dict(ckpt.snapshot.meta)
+    for key in [k for k in tensors if k.startswith("averager/0/residual/")]:
+        tensors[key] = torch.zeros_like(tensors[key])
+    from tenfold.train.checkpoint import _tensor_digest
+
+    meta["tensor_sha256"] = _tensor_digest(tensors)
+    write_atomic(out / CHECKPOINT, Snapshot(tensors, meta).to_bytes())
+    run_simulated(cfg, run_dir=out, resume=True)
+    a = (delta_reference / "model.safetensors").read_bytes()
+    assert (out / "model.safetensors").read_bytes() != a
 
 
 def test_every_piece_of_state_matters(tiny_data: Path, tmp_path: Path, reference: Path) -> None:

@@ -24,7 +24,9 @@ def _dies_job() -> None:
     if dist.get_rank() == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     for _ in range(5):  # the survivors keep synchronising until gloo notices
-        CompressedAverager(tenfold.Fixed(8)).average([torch.ones(10) * dist.get_rank()])
+        CompressedAverager(tenfold.Fixed(8), transmit="weights").average(
+            [torch.ones(10) * dist.get_rank()]
+        )
         time.sleep(0.2)
 
 
@@ -50,7 +52,9 @@ def _hangs_job() -> None:
     group = dist.new_group(timeout=timedelta(seconds=2))
     if dist.get_rank() == 1:
         time.sleep(600)  # stuck: never reaches the synchronisation
-    CompressedAverager(tenfold.Fixed(8), process_group=group).average([torch.ones(4)])
+    CompressedAverager(tenfold.Fixed(8), process_group=group, transmit="weights").average(
+        [torch.ones(4)]
+    )
 
 
 def test_a_hung_rank_times_out_and_is_stopped() -> None:

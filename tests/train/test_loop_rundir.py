@@ -124,7 +124,7 @@ def test_nonfinite_weights_stop_the_run_with_a_clear_error(tiny_data: Path) -> N
     state = TrainState(
         config=cfg,
         workers=make_workers(cfg, load_dataset(data_dir=tiny_data), [0, 1, 2]),
-        averager=SimulatedAverager(cfg.make_policy()),
+        averager=SimulatedAverager(cfg.make_policy(), **cfg.averager_options()),
     )
     with torch.no_grad():
         state.workers[1].model.fc2.bias[0] = float("nan")  # as if training had diverged

@@ -23,8 +23,10 @@ __all__ = ["add_arguments", "add_parser", "config_from_args", "run"]
 DESCRIPTION = """\
 Train the paper's 784-392-50-10 tanh network with K data-parallel workers, each on its own
 shard of the data. After every local epoch (or every --sync-every steps) the workers exchange
-their weights as tenfold packets over torch.distributed (gloo) and all continue from the same
-averaged weights. Prints a progress bar and, per synchronisation, one line: epoch, test
+tenfold packets over torch.distributed (gloo) and all continue from the same new shared
+model. By default each packet carries the worker's pseudo-gradient (how far it moved since
+the last shared model, plus what earlier packets failed to carry), rate-controlled to
+--rate bits per parameter; --scheme paper sends the weights, as the paper does. Prints a progress bar and, per synchronisation, one line: epoch, test
 accuracy and loss, bits/param as sent, N per layer, bytes on the wire. Writes config.json,
 metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out, and after every
 synchronisation a checkpoint (checkpoint.safetensors): --resume DIR continues an
@@ -33,7 +35,9 @@ interrupted run from it, with exactly the result the uninterrupted run would hav
 
 EPILOG = """\
 examples:
-  tenfold train                                    # 5 workers, Fashion-MNIST, EntropyAdaptive
+  tenfold train                                    # 5 workers, Fashion-MNIST, deltas at 1.5 bits
+  tenfold train --rate 0.5                         # deltas at 0.5 bits/param (about 64x)
+  tenfold train --scheme paper                     # the paper: weights, EntropyAdaptive c=6
   tenfold train --policy fixed --bits 8 --epochs 20 --out runs/fixed8
   tenfold train --policy lossless --workers 2      # the uncompressed baseline
   tenfold train --dataset mnist --data ~/mnist     # the paper's data, from a directory
@@ -45,7 +49,10 @@ exit codes: 0 done, 1 the run failed (a rank died, diverged, timed out), 2 bad o
 or checkpoint, 130 interrupted (Ctrl-C).
 """
 
-POLICIES = ("entropy", "fixed", "gradient-rms", "lossless")
+POLICIES = ("target-rate", "relative-step", "entropy", "fixed", "gradient-rms", "lossless")
+
+#: --scheme paper: the paper's weights coding, exactly as tenfold reproduce runs it.
+SCHEMES = ("paper",)
 
 #: --c1 when not given: the bit floor of GradientRMS. log2(G + 1) is ~0 for the small
 #: gradients of a trained network, so N ~ c1; 8 bits is where the paper's Fig. 1 recovers
@@ -74,10 +81,13 @@ _FIELD_OF = {
     "dataset": "dataset",
     "eval_every": "eval_every",
     "eval_batch_size": "eval_batch_size",
+    "transmit": "transmit",
 }
 
 # Which policy each policy parameter belongs to (used to reject a stray --bits etc.).
 _POLICY_PARAMS = {
+    "rate": "target-rate",
+    "alpha": "relative-step",
     "bits": "fixed",
     "F": "entropy",
     "M": "entropy",
@@ -150,7 +160,7 @@ def given_options(args: argparse.Namespace) -> set[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add every ``tenfold train`` option to ``p`` (shared with ``python -m tenfold.train``)."""
-    from tenfold.train.config import DATASETS, INITS, TrainConfig
+    from tenfold.train.config import DATASETS, DEFAULT_RATE, INITS, TrainConfig
 
     # Every option below records that it was given (see given_options).
     p.register("action", None, _Store)
@@ -198,14 +208,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(bit for bit the same weights; no torch.distributed)",
     )
 
-    g = p.add_argument_group("compression policy (how each rank codes its weights)")
+    g = p.add_argument_group("what each rank sends, and how it is coded")
+    g.add_argument(
+        "--transmit",
+        choices=("delta", "weights"),
+        default=default("transmit"),
+        help="delta (default): the pseudo-gradient w - w_shared with error feedback; "
+        "weights: the weights themselves (the paper's scheme)",
+    )
+    g.add_argument(
+        "--no-error-feedback",
+        action="store_true",
+        help="delta: drop what each packet fails to carry instead of sending it next time",
+    )
+    g.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        default=None,
+        help="paper: the paper's system exactly (--transmit weights --policy entropy, "
+        "F=0.03, M=4, c=6)",
+    )
     g.add_argument(
         "--policy",
         choices=POLICIES,
-        default="entropy",
-        help="entropy: N = ceil(H + c), H estimated per layer (paper Alg. 1; default); "
+        default=None,
+        help="target-rate (default): mid-tread step per tensor chosen for --rate bits/param, "
+        "ANS coded; relative-step: step = --alpha x RMS of the delta; "
+        "entropy: N = ceil(H + c), H estimated per layer (paper Alg. 1); "
         "fixed: N = --bits; gradient-rms: N from the gradient RMS (paper §3.2); "
         "lossless: raw float32 (the uncompressed baseline)",
+    )
+    g.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="BITS",
+        help=f"target-rate: bits per parameter, every byte counted (default {DEFAULT_RATE:g})",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="relative-step: the step in units of the delta's RMS (default 1)",
     )
     g.add_argument("--bits", type=int, default=None, help="fixed: bits per weight (default 8)")
     g.add_argument(
@@ -335,21 +379,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _policy_name(args: argparse.Namespace) -> str:
+    """--policy as given, or what --scheme implies, or the default (target-rate)."""
+    if args.scheme == "paper":
+        if args.policy not in (None, "entropy") or "transmit" in given_options(args):
+            raise ValueError("--scheme paper fixes --policy entropy and --transmit weights")
+        return "entropy"
+    return args.policy or "target-rate"
+
+
 def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
     import tenfold
     from tenfold.codec.policy import Policy
+    from tenfold.train.config import DEFAULT_RATE
 
+    name = _policy_name(args)
     for param, owner in _POLICY_PARAMS.items():
-        if getattr(args, param) is not None and args.policy != owner:
+        if getattr(args, param) is not None and name != owner:
             flag = "--F/--sample-rate" if param == "F" else f"--{param}"
-            raise ValueError(f"{flag} applies to --policy {owner}, not --policy {args.policy}")
+            raise ValueError(f"{flag} applies to --policy {owner}, not --policy {name}")
     policy: Policy
-    if args.policy == "entropy":
+    if name == "target-rate":
+        rate = DEFAULT_RATE if args.rate is None else args.rate
+        policy = tenfold.TargetRate(bits_per_param=rate, seed=args.seed)
+    elif name == "relative-step":
+        policy = tenfold.RelativeStep(alpha=1.0 if args.alpha is None else args.alpha)
+    elif name == "entropy":
         kwargs = {k: getattr(args, k) for k in ("F", "M", "c") if getattr(args, k) is not None}
         policy = tenfold.EntropyAdaptive(**kwargs, seed=args.seed)
-    elif args.policy == "fixed":
+    elif name == "fixed":
         policy = tenfold.Fixed(8 if args.bits is None else args.bits)
-    elif args.policy == "gradient-rms":
+    elif name == "gradient-rms":
         c0 = {} if args.c0 is None else {"c0": args.c0}
         policy = tenfold.GradientRMS(DEFAULT_C1 if args.c1 is None else args.c1, **c0)
     else:
@@ -373,6 +433,8 @@ def config_from_args(args: argparse.Namespace, *, world_size: int | None = None)
     return TrainConfig(
         **({} if workers is None else {"workers": workers}),
         policy=_policy_config(args),
+        transmit="weights" if args.scheme == "paper" else args.transmit,
+        error_feedback=not args.no_error_feedback,
         sync_every=args.sync_every,
         timeout_s=args.timeout,
         threads=args.threads,
@@ -496,7 +558,12 @@ def _resume_config(args: argparse.Namespace, saved: TrainConfig, world: int | No
             if getattr(wanted, name) != getattr(saved, name):
                 flag = f"--{dest.replace('_', '-')} {getattr(args, dest)}"
                 conflicts.append(f"{flag} (the run has {name}={getattr(saved, name)!r})")
-        elif dest in ("policy", *_POLICY_PARAMS):
+        elif dest == "no_error_feedback":
+            if wanted.error_feedback != saved.error_feedback:
+                conflicts.append(
+                    f"--no-error-feedback (the run has error_feedback={saved.error_feedback})"
+                )
+        elif dest in ("policy", "scheme", *_POLICY_PARAMS):
             mine = {k: v for k, v in wanted.policy.items() if k != "seed"}
             theirs = {k: v for k, v in saved.policy.items() if k != "seed"}
             if mine != theirs:

@@ -48,7 +48,15 @@ from __future__ import annotations
 from tenfold.codec.api import accumulate, compress, decompress, inspect
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 from tenfold.codec.packet import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, PacketInfo, TensorInfo
-from tenfold.codec.policy import EntropyAdaptive, Fixed, GradientRMS, Lossless, Policy
+from tenfold.codec.policy import (
+    EntropyAdaptive,
+    Fixed,
+    GradientRMS,
+    Lossless,
+    Policy,
+    RelativeStep,
+    TargetRate,
+)
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
@@ -61,6 +69,8 @@ __all__ = [
     "PacketInfo",
     "PacketMismatchError",
     "Policy",
+    "RelativeStep",
+    "TargetRate",
     "TensorInfo",
     "accumulate",
     "compress",

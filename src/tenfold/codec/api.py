@@ -11,14 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from tenfold.codec import bitpack, huffman
+from tenfold.codec import ans, bitpack, huffman
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
+from tenfold.codec.midtread import StepQuantizer, midtread_lut, midtread_symbols
 from tenfold.codec.packet import (
     DEFAULT_MAX_OUTPUT_BYTES,
+    MODE_ANS,
     MODE_BITPACK,
     MODE_CONSTANT,
     MODE_HUFFMAN,
     MODE_RAW,
+    QUANT_STEP,
     PacketInfo,
     Record,
     encode_record_header,
@@ -27,10 +30,9 @@ from tenfold.codec.packet import (
     parse,
     varint,
 )
-from tenfold.codec.policy import EntropyAdaptive, Policy
+from tenfold.codec.policy import EntropyAdaptive, Policy, StepPolicy
 from tenfold.codec.quantize import (
     Quantizer,
-    dequantization_lut,
     finite_min_max,
     kernel_view,
     quantize,
@@ -102,14 +104,20 @@ def compress(
     policy: Policy = EntropyAdaptive(),  # noqa: B008 - frozen, immutable default
     *,
     grad_rms: Mapping[str, float] | None = None,
+    scale: Mapping[str, float] | None = None,
 ) -> bytes:
     """Code named float tensors into one self-describing packet (paper Alg. 1).
 
     Args:
         tensors: name -> numpy array or CPU torch tensor (float16/32/64, any shape,
             0-d and empty included). Names are unique strings; order is kept.
-        policy: how many bits each tensor gets (:class:`EntropyAdaptive` by default).
+        policy: how each tensor is quantized (:class:`EntropyAdaptive` by default; the
+            step policies :class:`~tenfold.codec.policy.RelativeStep` and
+            :class:`~tenfold.codec.policy.TargetRate` use the mid-tread quantizer).
         grad_rms: per-tensor RMS gradient G, required by :class:`GradientRMS`.
+        scale: per-tensor RMS for :class:`~tenfold.codec.policy.RelativeStep` to take its
+            step from, instead of the values' own (the averager passes the fresh delta's
+            RMS when the values include an error-feedback residual).
 
     Returns:
         The packet (bytes). ``8 * len(packet) / total values`` is the true bits/param.
@@ -130,7 +138,8 @@ def compress(
         raise TypeError(f"tensors must be a mapping of name -> array, got {type(tensors)!r}")
     if not isinstance(policy, Policy):
         raise TypeError(f"policy must be a tenfold policy (e.g. Fixed(8)), got {policy!r}")
-    parts: list[bytes | np.ndarray] = [packet_header(len(tensors))]
+    parts: list[bytes | np.ndarray] = [b""]  # the header, once the version is known
+    version = 1
     seen: set[str] = set()
     for position, (name, value) in enumerate(tensors.items()):
         if not isinstance(name, str):
@@ -143,7 +152,12 @@ def compress(
         except UnicodeEncodeError:
             raise ValueError(f"tensor name {name!r} is not encodable as UTF-8") from None
         arr = _as_float_array(name, value)
-        parts += _encode_tensor(name, arr, policy, position, grad_rms)
+        hint = None if scale is None else scale.get(name)
+        record, needs_v2 = _encode_tensor(name, arr, policy, position, grad_rms, hint)
+        parts += record
+        version = 2 if needs_v2 else version
+    # Version 1 whenever it can say everything: the paper's policies keep their packets.
+    parts[0] = packet_header(len(tensors), version)
     return finish_packet(parts)
 
 
@@ -153,7 +167,9 @@ def _encode_tensor(
     policy: Policy,
     position: int,
     grad_rms: Mapping[str, float] | None,
-) -> list[bytes | np.ndarray]:
+    scale: float | None,
+) -> tuple[list[bytes | np.ndarray], bool]:
+    """One tensor's record (header and payload chunks), and whether it needs version 2."""
     dtype = arr.dtype
     shape = arr.shape
     n = arr.size
@@ -163,18 +179,36 @@ def _encode_tensor(
         header = encode_record_header(
             **common, mode=MODE_RAW, bits=width, entropy=None, w_min=0.0, w_max=0.0
         )
-        return [header]
+        return [header], False
     x = kernel_view(arr)
     w_min, w_max, finite = finite_min_max(x)
     if not finite:
         raise ValueError(f"tensor {name!r} contains NaN or Inf; refusing to code it")
     if policy.lossless:
-        return _raw_record(common, arr, width, None, w_min, w_max)
+        return _raw_record(common, arr, width, None, w_min, w_max), False
     if w_min == w_max:
         header = encode_record_header(
             **common, mode=MODE_CONSTANT, bits=0, entropy=None, w_min=w_min, w_max=w_max
         )
-        return [header]
+        return [header], False
+    if isinstance(policy, StepPolicy):
+        return _encode_step_tensor(common, arr, x, policy, position, scale, w_min, w_max)
+    return _encode_range_tensor(common, arr, x, policy, position, grad_rms, w_min, w_max), False
+
+
+def _encode_range_tensor(
+    common: dict[str, Any],
+    arr: np.ndarray,
+    x: np.ndarray,
+    policy: Policy,
+    position: int,
+    grad_rms: Mapping[str, float] | None,
+    w_min: float,
+    w_max: float,
+) -> list[bytes | np.ndarray]:
+    """A min/max-binned record (the paper's quantizer): huffman, bitpack or raw."""
+    name, dtype, n = common["name"], arr.dtype, arr.size
+    width = 8 * dtype.itemsize
     bits, entropy = policy.choose_bits(
         x, w_min, w_max, name=name, position=position, grad_rms=grad_rms
     )
@@ -194,24 +228,12 @@ def _encode_tensor(
         pack_size = bitpack.packed_nbytes(n, bits)
         if pack_size < best_size:
             best_mode, best_size = MODE_BITPACK, pack_size
-    huff: tuple[np.ndarray, bytes, np.ndarray] | None = None
+    huff: tuple[int, np.ndarray, bytes, np.ndarray] | None = None
     if bits <= 16:
         idx, hist = quantize_histogram(x, q)
-        total = hist.sum(axis=0)
-        limit = huffman.length_limit(int(np.count_nonzero(total)))
-        if limit is not None:
-            lengths = huffman.code_lengths(total, limit)
-            sizes = (huffman.stream_bits(hist, lengths) + 7) // 8
-            table = huffman.pack_lengths(lengths)
-            huff_size = (
-                len(varint(len(table)))
-                + len(table)
-                + sum(len(varint(int(s))) for s in sizes)
-                + int(sizes.sum())
-            )
-            if huff_size < best_size:
-                best_mode, best_size = MODE_HUFFMAN, huff_size
-                huff = (lengths, table, sizes)
+        huff = _huffman_candidate(hist)
+        if huff is not None and huff[0] < best_size:
+            best_mode, best_size = MODE_HUFFMAN, huff[0]
     elif best_mode == MODE_BITPACK:
         idx = quantize(x, q)
 
@@ -223,7 +245,7 @@ def _encode_tensor(
         )
         return [header, bitpack.encode(idx, bits)]
     assert huff is not None
-    lengths, table, sizes = huff
+    _, lengths, table, sizes = huff
     header = encode_record_header(
         **common,
         mode=MODE_HUFFMAN,
@@ -235,6 +257,109 @@ def _encode_tensor(
         stream_nbytes=[int(s) for s in sizes],
     )
     return [header, *huffman.encode(idx, lengths, sizes)]
+
+
+def _huffman_candidate(hist: np.ndarray) -> tuple[int, np.ndarray, bytes, np.ndarray] | None:
+    """``(size, lengths, table, stream sizes)`` of Huffman-coding symbols with this
+    per-stream histogram, or None when Huffman cannot code them (one or too many symbols)."""
+    total = hist.sum(axis=0)
+    limit = huffman.length_limit(int(np.count_nonzero(total)))
+    if limit is None:
+        return None
+    lengths = huffman.code_lengths(total, limit)
+    sizes = (huffman.stream_bits(hist, lengths) + 7) // 8
+    table = huffman.pack_lengths(lengths)
+    size = (
+        len(varint(len(table)))
+        + len(table)
+        + sum(len(varint(int(s))) for s in sizes)
+        + int(sizes.sum())
+    )
+    return size, lengths, table, sizes
+
+
+def _ans_overhead(table: bytes, lanes: list[int]) -> int:
+    """ANS bytes besides the lanes: precision byte, table size and table, lane sizes."""
+    return 1 + len(varint(len(table))) + len(table) + sum(len(varint(s)) for s in lanes)
+
+
+def _encode_step_tensor(
+    common: dict[str, Any],
+    arr: np.ndarray,
+    x: np.ndarray,
+    policy: StepPolicy,
+    position: int,
+    scale: float | None,
+    w_min: float,
+    w_max: float,
+) -> tuple[list[bytes | np.ndarray], bool]:
+    """A mid-tread record: constant, ans, huffman or bitpack, or raw when that is smaller.
+
+    Every candidate's size is exact (ANS is encoded to be measured when its estimate
+    could win); the smallest wins, ties to the simpler mode (raw, bitpack, huffman, ans).
+    """
+    name, dtype, n = common["name"], arr.dtype, arr.size
+    width = 8 * dtype.itemsize
+    step, entropy = policy.choose_step(x, w_min, w_max, name=name, position=position, scale=scale)
+    if not (isinstance(step, float) and np.isfinite(step) and step > 0):
+        raise ValueError(f"{policy!r} chose step={step!r} for {name!r}; need a finite float > 0")
+    q = StepQuantizer.for_range(w_min, w_max, step)
+    lut = midtread_lut(q.qmin, q.step, q.bits, dtype)
+    if not np.isfinite(lut).all():  # levels beyond the dtype's range (float16 extremes)
+        return _raw_record(common, arr, width, entropy, w_min, w_max), False
+    step_fields: dict[str, Any] = {"quant": QUANT_STEP, "step": q.step, "qmin": q.qmin}
+    if q.bits == 0:  # every value rounds to the same level (often 0: nothing moved)
+        clamped = 0
+        if q.needs_clamp:  # rare: count the values whose own level lies beyond the clamp
+            levels = np.floor(x.astype(np.float64) * q.inv + 0.5)
+            clamped = int(np.count_nonzero(levels != q.qmin))
+        header = encode_record_header(
+            **common, **step_fields, clamped=clamped, mode=MODE_CONSTANT, bits=0,
+            entropy=entropy, w_min=w_min, w_max=w_max,
+        )  # fmt: skip
+        return [header], True
+    sym, hist, clamped = midtread_symbols(x, q)
+    step_fields["clamped"] = clamped
+    bits = q.bits
+    best_mode, best_size = MODE_RAW, n * dtype.itemsize
+    if bits < width and bitpack.packed_nbytes(n, bits) < best_size:
+        best_mode, best_size = MODE_BITPACK, bitpack.packed_nbytes(n, bits)
+    huff = _huffman_candidate(hist)
+    if huff is not None and huff[0] < best_size:
+        best_mode, best_size = MODE_HUFFMAN, huff[0]
+    lanes: list[np.ndarray] = []
+    ans_table, scale_bits = b"", 0
+    if policy.coder == "auto":
+        counts = hist.sum(axis=0)
+        scale_bits = ans.scale_bits_for(int(np.count_nonzero(counts)))
+        freq = ans.quantize_frequencies(counts, scale_bits)
+        ans_table = ans.pack_frequencies(freq)
+        estimate = ans.estimate_nbytes(counts, freq, scale_bits)
+        if estimate + _ans_overhead(ans_table, [0] * ans.LANES) < best_size + 16:
+            lanes = ans.encode(sym, freq, scale_bits)
+            size = sum(len(lane) for lane in lanes)
+            size += _ans_overhead(ans_table, [len(lane) for lane in lanes])
+            if size < best_size:
+                best_mode, best_size = MODE_ANS, size
+    if best_mode == MODE_RAW:
+        return _raw_record(common, arr, width, entropy, w_min, w_max), False
+    record = {**common, **step_fields, "bits": bits, "entropy": entropy}
+    record.update(w_min=w_min, w_max=w_max)
+    if best_mode == MODE_BITPACK:
+        header = encode_record_header(**record, mode=MODE_BITPACK)
+        return [header, bitpack.encode(sym, bits)], True
+    if best_mode == MODE_ANS:
+        header = encode_record_header(
+            **record, mode=MODE_ANS, scale_bits=scale_bits, table=ans_table,
+            stream_nbytes=[len(lane) for lane in lanes],
+        )  # fmt: skip
+        return [header, *lanes], True
+    assert huff is not None
+    _, lengths, table, sizes = huff
+    header = encode_record_header(
+        **record, mode=MODE_HUFFMAN, table=table, stream_nbytes=[int(v) for v in sizes]
+    )
+    return [header, *huffman.encode(sym, lengths, sizes)], True
 
 
 def _raw_record(
@@ -261,7 +386,7 @@ def _decode_record(data: np.ndarray, rec: Record, out: np.ndarray, *, add: bool)
     n = info.num_values
     if n == 0:
         return
-    if rec.mode == MODE_CONSTANT:
+    if rec.mode == MODE_CONSTANT and rec.quant != QUANT_STEP:
         value = rec.dtype.type(info.w_min)
         if add:
             out += value
@@ -281,22 +406,41 @@ def _decode_record(data: np.ndarray, rec: Record, out: np.ndarray, *, add: bool)
         else:
             out[...] = values
         return
-    q = rec.quantizer
     # float16 outputs are written as their uint16 bit patterns (numba has no float16 loads
     # and stores); decode-only, since accumulators are float32/float64.
     target = out.view(np.uint16) if out.dtype == np.float16 else out
     lut: np.ndarray | None = None
-    if info.bits <= _MAX_LUT_BITS:
-        lut = dequantization_lut(q, out.dtype)
+    if rec.quant == QUANT_STEP or info.bits <= _MAX_LUT_BITS:
+        lut = rec.lut(out.dtype)
         if out.dtype == np.float16:
             lut = lut.view(np.uint16)
+    if rec.mode == MODE_CONSTANT:  # a mid-tread record whose values share one level
+        assert lut is not None
+        if add:
+            out += out.dtype.type(rec.lut(out.dtype)[0])
+        else:
+            target[...] = lut[0]
+        return
     if rec.mode == MODE_BITPACK:
-        ok = bitpack.decode(data, rec.payload_start, rec.payload_end, q, lut, target, add=add)
+        ok = bitpack.decode(
+            data, rec.payload_start, rec.payload_end, rec.quantizer if lut is None else None,
+            lut, target, add=add, bits=info.bits,
+        )  # fmt: skip
         if not ok:
             raise CorruptPacketError(f"tensor {info.name!r}: bit-packed payload has bad padding")
         return
-    assert rec.lengths is not None and lut is not None
-    assert rec.stream_starts is not None and rec.stream_ends is not None
+    assert lut is not None and rec.stream_starts is not None and rec.stream_ends is not None
+    if rec.mode == MODE_ANS:
+        assert rec.freq is not None
+        tables = ans.build_decode_table(rec.freq, rec.scale_bits, lut)
+        status = ans.decode(data, rec.stream_starts, rec.stream_ends, tables, target, add=add)
+        if status:
+            raise CorruptPacketError(
+                f"tensor {info.name!r}: ANS lane {status - 1} does not decode to exactly "
+                f"its declared size and final state (corrupt payload)"
+            )
+        return
+    assert rec.lengths is not None
     table = huffman.build_decode_table(rec.lengths, lut)
     status = huffman.decode(data, rec.stream_starts, rec.stream_ends, table, target, add=add)
     if status:

@@ -116,28 +116,34 @@ def decode(
     data: np.ndarray,
     start: int,
     end: int,
-    q: Quantizer,
+    q: Quantizer | None,
     lut: np.ndarray | None,
     out: np.ndarray,
     *,
     add: bool,
+    bits: int | None = None,
 ) -> bool:
     """Unpack ``out.size`` indices from ``data[start:end]`` and dequantize into ``out``.
 
     Args:
         data: the packet (uint8).
         start, end: the payload's byte range; ``end - start == ceil(n * bits / 8)``.
-        q: the tensor's quantizer.
-        lut: :func:`~tenfold.codec.quantize.dequantization_lut` in ``out``'s dtype, or None
-            to evaluate the formula per value (``out`` float32/float64 only).
+        q: the tensor's min/max quantizer; only needed without a ``lut``.
+        lut: the decoded value of every index in ``out``'s dtype
+            (:func:`~tenfold.codec.quantize.dequantization_lut`, or the mid-tread table), or
+            None to evaluate the min/max formula per value (``out`` float32/float64 only).
+        bits: index width; ``q.bits`` when not given.
         out: 1-D contiguous output.
         add: ``out[j] += value`` instead of ``out[j] = value``.
 
     Returns:
         True if the payload was consumed exactly (padding bits zero).
     """
+    width = bits if bits is not None else q.bits if q is not None else 0
     if lut is not None:
-        return bool(_decode_lut_kernel(data, start, end, np.int64(q.bits), lut, out, add))
+        return bool(_decode_lut_kernel(data, start, end, np.int64(width), lut, out, add))
+    if q is None:
+        raise ValueError("bitpack.decode needs a quantizer or a lookup table")
     return bool(
         _decode_formula_kernel(
             data, start, end, np.int64(q.bits), q.ap, q.dp, q.p, q.w_min, q.w_max, out, add

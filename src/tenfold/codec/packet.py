@@ -4,9 +4,16 @@ A packet is::
 
     magic "TFLD" | version u8 | tensor count (varint) | record * count | CRC32 u32 LE
 
-and each record is a small header (name, dtype, shape, mode, N, entropy, w_min, w_max, and
-for Huffman the code-length table and four stream sizes) followed by its payload. All
-integers are little-endian; varints are unsigned LEB128 (minimal form).
+and each record is a small header (name, dtype, shape, mode, N, entropy, w_min, w_max; for
+the mid-tread quantizer its step, lowest level and clamp count; for Huffman the code-length
+table and four stream sizes; for ANS the precision, frequency table and four lane sizes)
+followed by its payload. All integers are little-endian; varints are unsigned LEB128
+(minimal form).
+
+Version 2 adds the ANS coder and the mid-tread (step) quantizer; everything else is as in
+version 1. The encoder writes version 1 whenever no record needs a version-2 feature, so
+the paper's policies produce exactly the packets they always did, and this parser reads
+both.
 
 :func:`parse` is *total*: for any byte string it returns a fully validated
 :class:`ParsedPacket` or raises :class:`CorruptPacketError` saying what is wrong. Every size
@@ -25,19 +32,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tenfold.codec import ans
 from tenfold.codec.errors import CorruptPacketError
 from tenfold.codec.huffman import NUM_STREAMS, unpack_lengths
-from tenfold.codec.quantize import Quantizer
+from tenfold.codec.midtread import LEVEL_LIMIT, midtread_lut
+from tenfold.codec.quantize import Quantizer, dequantization_lut
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "FORMAT_VERSION",
     "MAGIC",
+    "MODE_ANS",
     "MODE_BITPACK",
     "MODE_CONSTANT",
     "MODE_HUFFMAN",
     "MODE_NAMES",
     "MODE_RAW",
+    "QUANT_RANGE",
+    "QUANT_STEP",
+    "READ_VERSIONS",
     "PacketInfo",
     "ParsedPacket",
     "Record",
@@ -50,7 +63,10 @@ __all__ = [
 ]
 
 MAGIC = b"TFLD"
-FORMAT_VERSION = 1
+#: the newest version this tenfold writes (it writes 1 when no record needs version 2)
+FORMAT_VERSION = 2
+#: the versions this tenfold reads
+READ_VERSIONS = (1, 2)
 #: decompress/inspect/accumulate refuse packets whose tensors would need more output memory.
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 32  # 4 GiB
 
@@ -58,12 +74,17 @@ MODE_CONSTANT = 0
 MODE_HUFFMAN = 1
 MODE_BITPACK = 2
 MODE_RAW = 3
+MODE_ANS = 4  # version 2
 MODE_NAMES = {
     MODE_CONSTANT: "constant",
     MODE_HUFFMAN: "huffman",
     MODE_BITPACK: "bitpack",
     MODE_RAW: "raw",
+    MODE_ANS: "ans",
 }
+#: the mode byte's high nibble: which quantizer made the symbols (version 2)
+QUANT_RANGE = 0  # the paper's min/max bins (tenfold.codec.quantize)
+QUANT_STEP = 1  # the mid-tread quantizer (tenfold.codec.midtread)
 
 #: dtype code on the wire -> numpy dtype (little-endian)
 DTYPE_BY_CODE: dict[int, np.dtype] = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("<f8")}
@@ -90,15 +111,20 @@ class TensorInfo:
         name: the tensor's name.
         shape: its shape (``()`` for 0-d).
         dtype: ``"float16"``, ``"float32"`` or ``"float64"``.
-        mode: ``"constant"``, ``"huffman"``, ``"bitpack"`` or ``"raw"``.
-        bits: N, bits per quantized value (huffman/bitpack); the dtype's width for raw
-            (Lossless, empty tensors, or when raw was smaller); 0 for constant.
+        mode: ``"constant"``, ``"huffman"``, ``"ans"``, ``"bitpack"`` or ``"raw"``.
+        bits: N, bits per quantized value (huffman/ans/bitpack); the dtype's width for raw
+            (Lossless, empty tensors, or when raw was smaller); 0 for constant. For the
+            mid-tread quantizer, the symbol width ``ceil(log2(levels))``.
         w_min, w_max: the tensor's range (equal for constant; 0.0 for an empty tensor).
         entropy: the estimate H (bits) that chose N (EntropyAdaptive), else None. Stored
             as float32.
         nbytes: bytes the tensor occupies in the packet: record header + code table +
             payload.
         num_values: number of values (product of the shape).
+        step: the mid-tread quantizer's step (values decode to ``level * step``), or None
+            for the min/max modes.
+        clamped: how many values lay beyond the mid-tread quantizer's level limit and were
+            clamped to its extreme level (0 otherwise; see ``tenfold.codec.midtread``).
         bits_per_param: ``8 * nbytes / num_values`` (``inf`` for an empty tensor).
     """
 
@@ -112,6 +138,8 @@ class TensorInfo:
     entropy: float | None
     nbytes: int
     num_values: int
+    step: float | None = None
+    clamped: int = 0
 
     @property
     def bits_per_param(self) -> float:
@@ -170,6 +198,8 @@ class PacketInfo:
                     "w_min": t.w_min,
                     "w_max": t.w_max,
                     "entropy": t.entropy,
+                    "step": t.step,
+                    "clamped": t.clamped,
                     "nbytes": t.nbytes,
                     "num_values": t.num_values,
                     "bits_per_param": _finite_or_none(t.bits_per_param),
@@ -193,7 +223,12 @@ class Record:
         mode: ``MODE_*`` code.
         lengths: Huffman code lengths (uint8, ``2**bits``) for huffman records, else None.
         payload_start, payload_end: the payload's byte range in the packet.
-        stream_starts, stream_ends: int64 (4,) byte ranges of the Huffman streams.
+        stream_starts, stream_ends: int64 (4,) byte ranges of the Huffman streams or the
+            ANS lanes.
+        quant: ``QUANT_RANGE`` or ``QUANT_STEP``.
+        qmin: the lowest level (mid-tread records), else 0.
+        freq: ANS frequencies (uint32, ``2**bits``) for ans records, else None.
+        scale_bits: ANS precision n (frequencies sum to ``2**n``), else 0.
     """
 
     info: TensorInfo
@@ -204,11 +239,22 @@ class Record:
     payload_end: int
     stream_starts: np.ndarray | None = None
     stream_ends: np.ndarray | None = None
+    quant: int = QUANT_RANGE
+    qmin: int = 0
+    freq: np.ndarray | None = None
+    scale_bits: int = 0
 
     @property
     def quantizer(self) -> Quantizer:
-        """The tensor's quantizer (huffman/bitpack records only)."""
+        """The tensor's min/max quantizer (range huffman/ans/bitpack records only)."""
         return Quantizer.for_range(self.info.w_min, self.info.w_max, self.info.bits)
+
+    def lut(self, dtype: np.dtype) -> np.ndarray:
+        """The decoded value of every symbol (``2**bits``), in ``dtype`` (normative rules)."""
+        if self.quant == QUANT_STEP:
+            assert self.info.step is not None
+            return midtread_lut(self.qmin, self.info.step, self.info.bits, dtype)
+        return dequantization_lut(self.quantizer, dtype)
 
 
 @dataclass(frozen=True)
@@ -242,9 +288,31 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
-def packet_header(num_tensors: int) -> bytes:
+def packet_header(num_tensors: int, version: int = 1) -> bytes:
     """``MAGIC | version | varint(num_tensors)``."""
-    return MAGIC + bytes([FORMAT_VERSION]) + varint(num_tensors)
+    if version not in READ_VERSIONS:
+        raise ValueError(f"unknown format version {version}")
+    return MAGIC + bytes([version]) + varint(num_tensors)
+
+
+def zigzag(value: int) -> int:
+    """Signed -> unsigned for varints: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4 ...
+
+    Example:
+        >>> [zigzag(v) for v in (0, -1, 1, -2)]
+        [0, 1, 2, 3]
+    """
+    return 2 * value if value >= 0 else -2 * value - 1
+
+
+def unzigzag(value: int) -> int:
+    """Inverse of :func:`zigzag`."""
+    return value // 2 if value % 2 == 0 else -(value + 1) // 2
+
+
+def record_needs_v2(mode: int, quant: int) -> bool:
+    """Whether a record with this coder and quantizer exists only in version 2."""
+    return mode == MODE_ANS or quant != QUANT_RANGE
 
 
 def _float_bytes(value: float, dtype: np.dtype) -> bytes:
@@ -263,8 +331,18 @@ def encode_record_header(
     w_max: float,
     table: bytes = b"",
     stream_nbytes: Sequence[int] = (),
+    quant: int = QUANT_RANGE,
+    step: float | None = None,
+    qmin: int = 0,
+    clamped: int = 0,
+    scale_bits: int = 0,
 ) -> bytes:
-    """A record's header bytes (everything before its payload); see docs/FORMAT.md."""
+    """A record's header bytes (everything before its payload); see docs/FORMAT.md.
+
+    ``table``/``stream_nbytes`` are the code-length table and stream sizes (huffman) or the
+    frequency table and lane sizes (ans, with ``scale_bits``); ``step``/``qmin``/``clamped``
+    describe a mid-tread record (``quant=QUANT_STEP``).
+    """
     name_bytes = name.encode("utf-8")
     if len(name_bytes) > MAX_NAME_BYTES:
         raise ValueError(f"tensor name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
@@ -272,10 +350,15 @@ def encode_record_header(
         raise ValueError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
     parts = [varint(len(name_bytes)), name_bytes, bytes([CODE_BY_DTYPE[dtype], len(shape)])]
     parts += [varint(int(d)) for d in shape]
-    parts.append(bytes([mode, bits]))
+    parts.append(bytes([mode | (quant << 4), bits]))
     parts.append(_ENTROPY_NONE if entropy is None else struct.pack("<f", entropy))
     parts.append(_float_bytes(w_min, dtype) + _float_bytes(w_max, dtype))
-    if mode == MODE_HUFFMAN:
+    if quant == QUANT_STEP:
+        assert step is not None
+        parts += [struct.pack("<d", step), varint(zigzag(qmin)), varint(clamped)]
+    if mode == MODE_ANS:
+        parts.append(bytes([scale_bits]))
+    if mode in (MODE_HUFFMAN, MODE_ANS):
         parts += [varint(len(table)), table]
         parts += [varint(int(s)) for s in stream_nbytes]
     return b"".join(parts)
@@ -345,9 +428,10 @@ def parse(data: np.ndarray, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) ->
     if size < _HEADER_MIN + 4:
         raise CorruptPacketError(f"truncated: {size} bytes is shorter than any packet")
     version = int(mv[len(MAGIC)])
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise CorruptPacketError(
-            f"unsupported format version {version} (this tenfold reads version {FORMAT_VERSION})"
+            f"unsupported format version {version} (this tenfold reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})"
         )
     body_end = size - 4
     (stored_crc,) = struct.unpack_from("<I", mv, body_end)
@@ -366,7 +450,7 @@ def parse(data: np.ndarray, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) ->
     names: set[str] = set()
     out_bytes = 0
     for index in range(count):
-        rec = _parse_record(r, index, max_output_bytes)
+        rec = _parse_record(r, index, max_output_bytes, version)
         if rec.info.name in names:
             raise CorruptPacketError(f"duplicate tensor name {rec.info.name!r} (tensor {index})")
         names.add(rec.info.name)
@@ -384,7 +468,7 @@ def parse(data: np.ndarray, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) ->
     return ParsedPacket(info=info, records=records)
 
 
-def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
+def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -> Record:
     start = r.pos
     r.where = f"tensor {index}"
     name_len = r.varint("name length")
@@ -410,9 +494,12 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
     if extent > max_output_bytes:
         raise r.fail(f"shape {shape} exceeds max_output_bytes={max_output_bytes}")
     width = 8 * dtype.itemsize
-    mode = r.u8("mode")
-    if mode not in MODE_NAMES:
-        raise r.fail(f"unknown coding mode {mode}")
+    mode_byte = r.u8("mode")
+    mode, quant = mode_byte & 0x0F, mode_byte >> 4
+    if mode not in MODE_NAMES or quant not in (QUANT_RANGE, QUANT_STEP):
+        raise r.fail(f"unknown coding mode {mode_byte}")
+    if version < 2 and record_needs_v2(mode, quant):
+        raise r.fail(f"coding mode {mode_byte} needs format version 2 (packet says {version})")
     bits = r.u8("bits")
     entropy_raw = bytes(r.take(4, "entropy"))
     if entropy_raw == _ENTROPY_NONE:
@@ -425,26 +512,36 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
     w_max = float(np.frombuffer(r.take(dtype.itemsize, "w_max"), dtype=dtype)[0])
     if not (math.isfinite(w_min) and math.isfinite(w_max)):
         raise r.fail(f"non-finite range [{w_min}, {w_max}]")
-    if n == 0 and (mode != MODE_RAW or bits != width or w_min != 0.0 or w_max != 0.0):
+    if n == 0 and (
+        mode != MODE_RAW or quant != QUANT_RANGE or bits != width or w_min != 0.0 or w_max != 0.0
+    ):
         raise r.fail("an empty tensor must be coded raw with w_min = w_max = 0")
 
-    lengths = None
+    step: float | None = None
+    qmin = clamped = 0
+    if quant == QUANT_STEP:
+        step, qmin, clamped = _parse_step_fields(r, mode, bits, dtype, n, w_min, w_max)
+    elif mode in (MODE_HUFFMAN, MODE_ANS, MODE_BITPACK) and not w_min < w_max:
+        raise r.fail(f"{MODE_NAMES[mode]} needs w_min < w_max")
+
+    lengths = freq = None
+    scale_bits = 0
     stream_starts = stream_ends = None
     if mode == MODE_CONSTANT:
-        if bits != 0 or w_min != w_max:
+        if bits != 0 or (quant == QUANT_RANGE and w_min != w_max):
             raise r.fail(f"constant tensor needs bits = 0 and w_min == w_max (bits={bits})")
         payload = 0
     elif mode == MODE_RAW:
-        if bits != width or w_min > w_max:
+        if quant != QUANT_RANGE or bits != width or w_min > w_max:
             raise r.fail(f"raw {dtype.name} tensor needs bits = {width} and w_min <= w_max")
         payload = n * dtype.itemsize
     elif mode == MODE_BITPACK:
-        if not 1 <= bits <= min(24, width - 1) or not w_min < w_max:
-            raise r.fail(f"bitpack needs 1 <= bits < {min(25, width)} and w_min < w_max")
+        if not 1 <= bits <= min(24 if quant == QUANT_RANGE else 16, width - 1):
+            raise r.fail(f"bitpack needs 1 <= bits < {min(25, width)} (bits={bits})")
         payload = (n * bits + 7) // 8
-    else:  # MODE_HUFFMAN
-        if not 1 <= bits <= 16 or not w_min < w_max:
-            raise r.fail(f"huffman needs 1 <= bits <= 16 and w_min < w_max (bits={bits})")
+    elif mode == MODE_HUFFMAN:
+        if not 1 <= bits <= 16:
+            raise r.fail(f"huffman needs 1 <= bits <= 16 (bits={bits})")
         table_len = r.varint("code-length table size")
         table = np.frombuffer(r.take(table_len, "code-length table"), dtype=np.uint8)
         lengths, reason = unpack_lengths(table, 1 << bits)
@@ -455,7 +552,7 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
         used = lengths[lengths > 0]
         lmin, lmax = int(used.min()), int(used.max())
         for s, nbytes in enumerate(sizes):
-            ns = (n - s + NUM_STREAMS - 1) // NUM_STREAMS if n > s else 0
+            ns = _lane_count(n, s)
             lo, hi = (ns * lmin + 7) // 8, (ns * lmax + 7) // 8
             if not lo <= nbytes <= hi:
                 raise r.fail(
@@ -463,11 +560,26 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
                     f"{lmin}..{lmax} bits (expected {lo}..{hi})"
                 )
         payload = sum(sizes)
-        pos = r.pos
-        stream_starts = np.array(
-            [pos, pos + sizes[0], pos + sizes[0] + sizes[1], pos + sum(sizes[:3])], dtype=np.int64
-        )
-        stream_ends = stream_starts + np.array(sizes, dtype=np.int64)
+        stream_starts, stream_ends = _ranges(r.pos, sizes)
+    else:  # MODE_ANS
+        if not 1 <= bits <= 16:
+            raise r.fail(f"ans needs 1 <= bits <= 16 (bits={bits})")
+        scale_bits = r.u8("ANS precision")
+        if not 1 <= scale_bits <= 16:
+            raise r.fail(f"ANS precision {scale_bits} outside 1..16")
+        table_len = r.varint("frequency table size")
+        table = np.frombuffer(r.take(table_len, "frequency table"), dtype=np.uint8)
+        freq, reason = ans.unpack_frequencies(table, 1 << bits, scale_bits)
+        if freq is None:
+            raise r.fail(reason)
+        sizes = [r.varint("lane size") for _ in range(ans.LANES)]
+        for s, nbytes in enumerate(sizes):
+            # a lane is its 4-byte state plus at most one 16-bit word per value
+            hi = 4 + 2 * _lane_count(n, s)
+            if nbytes % 2 or not 4 <= nbytes <= hi:
+                raise r.fail(f"lane {s} size {nbytes} impossible (even, 4..{hi} expected)")
+        payload = sum(sizes)
+        stream_starts, stream_ends = _ranges(r.pos, sizes)
     payload_start = r.pos
     r.take(payload, "payload")
     info = TensorInfo(
@@ -481,6 +593,8 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
         entropy=entropy,
         nbytes=r.pos - start,
         num_values=n,
+        step=step,
+        clamped=clamped,
     )
     return Record(
         info=info,
@@ -491,4 +605,47 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int) -> Record:
         payload_end=r.pos,
         stream_starts=stream_starts,
         stream_ends=stream_ends,
+        quant=quant,
+        qmin=qmin,
+        freq=freq,
+        scale_bits=scale_bits,
     )
+
+
+def _lane_count(n: int, lane: int) -> int:
+    """Values of an ``n``-value tensor in stream/lane ``lane`` (value j goes to j % 4)."""
+    return (n - lane + NUM_STREAMS - 1) // NUM_STREAMS if n > lane else 0
+
+
+def _ranges(pos: int, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (start, end) byte ranges of consecutive chunks of ``sizes`` bytes from ``pos``."""
+    ends = pos + np.cumsum(np.asarray(sizes, dtype=np.int64))
+    return ends - np.asarray(sizes, dtype=np.int64), ends
+
+
+def _parse_step_fields(
+    r: _Reader, mode: int, bits: int, dtype: np.dtype, n: int, w_min: float, w_max: float
+) -> tuple[float, int, int]:
+    """``step``, ``qmin`` and the clamp count of a mid-tread record, validated."""
+    (step,) = struct.unpack("<d", bytes(r.take(8, "step")))
+    if not (math.isfinite(step) and step > 0.0):
+        raise r.fail(f"step {step} is not finite and > 0")
+    qmin = unzigzag(r.varint("lowest level"))
+    clamped = r.varint("clamp count")
+    if w_min > w_max:
+        raise r.fail(f"range [{w_min}, {w_max}] is empty")
+    if mode == MODE_RAW:
+        raise r.fail("raw values have no quantizer step")
+    if (mode == MODE_CONSTANT) != (bits == 0) or bits > 16:
+        raise r.fail(f"mid-tread {MODE_NAMES[mode]} record with bits={bits}")
+    if abs(qmin) > LEVEL_LIMIT:
+        raise r.fail(f"lowest level {qmin} exceeds +-{LEVEL_LIMIT}")
+    if clamped > n:
+        raise r.fail(f"clamp count {clamped} exceeds the {n} values")
+    # decoded values are monotone in the level: the two extremes bound them all
+    levels = np.array([qmin, qmin + (1 << bits) - 1], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        ends = (levels * step).astype(dtype)
+    if not np.isfinite(ends).all():
+        raise r.fail(f"levels {qmin}.. at step {step} overflow {dtype.name}")
+    return step, qmin, clamped

@@ -7,6 +7,13 @@
   tensor's RMS gradient G, supplied by the caller (``compress(..., grad_rms={name: G})``).
 * :class:`Lossless` - no quantization: values travel unchanged (the uncompressed baseline).
 
+Step policies choose the step ``s`` of the zero-centred mid-tread quantizer
+(``tenfold.codec.midtread``) instead of N; they are meant for deltas (pseudo-gradients):
+
+* :class:`RelativeStep` - ``s = alpha * RMS``;
+* :class:`TargetRate` - rate control: ``s`` such that the tensor costs about a target
+  number of bits per value, headers included.
+
 N is always clamped to ``[1, 24]`` (:data:`MIN_BITS`, :data:`MAX_BITS`). In particular an
 EntropyAdaptive with ``M + c > 24`` saturates at 24 bits for high-entropy tensors, and one
 whose ``H + c`` is below 1 uses 1 bit. Above 16 bits the codec bit-packs instead of Huffman
@@ -31,10 +38,14 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
+from numba import njit
 
-from tenfold.codec.quantize import sampled_entropy
+from tenfold.codec import huffman
+from tenfold.codec.midtread import LEVEL_LIMIT, LevelCounter, sample_values
+from tenfold.codec.quantize import sample_seed, sampled_entropy
 
 __all__ = [
+    "CODERS",
     "MAX_BITS",
     "MIN_BITS",
     "EntropyAdaptive",
@@ -42,6 +53,9 @@ __all__ = [
     "GradientRMS",
     "Lossless",
     "Policy",
+    "RelativeStep",
+    "StepPolicy",
+    "TargetRate",
     "clamp_bits",
 ]
 
@@ -84,6 +98,9 @@ class Policy(ABC):
     id: ClassVar[str]
     #: True only for :class:`Lossless`: values are sent unchanged, N is not used.
     lossless: ClassVar[bool] = False
+    #: "range": the paper's min/max bins with N bits (:meth:`choose_bits`); "step": the
+    #: mid-tread quantizer with a step (:meth:`StepPolicy.choose_step`).
+    quantizer: ClassVar[str] = "range"
     _registry: ClassVar[dict[str, type[Policy]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -314,3 +331,280 @@ class Lossless(Policy):
     ) -> tuple[int, float | None]:
         """The dtype's width (values are not quantized), no entropy."""
         return 8 * values.dtype.itemsize, None
+
+
+# ---- step policies (the mid-tread quantizer) ----------------------------------------------
+
+#: Entropy coders a step policy may use: "auto" picks the smallest of ANS, Huffman,
+#: bit-packing and raw per tensor; "huffman" never uses ANS (the paper's coder, for
+#: comparison: it cannot go below 1 bit per value).
+CODERS = ("auto", "huffman")
+
+
+def _check_coder(owner: str, coder: object) -> None:
+    if coder not in CODERS:
+        raise ValueError(f"{owner}.coder must be one of {CODERS}, got {coder!r}")
+
+
+@njit(cache=True, nogil=True)
+def _rms_kernel(x: np.ndarray) -> float:
+    # float64 sum of squares in four partial sums: deterministic, and 4 chains vectorise.
+    s0 = s1 = s2 = s3 = 0.0
+    n = x.size
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        a0 = np.float64(x[j])
+        a1 = np.float64(x[j + 1])
+        a2 = np.float64(x[j + 2])
+        a3 = np.float64(x[j + 3])
+        s0 += a0 * a0
+        s1 += a1 * a1
+        s2 += a2 * a2
+        s3 += a3 * a3
+    for j in range(n4, n):
+        a = np.float64(x[j])
+        s0 += a * a
+    return math.sqrt(((s0 + s1) + (s2 + s3)) / n)
+
+
+def rms(x: np.ndarray) -> float:
+    """Root mean square of a non-empty 1-D float32/float64 array, accumulated in float64.
+
+    Example:
+        >>> rms(np.array([3.0, -4.0, 0.0, 0.0]))
+        2.5
+    """
+    return float(_rms_kernel(x))
+
+
+def _usable_step(step: float, w_min: float, w_max: float) -> float:
+    """``step`` if it is a usable quantizer step, else the finest step the clamp allows."""
+    finest = max(abs(w_min), abs(w_max)) / LEVEL_LIMIT
+    if math.isfinite(step) and step >= finest and step > 0 and math.isfinite(1.0 / step):
+        return float(step)
+    return float(max(finest, 2.0**-1000))
+
+
+class StepPolicy(Policy):
+    """Base class of the policies that choose a mid-tread step instead of N bits.
+
+    Subclasses implement :meth:`choose_step` and have a ``coder`` field (:data:`CODERS`).
+    """
+
+    quantizer: ClassVar[str] = "step"
+    coder: str
+
+    def choose_bits(
+        self,
+        values: np.ndarray,
+        w_min: float,
+        w_max: float,
+        *,
+        name: str,
+        position: int,
+        grad_rms: Mapping[str, float] | None,
+    ) -> tuple[int, float | None]:
+        """Not used: step policies choose a step (:meth:`choose_step`)."""
+        raise TypeError(f"{type(self).__name__} chooses a quantizer step, not a bit count")
+
+    @abstractmethod
+    def choose_step(
+        self,
+        values: np.ndarray,
+        w_min: float,
+        w_max: float,
+        *,
+        name: str,
+        position: int,
+        scale: float | None,
+    ) -> tuple[float, float | None]:
+        """The step for one tensor, and the entropy estimate (bits/value) that chose it.
+
+        Args:
+            values: 1-D float32/float64, all finite, ``w_min < w_max``.
+            w_min, w_max: their range.
+            name: the tensor's name (for error messages).
+            position: its index in the packet (decorrelates sampling between tensors).
+            scale: the RMS to take the step from, when the caller knows a better one than
+                the values' own: the averager passes the fresh delta's RMS, because the
+                values it codes also hold the error-feedback residual (docs/DESIGN.md,
+                "Why the default sends pseudo-gradients").
+
+        Returns:
+            ``(step, entropy)``; the step finite and > 0.
+        """
+
+
+@dataclass(frozen=True)
+class RelativeStep(StepPolicy):
+    """Mid-tread step ``alpha * RMS`` (the RMS of the tensor, or the caller's ``scale``).
+
+    Error per value is at most ``alpha * RMS / 2``. On Laplace-like deltas, ``alpha = 1``
+    costs about 2 bits per value with ANS, ``alpha = 2`` about 1.2, ``alpha = 4`` about 0.2.
+
+    Attributes:
+        alpha: the step in units of the RMS, finite, > 0.
+        coder: ``"auto"`` (smallest of ANS, Huffman, bit-packing, raw) or ``"huffman"``.
+
+    Example:
+        >>> RelativeStep(alpha=2.0).get_config()
+        {'id': 'relative_step', 'alpha': 2.0, 'coder': 'auto'}
+    """
+
+    id: ClassVar[str] = "relative_step"
+    #: the averager passes the fresh delta's RMS as ``scale`` (it is the step's unit)
+    uses_scale: ClassVar[bool] = True
+    alpha: float = 1.0
+    coder: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not _is_real(self.alpha) or not (
+            math.isfinite(float(self.alpha)) and float(self.alpha) > 0
+        ):
+            raise ValueError(f"RelativeStep.alpha must be a finite number > 0, got {self.alpha!r}")
+        _check_coder("RelativeStep", self.coder)
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    def choose_step(
+        self,
+        values: np.ndarray,
+        w_min: float,
+        w_max: float,
+        *,
+        name: str,
+        position: int,
+        scale: float | None,
+    ) -> tuple[float, float | None]:
+        """``(alpha * RMS, None)``; RMS from ``scale`` when given and > 0, else the values'."""
+        ref = float(scale) if scale is not None and scale > 0 else rms(values)
+        return _usable_step(self.alpha * ref, w_min, w_max), None
+
+
+#: rate control samples this many values of larger tensors (all values of smaller ones)
+RATE_SAMPLE = 1 << 16
+#: the step of small tensors under TargetRate, in units of the fresh delta's RMS
+SMALL_TENSOR_ALPHA = 1.0
+#: an unreachable target is replaced by this multiple of the coder's cheapest cost
+FLOOR_MARGIN = 1.1
+#: bisection steps on log(step) between the finest and the coarsest step
+_RATE_ITERATIONS = 30
+
+
+@dataclass(frozen=True)
+class TargetRate(StepPolicy):
+    """Rate control: each tensor's step is chosen so that it costs about ``bits_per_param``.
+
+    How: a seeded stratified sample of up to :data:`RATE_SAMPLE` values (the whole tensor
+    when smaller) is quantized at trial steps; the cost model is the record header, the
+    code table (about 1.5 bytes per used symbol) and the coded payload: the sample's
+    empirical entropy for ANS, its Huffman code lengths for Huffman, the smaller of the two
+    for ``coder="auto"``, scaled to the tensor's size. Thirty bisection steps on
+    ``log(step)``, between ``max|x| / 32767`` and ``1.9 max|x|`` (the coarsest step at which
+    the largest value still rounds to +-1), keep the largest cost at or below the target.
+    Deterministic for a given seed. The target counts every byte of the tensor's record;
+    where even the coarsest step costs more (Huffman below 1 bit/value), the target becomes
+    :data:`FLOOR_MARGIN` times that cheapest cost: the tensor overshoots its target rather
+    than never moving.
+
+    The step comes from the values coded, residual included: a rate target cannot starve
+    (a step that grows with the backlog still spends the same bits), unlike an RMS-relative
+    step (docs/DESIGN.md). With ``coder="huffman"`` a target below 1 bit/value cannot be
+    met: Huffman needs a whole bit per symbol, so such a tensor costs about 1.1 bits/value.
+
+    **Small tensors** (biases, norms): when the record's header would take more than a
+    quarter of the tensor's budget, rate control would send nothing at all, round after
+    round (the residual grows, the step with it), and the tensor would never move: a
+    measured 11-point accuracy loss on the paper's task, with the output biases frozen.
+    Those tensors are coded at :data:`SMALL_TENSOR_ALPHA` times the RMS of the fresh delta
+    (``scale``) instead: a few hundred bytes per model, while every tensor of >= 100k values
+    keeps its target.
+
+    Attributes:
+        bits_per_param: the target, bits per value, 0 < target <= 32.
+        coder: ``"auto"`` or ``"huffman"`` (:data:`CODERS`).
+        seed: sampling seed, 0 <= seed < 2**64.
+
+    Example:
+        >>> TargetRate(bits_per_param=1.0).get_config()
+        {'id': 'target_rate', 'bits_per_param': 1.0, 'coder': 'auto', 'seed': 0}
+    """
+
+    id: ClassVar[str] = "target_rate"
+    #: small tensors take their step from the fresh delta's RMS (see the class docstring)
+    uses_scale: ClassVar[bool] = True
+    bits_per_param: float = 1.0
+    coder: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        b = self.bits_per_param
+        if not _is_real(b) or not (math.isfinite(float(b)) and 0.0 < float(b) <= 32.0):
+            raise ValueError(f"TargetRate.bits_per_param must be in (0, 32], got {b!r}")
+        _check_coder("TargetRate", self.coder)
+        if not _is_int(self.seed) or not 0 <= self.seed < 1 << 64:
+            raise ValueError(f"TargetRate.seed must be an integer in [0, 2**64), got {self.seed!r}")
+        object.__setattr__(self, "bits_per_param", float(b))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def _payload_bits(self, counts: np.ndarray) -> float:
+        """Coded bits of a sample with these level counts (>= 2 levels), under this coder."""
+        if self.coder == "auto":  # ANS codes within a fraction of a percent of the entropy
+            return float(-(counts * np.log2(counts / counts.sum())).sum())
+        limit = huffman.length_limit(int(counts.size))
+        if limit is None:  # too many symbols for Huffman: the tensor is bit-packed
+            return float(counts.sum()) * math.ceil(math.log2(counts.size))
+        return float((counts * huffman.code_lengths(counts, limit)).sum())
+
+    def _cost_bytes(self, counter: LevelCounter, step: float, n: int, header: float) -> float:
+        counts = counter.counts(step)
+        if counts.size <= 1:
+            return header  # a constant record
+        table = 1.5 * counts.size + 4.0
+        return header + table + self._payload_bits(counts) * n / counter.sample.size / 8.0
+
+    def choose_step(
+        self,
+        values: np.ndarray,
+        w_min: float,
+        w_max: float,
+        *,
+        name: str,
+        position: int,
+        scale: float | None,
+    ) -> tuple[float, float | None]:
+        """The largest-cost step within the target (bisection on the sampled cost model)."""
+        n = values.size
+        amax = max(abs(w_min), abs(w_max))
+        # record header: name, dtype/shape, mode, bits, entropy, range, step, qmin, clamp
+        # count, lane sizes and states (ANS) or stream sizes (Huffman)
+        header = len(name.encode("utf-8")) + 40.0 + 2 * values.dtype.itemsize
+        target = self.bits_per_param * n / 8.0
+        if header > target / 4:  # a small tensor: its header would eat its budget
+            ref = float(scale) if scale is not None and scale > 0 else rms(values)
+            return _usable_step(SMALL_TENSOR_ALPHA * ref, w_min, w_max), None
+        sample = sample_values(values, min(n, RATE_SAMPLE), sample_seed(self.seed, position))
+        counter = LevelCounter(sample)
+        fine = _usable_step(amax / LEVEL_LIMIT, w_min, w_max)
+        # the coarsest step that still sends something: the largest |x| rounds to +-1 (a
+        # tensor that never moves is worse than one that overshoots its target)
+        coarse = _usable_step(1.9 * amax, w_min, w_max)
+        floor = self._cost_bytes(counter, coarse, n, header)
+        if floor > target:
+            # Unreachable (Huffman below ~1 bit/value): aim 10% above the coder's floor, not
+            # at the floor itself, whose step (about the largest |x|) would turn the few
+            # values it sends into steps of twice their size.
+            target = FLOOR_MARGIN * floor
+        if self._cost_bytes(counter, fine, n, header) <= target:
+            step = fine
+        else:
+            lo, hi = math.log2(fine), math.log2(coarse)  # cost(lo) > target >= cost(hi)
+            for _ in range(_RATE_ITERATIONS):
+                mid = 0.5 * (lo + hi)
+                if self._cost_bytes(counter, 2.0**mid, n, header) > target:
+                    lo = mid
+                else:
+                    hi = mid
+            step = _usable_step(2.0**hi, w_min, w_max)
+        counts = counter.counts(step)
+        entropy = float(-(counts * np.log2(counts / counts.sum())).sum() / counts.sum())
+        return step, min(24.0, max(0.0, entropy))

@@ -29,12 +29,35 @@ one process; it produces bit for bit the weights K real ranks would.
 A rank whose weights are not finite sends a status instead of a packet size; every rank
 then raises :class:`NonFiniteWeightsError` at the same collective, instead of the healthy
 ones blocking until the timeout.
+
+**What travels: ``transmit="delta"`` (the default) or ``"weights"`` (the paper).** Every
+rank holds the last shared model ``w_shared`` (the *reference*), bit for bit. In delta mode
+a rank sends only how far it moved, the pseudo-gradient ``d = w_local - w_shared``, plus
+its error-feedback residual ``e`` (what its previous packets failed to carry):
+``x = d + e`` is coded, ``e' = x - decoded(x)`` is kept, and every rank sets
+``w_shared' = w_shared + (sum_k decoded(x_k)) / K``, the sum in rank order, and continues
+from it. Deltas are small, centred and peaked, so the same error costs far fewer bits than
+coding weights (docs/DESIGN.md). Step policies take their RMS from the fresh ``d``, not
+from ``x``: a residual backlog must not coarsen the step (that starved a probe to 22%
+accuracy). In weights mode each rank codes its weights and the mean replaces them.
+
+The reference is established once: :meth:`CompressedAverager.initialize` (call it before
+training, like DDP's constructor) makes the ranks agree on the starting weights at no cost
+when they already do (a hash is compared) and broadcasts rank 0's otherwise; a first sync
+without it averages the weights exactly (Lossless packets, 32 bits/param, once). From then
+on every size exchange carries a hash of each rank's reference, chained through the
+packets' CRCs; a rank whose reference differs (resumed from another checkpoint, or one
+that missed a sync) makes every rank raise :class:`ReferenceMismatchError` naming it at
+that collective, before anything is averaged.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import time
+import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -43,19 +66,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.codec import PacketInfo, accumulate, compress
+from tenfold.codec import Lossless, PacketInfo, accumulate, compress, decompress
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
+from tenfold.codec.policy import rms
 from tenfold.distributed.exchange import (
     STATUS_NONFINITE,
     PacketTransfer,
     PeerStatusError,
     exchange_sizes,
+    exchange_sizes_and_tags,
 )
 
 __all__ = [
     "CompressedAverager",
     "NonFiniteWeightsError",
     "BufferPool",
+    "ReferenceMismatchError",
+    "TRANSMIT_MODES",
     "ParamsLike",
     "RankOrderSum",
     "SimulatedAverager",
@@ -70,6 +97,30 @@ ParamsLike = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 #: Any tenfold policy (``tenfold.EntropyAdaptive()``, ``tenfold.Fixed(8)``, ...).
 Policy = Any
+
+#: What a rank sends: its pseudo-gradient (plus residual) or its weights (the paper).
+TRANSMIT_MODES = ("delta", "weights")
+
+
+class ReferenceMismatchError(RuntimeError):
+    """Ranks disagree on the shared model their deltas are taken against.
+
+    Raised on every rank at the same collective. ``ranks`` are those whose reference hash
+    differs from the majority's (rank 0's on a tie).
+    """
+
+    def __init__(self, tags: Sequence[int], round: int) -> None:
+        counts = Counter(tags)
+        top = max(counts.values())
+        majority = tags[0] if counts[tags[0]] == top else counts.most_common(1)[0][0]
+        self.ranks = tuple(r for r, t in enumerate(tags) if t != majority)
+        super().__init__(
+            f"rank(s) {', '.join(map(str, self.ranks))} hold a different shared model than "
+            f"the others at sync round {round} (reference hash "
+            f"{', '.join(f'{tags[r]:08x}' for r in self.ranks)} vs {majority:08x}): a rank "
+            "was resumed from another checkpoint or missed a synchronisation; restart every "
+            "rank from the same checkpoint"
+        )
 
 
 class NonFiniteWeightsError(PeerStatusError):
@@ -104,7 +155,8 @@ class TensorStats:
             as the codec accounts it).
         bits_per_param: ``8 * nbytes / num_values`` (inf for an empty tensor).
         grad_rms: the RMS loss gradient passed in for this tensor, if any.
-        mode: the codec's coding mode: "huffman", "bitpack", "raw" or "constant".
+        mode: the codec's coding mode: "huffman", "ans", "bitpack", "raw" or "constant".
+        step: the mid-tread quantizer's step (step policies), else None.
     """
 
     name: str
@@ -116,6 +168,7 @@ class TensorStats:
     bits_per_param: float
     grad_rms: float | None
     mode: str
+    step: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (metrics.jsonl uses ``N`` and ``H`` as in the paper)."""
@@ -130,6 +183,7 @@ class TensorStats:
             "bits_per_param": self.bits_per_param if math.isfinite(self.bits_per_param) else None,
             "grad_rms": self.grad_rms,
             "mode": self.mode,
+            "step": self.step,
         }
 
 
@@ -192,7 +246,7 @@ class SyncStats:
         }
 
 
-def _check_announced_sizes(sizes: Sequence[int], named: list[tuple[str, torch.Tensor]]) -> None:
+def _check_announced_sizes(sizes: Sequence[int], named: Sequence[tuple[str, torch.Tensor]]) -> None:
     """Refuse absurd sizes before any buffer is allocated for them.
 
     No packet of this model can exceed its raw bytes plus headers (the codec never picks a
@@ -295,13 +349,110 @@ def _fail_nonfinite(bad: Sequence[str], group: dist.ProcessGroup | None) -> NoRe
 
 
 def _encode(
-    named: Sequence[tuple[str, torch.Tensor]],
+    arrays: Mapping[str, np.ndarray],
     policy: Policy,
     grad_rms: Mapping[str, float] | None,
+    scale: Mapping[str, float] | None = None,
 ) -> tuple[bytes, float]:
     t0 = time.perf_counter()
-    blob = compress(_host_arrays(named), policy, grad_rms=grad_rms)
+    blob = compress(arrays, policy, grad_rms=grad_rms, scale=scale)
     return blob, time.perf_counter() - t0
+
+
+# ---- delta mode: the reference, the residual, the hash -----------------------------------
+
+
+def _check_transmit(transmit: str, error_feedback: bool) -> None:
+    if transmit not in TRANSMIT_MODES:
+        raise ValueError(f"transmit must be one of {TRANSMIT_MODES}, got {transmit!r}")
+    if not isinstance(error_feedback, bool):
+        raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
+
+
+def reference_tag(arrays: Mapping[str, np.ndarray]) -> int:
+    """CRC-32 of a reference's names, shapes and bytes, in order (one pass over the model)."""
+    crc = 0
+    for name, a in arrays.items():
+        crc = zlib.crc32(f"{name}{a.shape}{a.dtype.str}".encode(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(a).data, crc)
+    return crc
+
+
+def _chain_tag(tag: int, round: int, packets: Sequence[Any]) -> int:
+    """The next reference's hash: the last one, the round, and every packet's CRC trailer.
+
+    The new reference is a function of the old one and the K packets, so chaining their
+    CRC-32s (already in every packet) costs nothing, unlike hashing the model again.
+    """
+    crc = zlib.crc32(struct.pack("<IQ", tag, round))
+    for packet in packets:
+        crc = zlib.crc32(bytes(memoryview(packet)[-4:]), crc)
+    return crc
+
+
+def _aligned(
+    named: Sequence[tuple[str, torch.Tensor]], ref: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``ref`` in the order of ``named``, after checking it holds the same tensors.
+
+    (A checkpoint may store the reference in another order: safetensors sorts its keys.)
+    """
+    layout = {n: tuple(t.shape) for n, t in named}
+    expected = {n: tuple(a.shape) for n, a in ref.items()}
+    if layout != expected:
+        missing = sorted(set(expected) - set(layout))
+        extra = sorted(set(layout) - set(expected))
+        reshaped = sorted(n for n in set(layout) & set(expected) if layout[n] != expected[n])
+        raise ValueError(
+            "params do not match the averager's shared model (the same tensors every sync): "
+            f"missing {missing}, unexpected {extra}, other shapes {reshaped}"
+        )
+    return {n: ref[n] for n, _ in named}
+
+
+@dataclass
+class _DeltaRank:
+    """One rank's delta-mode state: nothing but the residual (the reference is shared)."""
+
+    residual: dict[str, np.ndarray] | None = None
+
+    def inputs(
+        self,
+        host: Mapping[str, np.ndarray],
+        reference: Mapping[str, np.ndarray],
+        *,
+        error_feedback: bool,
+        want_scale: bool,
+    ) -> tuple[dict[str, np.ndarray], dict[str, float] | None]:
+        """``x = (w - w_shared) + e`` per tensor, and the fresh deltas' RMS (step hints)."""
+        x: dict[str, np.ndarray] = {}
+        scale: dict[str, float] | None = {} if want_scale else None
+        for name, w in host.items():
+            d = np.subtract(w, reference[name])
+            if scale is not None:
+                scale[name] = rms(d.reshape(-1)) if d.size else 0.0
+            if error_feedback and self.residual is not None:
+                np.add(d, self.residual[name], out=d)
+            x[name] = d
+        return x, scale
+
+    def keep_residual(self, x: Mapping[str, np.ndarray], blob: bytes) -> None:
+        """``e = x - decoded(x)``: what this rank's packet failed to carry."""
+        decoded = decompress(blob)
+        self.residual = {name: np.subtract(v, decoded[name]) for name, v in x.items()}
+
+
+def _tensor_dict(arrays: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    return None if arrays is None else {n: torch.from_numpy(a.copy()) for n, a in arrays.items()}
+
+
+def _array_dict(tensors: Mapping[str, Any] | None) -> dict[str, np.ndarray] | None:
+    if tensors is None:
+        return None
+    return {
+        n: np.ascontiguousarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t).copy()
+        for n, t in tensors.items()
+    }
 
 
 def _zeros_like_wire(
@@ -525,6 +676,7 @@ def _stats(
             if grad_rms is None or t.name not in grad_rms
             else float(grad_rms[t.name]),
             mode=str(t.mode),
+            step=t.step,
         )
         for t in info.tensors
     )
@@ -572,9 +724,14 @@ class CompressedAverager:
     """Average parameters across the ranks of a process group through compressed packets.
 
     Args:
-        policy: a tenfold policy (``tenfold.EntropyAdaptive()``, ``tenfold.Fixed(8)``,
-            ``tenfold.GradientRMS(c1)``, ``tenfold.Lossless()``); every rank must use the same.
+        policy: a tenfold policy: for deltas the step policies ``tenfold.TargetRate(b)`` and
+            ``tenfold.RelativeStep(alpha)``; the paper's ``EntropyAdaptive``, ``Fixed``,
+            ``GradientRMS`` and ``Lossless`` work in either mode. Every rank must use the same.
         process_group: the group to average over (None: the default group).
+        transmit: ``"delta"`` (send ``w - w_shared`` plus the residual; module docstring)
+            or ``"weights"`` (the paper's scheme: send the weights).
+        error_feedback: in delta mode, keep what each packet failed to carry and add it to
+            the next delta (ignored in weights mode).
 
     Attributes:
         round: index of the next synchronisation (part of the training state: restore it
@@ -587,7 +744,8 @@ class CompressedAverager:
     Memory: between synchronisations the averager keeps the float32 arrays it summed into
     (:class:`BufferPool`): one model-sized accumulator, plus one per packet that arrived
     before its turn in the rank-order sum (up to K-1 on the rank worst placed in the
-    ring), so up to K times the model in float32; a fresh averager starts empty.
+    ring), so up to K times the model in float32; a fresh averager starts empty. Delta
+    mode adds the reference and the residual, one model each.
 
     Backends: gloo codes and exchanges on the CPU. With NCCL the tensors are copied to the
     CPU, coded there, the packets are exchanged as CUDA uint8 tensors and the averaged
@@ -595,16 +753,31 @@ class CompressedAverager:
 
     Example (inside each rank, after ``init_process_group``)::
 
-        avg = CompressedAverager(tenfold.EntropyAdaptive())
+        avg = CompressedAverager(tenfold.TargetRate(bits_per_param=1.0))
+        avg.initialize(model.named_parameters())      # agree on the starting model
+        ...                                           # local training steps
         stats = avg.average(model.named_parameters())
         stats.bits_per_param, stats.bytes_sent
     """
 
-    def __init__(self, policy: Policy, process_group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        process_group: dist.ProcessGroup | None = None,
+        transmit: str = "delta",
+        error_feedback: bool = True,
+    ) -> None:
+        _check_transmit(transmit, error_feedback)
         self.policy = policy
         self.process_group = process_group
+        self.transmit = transmit
+        self.error_feedback = error_feedback
         self.round = 0
         self._pool = BufferPool()
+        self._reference: dict[str, np.ndarray] | None = None
+        self._tag = 0
+        self._rank_state = _DeltaRank()
 
     def _distributed(self) -> bool:
         return (
@@ -613,10 +786,77 @@ class CompressedAverager:
             and dist.get_world_size(self.process_group) > 1
         )
 
+    # -- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``round``, and in delta mode the reference, its hash and this rank's residual.
+
+        Tensors are CPU torch tensors (for a safetensors checkpoint); see
+        :meth:`load_state_dict`.
+        """
+        return {
+            "round": self.round,
+            "transmit": self.transmit,
+            "tag": self._tag,
+            "reference": _tensor_dict(self._reference),
+            "residual": _tensor_dict(self._rank_state.residual),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (a resumed run continues bit for bit)."""
+        if state.get("transmit", self.transmit) != self.transmit:
+            raise ValueError(
+                f"state is for transmit={state['transmit']!r}, this averager sends "
+                f"{self.transmit!r}"
+            )
+        self.round = int(state["round"])
+        self._tag = int(state.get("tag", 0))
+        self._reference = _array_dict(state.get("reference"))
+        self._rank_state = _DeltaRank(_array_dict(state.get("residual")))
+
+    # -- the shared starting point ---------------------------------------------------------------
+
+    def initialize(self, params: ParamsLike) -> int:
+        """Make every rank start from the same weights and take them as the shared model.
+
+        Compares a hash of each rank's weights (one int64 per rank); only if they differ is
+        rank 0's model broadcast into every rank's tensors (fp32, like DDP at start).
+        Collective: every rank must call it. Weights mode needs no reference; calling it
+        there still aligns the ranks.
+
+        Returns:
+            Bytes this rank received in the broadcast (0 when the ranks agreed).
+        """
+        named = named_tensors(params)
+        _require_parameters(named)
+        received = 0
+        if self._distributed():
+            group = self.process_group
+            _, tags = exchange_sizes_and_tags(0, reference_tag(_host_arrays(named)), group=group)
+            if len(set(tags)) > 1:
+                src = dist.get_global_rank(group, 0) if group is not None else 0
+                with torch.no_grad():
+                    for _, t in named:
+                        dist.broadcast(t.data, src=src, group=group)
+                if dist.get_rank(group) != 0:
+                    received = sum(t.numel() * t.element_size() for _, t in named)
+        self._reference = {n: a.copy() for n, a in _host_arrays(named).items()}
+        self._tag = reference_tag(self._reference)
+        self._rank_state = _DeltaRank()
+        return received
+
+    # -- one synchronisation ----------------------------------------------------------------------
+
     def average(
-        self, params: ParamsLike, *, grad_rms: Mapping[str, float] | None = None
+        self,
+        params: ParamsLike,
+        *,
+        grad_rms: Mapping[str, float] | None = None,
     ) -> SyncStats:
-        """Replace every tensor, in place, by the mean over ranks of the decoded packets.
+        """Synchronise, in place: every rank ends with the same (new shared) weights.
+
+        Delta mode: the tensors become ``w_shared + mean_k decoded(d_k + e_k)``; weights
+        mode: the mean over ranks of the decoded weights.
 
         Args:
             params: the tensors, as ``model.parameters()`` or ``model.named_parameters()``
@@ -629,6 +869,7 @@ class CompressedAverager:
 
         Raises:
             NonFiniteWeightsError: on every rank, if any rank's tensors hold NaN/Inf.
+            ReferenceMismatchError: on every rank, if ranks hold different shared models.
             tenfold.codec.PacketMismatchError: a peer's packet has other tensors (names,
                 shapes or dtypes); the message names the rank and the tensor.
             tenfold.distributed.CommunicationError: a peer died or the group's timeout expired.
@@ -640,15 +881,58 @@ class CompressedAverager:
         if not self._distributed():
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
             return _noop_stats(named, rank=rank, round=round_)
+        group = self.process_group
+        rank = dist.get_rank(group)
+        policy = round_policy(self.policy, rank=rank, round=round_)
+        host = _host_arrays(named)
+        if self.transmit == "weights":
+            stats, acc, _ = self._exchange(named, host, policy, grad_rms, None, None, round_)
+            _copy_back(named, acc)
+            self._pool.give(acc)
+        elif self._reference is None:  # no shared model yet: average the weights exactly
+            stats, acc, _ = self._exchange(named, host, Lossless(), grad_rms, None, None, round_)
+            _copy_back(named, acc)
+            self._reference = {n: a.copy() for n, a in acc.items()}
+            self._pool.give(acc)
+            self._tag = reference_tag(self._reference)
+        else:
+            self._reference = _aligned(named, self._reference)
+            x, scale = self._rank_state.inputs(
+                host, self._reference, error_feedback=self.error_feedback,
+                want_scale=_uses_scale(policy),
+            )  # fmt: skip
+            stats, acc, packets = self._exchange(
+                named, x, policy, grad_rms, scale, self._tag, round_
+            )
+            if self.error_feedback:
+                self._rank_state.keep_residual(x, packets[rank])
+            for name, ref in self._reference.items():
+                np.add(ref, acc[name], out=ref)
+            self._pool.give(acc)
+            _copy_back(named, self._reference)
+            self._tag = _chain_tag(self._tag, round_, packets)
+        return stats
 
+    def _exchange(
+        self,
+        named: Sequence[tuple[str, torch.Tensor]],
+        arrays: Mapping[str, np.ndarray],
+        policy: Policy,
+        grad_rms: Mapping[str, float] | None,
+        scale: Mapping[str, float] | None,
+        tag: int | None,
+        round_: int,
+    ) -> tuple[SyncStats, dict[str, np.ndarray], list[Any]]:
+        """Code ``arrays``, all-gather the packets, decode-sum in rank order, divide by K.
+
+        Returns this rank's stats, the mean (pool arrays: give them back) and every packet.
+        """
         group = self.process_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         try:
             # The codec refuses NaN/Inf itself (ValueError), so finiteness is only
             # checked, tensor by tensor, when encoding failed: no extra pass when healthy.
-            blob, t_encode = _encode(
-                named, round_policy(self.policy, rank=rank, round=round_), grad_rms
-            )
+            blob, t_encode = _encode(arrays, policy, grad_rms, scale)
         except ValueError:
             bad = _nonfinite(named)
             if not bad:
@@ -656,13 +940,17 @@ class CompressedAverager:
             _fail_nonfinite(bad, group)
         t_start = time.perf_counter()
         try:
-            sizes = exchange_sizes(len(blob), group=group)
+            sizes, tags = exchange_sizes_and_tags(len(blob), tag or 0, group=group)
         except PeerStatusError as exc:
             raise NonFiniteWeightsError(exc.statuses) from None
         t_sizes = time.perf_counter() - t_start
+        if tag is not None and len(set(tags)) > 1:
+            raise ReferenceMismatchError(tags, round_)
         _check_announced_sizes(sizes, named)
         summer = RankOrderSum(named, world, pool=self._pool)
         summer.offer(rank, blob)
+        packets: list[Any] = [None] * world
+        packets[rank] = blob
         with PacketTransfer(blob, sizes, group=group) as transfer:
             # Decode whatever can be decoded; wait for the network only when nothing can.
             # On an error (a peer's packet does not match) the exit still completes the
@@ -672,13 +960,12 @@ class CompressedAverager:
                 if item is None and not summer.step():
                     item = transfer.get()
                 if item is not None:
+                    packets[item[0]] = item[1]
                     summer.offer(*item)
         _divide(summer.acc, world)
-        _copy_back(named, summer.acc)
-        self._pool.give(summer.acc)
         t_comm = t_sizes + transfer.wait_seconds
         t_total = time.perf_counter() - t_start
-        return _stats(
+        stats = _stats(
             info=summer.infos[rank],
             world_size=world,
             rank=rank,
@@ -688,36 +975,97 @@ class CompressedAverager:
             encode_seconds=t_encode,
             comm_seconds=t_comm,
             # everything else between the start of the exchange and the end: decoding
-            # and adding (mostly overlapped with the transfers), dividing, copying back
+            # and adding (mostly overlapped with the transfers), dividing (the caller's
+            # copy back is not included)
             decode_seconds=max(0.0, t_total - t_comm),
         )
+        return stats, summer.acc, packets
+
+
+def _uses_scale(policy: Policy) -> bool:
+    """Whether the policy takes its step from an RMS hint (RelativeStep)."""
+    return bool(getattr(policy, "uses_scale", False))
 
 
 class SimulatedAverager:
     """K workers in one process, averaged exactly as K ranks of :class:`CompressedAverager`.
 
     Same per-rank policy seeds (:func:`round_policy`), same packets, same decode-and-sum in
-    worker order, same division: the weights are bit for bit those of a real run with K
-    ranks. Packets are decoded once (every rank would decode the same K packets), and the
-    result copied into every worker's tensors. The accumulator stays allocated between
-    rounds (:class:`BufferPool`), as in :class:`CompressedAverager`.
+    worker order, same division, same reference and residuals in delta mode: the weights
+    are bit for bit those of a real run with K ranks. Packets are decoded once (every rank
+    would decode the same K packets), and the result copied into every worker's tensors.
+    The accumulator stays allocated between rounds (:class:`BufferPool`), as in
+    :class:`CompressedAverager`.
 
     Args:
         policy: a tenfold policy, as for :class:`CompressedAverager`.
+        transmit: ``"delta"`` or ``"weights"``, as for :class:`CompressedAverager`.
+        error_feedback: as for :class:`CompressedAverager`.
 
     Attributes:
         round: index of the next synchronisation (see :class:`CompressedAverager`).
 
     Example::
 
-        sim = SimulatedAverager(tenfold.EntropyAdaptive())
+        sim = SimulatedAverager(tenfold.TargetRate(bits_per_param=1.0))
+        sim.initialize([m.named_parameters() for m in models])
         stats = sim.average([m.named_parameters() for m in models])  # one SyncStats each
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(
+        self, policy: Policy, *, transmit: str = "delta", error_feedback: bool = True
+    ) -> None:
+        _check_transmit(transmit, error_feedback)
         self.policy = policy
+        self.transmit = transmit
+        self.error_feedback = error_feedback
         self.round = 0
         self._pool = BufferPool()
+        self._reference: dict[str, np.ndarray] | None = None
+        self._tag = 0
+        self._ranks: list[_DeltaRank] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """As :meth:`CompressedAverager.state_dict`, with one residual per worker."""
+        return {
+            "round": self.round,
+            "transmit": self.transmit,
+            "tag": self._tag,
+            "reference": _tensor_dict(self._reference),
+            "residual": {str(r): _tensor_dict(s.residual) for r, s in enumerate(self._ranks)},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        if state.get("transmit", self.transmit) != self.transmit:
+            raise ValueError(
+                f"state is for transmit={state['transmit']!r}, this averager sends "
+                f"{self.transmit!r}"
+            )
+        self.round = int(state["round"])
+        self._tag = int(state.get("tag", 0))
+        self._reference = _array_dict(state.get("reference"))
+        residuals = state.get("residual") or {}
+        self._ranks = [_DeltaRank(_array_dict(residuals[str(r)])) for r in range(len(residuals))]
+
+    def initialize(self, workers: Sequence[ParamsLike]) -> int:
+        """As :meth:`CompressedAverager.initialize`: if the workers differ, worker 0's
+        weights are copied into all. Returns the bytes each other worker would receive."""
+        named = [named_tensors(p) for p in workers]
+        for tensors in named:
+            _require_parameters(tensors)
+        tags = [reference_tag(_host_arrays(n)) for n in named]
+        received = 0
+        if len(set(tags)) > 1:
+            with torch.no_grad():
+                for other in named[1:]:
+                    for (_, dst), (_, src) in zip(other, named[0], strict=True):
+                        dst.copy_(src)
+            received = sum(t.numel() * t.element_size() for _, t in named[0])
+        self._reference = {n: a.copy() for n, a in _host_arrays(named[0]).items()}
+        self._tag = reference_tag(self._reference)
+        self._ranks = [_DeltaRank() for _ in named]
+        return received
 
     def average(
         self,
@@ -725,7 +1073,7 @@ class SimulatedAverager:
         *,
         grad_rms: Sequence[Mapping[str, float] | None] | None = None,
     ) -> list[SyncStats]:
-        """Average the K workers' tensors in place (K = ``len(workers)``).
+        """Synchronise the K workers' tensors in place (K = ``len(workers)``).
 
         Args:
             workers: one ``ParamsLike`` per worker, in rank order.
@@ -747,7 +1095,7 @@ class SimulatedAverager:
         k = len(named)
         if grad_rms is not None and len(grad_rms) != k:
             raise ValueError(f"grad_rms: {len(grad_rms)} mappings for {k} workers")
-        rms = list(grad_rms) if grad_rms is not None else [None] * k
+        rms_ = list(grad_rms) if grad_rms is not None else [None] * k
         round_ = self.round
         self.round += 1
         if k <= 1:
@@ -760,22 +1108,55 @@ class SimulatedAverager:
             raise NonFiniteWeightsError(
                 {r: STATUS_NONFINITE for r in bad}, [f"worker {first}: {n}" for n in bad[first]]
             )
-
+        hosts = [_host_arrays(n) for n in named]
+        delta = self.transmit == "delta" and self._reference is not None
+        if delta:
+            assert self._reference is not None
+            self._reference = _aligned(named[0], self._reference)
+            if len(self._ranks) != k:
+                raise ValueError(f"the averager holds {len(self._ranks)} workers' state, got {k}")
         packets: list[bytes] = []
         t_encode: list[float] = []
+        inputs: list[dict[str, np.ndarray]] = []
         for r in range(k):
-            blob, seconds = _encode(
-                named[r], round_policy(self.policy, rank=r, round=round_), rms[r]
-            )
+            policy = round_policy(self.policy, rank=r, round=round_)
+            scale = None
+            arrays: Mapping[str, np.ndarray] = hosts[r]
+            if delta:
+                assert self._reference is not None
+                arrays, scale = self._ranks[r].inputs(
+                    hosts[r], self._reference, error_feedback=self.error_feedback,
+                    want_scale=_uses_scale(policy),
+                )  # fmt: skip
+                inputs.append(arrays)
+            elif self.transmit == "delta":  # no shared model yet: the weights, exactly
+                policy = Lossless()
+            blob, seconds = _encode(arrays, policy, rms_[r], scale)
             packets.append(blob)
             t_encode.append(seconds)
         t0 = time.perf_counter()
         acc, infos = _decode_mean(packets, named[0], self._pool)
-        _copy_back(named[0], acc)
-        # What one rank does ends here; the other copies only exist in the simulation.
+        if delta:
+            assert self._reference is not None
+            for name, ref in self._reference.items():
+                np.add(ref, acc[name], out=ref)
+            result = self._reference
+        else:
+            result = acc
+        _copy_back(named[0], result)
+        # What one rank does ends here; the rest only exists in the simulation.
         t_decode = time.perf_counter() - t0
         for n in named[1:]:
-            _copy_back(n, acc)
+            _copy_back(n, result)
+        if delta:
+            if self.error_feedback:
+                for r in range(k):
+                    self._ranks[r].keep_residual(inputs[r], packets[r])
+            self._tag = _chain_tag(self._tag, round_, packets)
+        elif self.transmit == "delta":
+            self._reference = {n: a.copy() for n, a in acc.items()}
+            self._tag = reference_tag(self._reference)
+            self._ranks = [_DeltaRank() for _ in range(k)]
         self._pool.give(acc)
         sizes = [len(p) for p in packets]
         return [
@@ -785,7 +1166,7 @@ class SimulatedAverager:
                 rank=r,
                 round=round_,
                 packet_bytes=sizes,
-                grad_rms=rms[r],
+                grad_rms=rms_[r],
                 encode_seconds=t_encode[r],
                 comm_seconds=0.0,
                 decode_seconds=t_decode,

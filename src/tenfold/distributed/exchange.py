@@ -58,6 +58,7 @@ __all__ = [
     "PacketTransfer",
     "PeerStatusError",
     "all_gather_bytes",
+    "exchange_sizes_and_tags",
     "comm_device",
     "exchange_sizes",
     "receive_order",
@@ -144,21 +145,37 @@ def exchange_sizes(
         CommunicationError: a peer is gone or the group's timeout expired.
         ValueError: a positive ``status`` or a negative ``size``.
     """
+    sizes, _ = exchange_sizes_and_tags(size, 0, group=group, status=status)
+    return sizes
+
+
+def exchange_sizes_and_tags(
+    size: int, tag: int, *, group: dist.ProcessGroup | None = None, status: int = 0
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:func:`exchange_sizes`, with one more int64 per rank riding along (a "tag").
+
+    The averager's delta mode sends a hash of the shared model it holds, so that a rank
+    whose copy differs is caught in the same collective, before anything else is sent.
+
+    Returns:
+        ``(sizes, tags)``, each in group rank order.
+    """
     if status > 0:
         raise ValueError(f"status must be 0 or negative, got {status}")
     if status == 0 and size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     world = dist.get_world_size(group)
     device = comm_device(group)
-    size_t = torch.tensor([status if status < 0 else size], dtype=torch.int64, device=device)
-    sizes_t = [torch.empty_like(size_t) for _ in range(world)]
+    mine = torch.tensor([status if status < 0 else size, tag], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
     with translate_comm_errors("exchanging packet sizes"):
-        dist.all_gather(sizes_t, size_t, group=group)
-    sizes = tuple(int(s) for s in torch.cat(sizes_t).cpu().tolist())
+        dist.all_gather(gathered, mine, group=group)
+    pairs = torch.stack(gathered).cpu().tolist()
+    sizes = tuple(int(p[0]) for p in pairs)
     failed = {r: s for r, s in enumerate(sizes) if s < 0}
     if failed:
         raise PeerStatusError(failed)
-    return sizes
+    return sizes, tuple(int(p[1]) for p in pairs)
 
 
 def receive_order(rank: int, world_size: int) -> tuple[int, ...]:

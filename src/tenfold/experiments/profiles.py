@@ -95,7 +95,16 @@ ABLATION_L1: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
 FULL_EPOCHS = 16
 
 #: TrainConfig fields a Setting may override (everything else is the profile's).
-_OVERRIDABLE = ("init", "l1", "lr", "lr_decay", "batch_size", "sync_every")
+_OVERRIDABLE = (
+    "init",
+    "l1",
+    "lr",
+    "lr_decay",
+    "batch_size",
+    "sync_every",
+    "transmit",
+    "error_feedback",
+)
 #: TrainConfig fields the profile's ``train`` mapping may not set (the profile owns them).
 _PROFILE_OWNED = ("policy", "seed", "epochs", "dataset", "data_dir", "download")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -118,6 +127,9 @@ class Setting:
         groups: figure/table tags from :data:`GROUPS`.
         overrides: TrainConfig fields that differ from the profile's (e.g. ``init``, ``l1``).
         seeds: the seeds of this setting (None: the profile's).
+        peer: a peer method's config (:func:`tenfold.experiments.peers.peer_from_config`)
+            that replaces tenfold's codec for this setting (``policy`` is then ignored and
+            should be ``{"id": "lossless"}``); None for tenfold's own policies.
 
     Example:
         >>> entropy_setting(c=6, M=4, groups=("headline",)).label
@@ -130,6 +142,7 @@ class Setting:
     groups: tuple[str, ...] = ()
     overrides: Mapping[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] | None = None
+    peer: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name) or "__" in self.name:
@@ -160,11 +173,16 @@ class Setting:
         object.__setattr__(self, "overrides", _freeze(self.overrides))
         if self.seeds is not None:
             object.__setattr__(self, "seeds", _check_seeds(self.seeds, "seeds"))
+        if self.peer is not None:
+            from tenfold.experiments.peers import peer_from_config
+
+            peer_from_config(self.peer)  # validates
+            object.__setattr__(self, "peer", _freeze(self.peer))
 
     @property
     def is_baseline(self) -> bool:
-        """True for the unquantized reference (Lossless policy)."""
-        return self.policy.get("id") == "lossless"
+        """True for the unquantized reference (Lossless policy, no peer method)."""
+        return self.peer is None and self.policy.get("id") == "lossless"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of every field."""
@@ -175,6 +193,7 @@ class Setting:
             "groups": list(self.groups),
             "overrides": dict(self.overrides),
             "seeds": None if self.seeds is None else list(self.seeds),
+            **({} if self.peer is None else {"peer": dict(self.peer)}),
         }
 
 
@@ -191,9 +210,9 @@ def _check_seeds(seeds: Iterable[int], name: str) -> tuple[int, ...]:
 
 
 def _policy_with_seed(policy: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    # Only EntropyAdaptive samples (its entropy estimate); the others take no seed.
+    # Only EntropyAdaptive and TargetRate sample (entropy / rate estimates); others take no seed.
     out = dict(policy)
-    if out.get("id") == "entropy":
+    if out.get("id") in ("entropy", "target_rate"):
         out["seed"] = seed
     return out
 
@@ -249,6 +268,7 @@ class RunSpec:
             groups=tuple(s["groups"]),
             overrides=s["overrides"],
             seeds=None if s["seeds"] is None else tuple(s["seeds"]),
+            peer=s.get("peer"),
         )
         return cls(
             setting=setting,
@@ -342,6 +362,7 @@ class Profile:
     def config_for(self, setting: Setting, seed: int) -> TrainConfig:
         """The complete TrainConfig of ``setting`` at ``seed``."""
         fields_ = {
+            "transmit": "weights",  # the paper's scheme unless a setting says otherwise
             **self.train,
             **setting.overrides,
             "policy": _policy_with_seed(setting.policy, seed),
@@ -606,12 +627,111 @@ def quick_profile() -> Profile:
     )
 
 
+# ---- beyond the paper: deltas, rate control, ANS, and the peers ---------------------------
+
+#: TargetRate targets of the beyond profile (bits/param), each with ANS and Huffman only.
+BEYOND_RATES = (2.0, 1.0, 0.5, 0.25, 0.1)
+#: RelativeStep steps (in units of the fresh delta's RMS).
+BEYOND_ALPHAS = (1.0, 2.0, 4.0)
+#: The paper's weights coding on the same curve: EntropyAdaptive floors (M=4), Fixed N.
+BEYOND_PAPER_FLOORS = (3, 4, 5, 6)
+BEYOND_FIXED_BITS = (4, 6, 8)
+BEYOND_EPOCHS = 12
+
+_DELTA = {"transmit": "delta", "error_feedback": True}
+_DELTA_NO_EF = {"transmit": "delta", "error_feedback": False}
+
+
+def _rate_tag(rate: float) -> str:
+    return f"{rate:g}".replace(".", "p")
+
+
+def beyond_settings() -> list[Setting]:
+    """The Pareto comparison: tenfold's delta coding, the paper's weights coding, the peers.
+
+    Names of the paper-side settings equal the full profile's, so the two profiles share
+    those run files when they sweep into the same directory.
+    """
+    out = [lossless_setting()]
+    out += [fixed_setting(n, groups=()) for n in BEYOND_FIXED_BITS]
+    out += [entropy_setting(c=c, M=4) for c in BEYOND_PAPER_FLOORS]
+    for rate in BEYOND_RATES:
+        for coder in ("auto", "huffman"):
+            out.append(
+                Setting(
+                    name=f"delta-rate{_rate_tag(rate)}-{'ans' if coder == 'auto' else 'huffman'}",
+                    label=f"rate {rate:g}" + (" (Huffman only)" if coder == "huffman" else ""),
+                    policy={"id": "target_rate", "bits_per_param": rate, "coder": coder},
+                    overrides=_DELTA,
+                )
+            )
+    for alpha in BEYOND_ALPHAS:
+        out.append(
+            Setting(
+                name=f"delta-step{_rate_tag(alpha)}",
+                label=f"step {alpha:g} RMS",
+                policy={"id": "relative_step", "alpha": alpha, "coder": "auto"},
+                overrides=_DELTA,
+            )
+        )
+    for rate in (1.0, 0.25):
+        out.append(
+            Setting(
+                name=f"delta-rate{_rate_tag(rate)}-no-ef",
+                label=f"rate {rate:g}, no error feedback",
+                policy={"id": "target_rate", "bits_per_param": rate, "coder": "auto"},
+                overrides=_DELTA_NO_EF,
+            )
+        )
+    peers: list[tuple[str, str, dict[str, Any], bool]] = [
+        ("peer-fp16", "fp16 cast", {"id": "fp16"}, False),
+        ("peer-bf16", "bf16 cast", {"id": "bf16"}, False),
+        ("peer-int8-block", "int8 blockwise absmax", {"id": "int8-block", "block": 256}, False),
+    ]
+    for frac in (0.01, 0.03, 0.1):
+        cfg = {"id": "topk", "fraction": frac, "value_bits": 2}
+        peers.append((f"peer-topk{round(frac * 100)}", f"top-k {frac:.0%} + EF", cfg, True))
+    for rank in (1, 4):
+        cfg = {"id": "powersgd", "rank": rank}
+        peers.append((f"peer-powersgd-r{rank}", f"PowerSGD rank {rank} + EF", cfg, True))
+    for name, label, cfg, ef in peers:
+        out.append(
+            Setting(
+                name=name,
+                label=label,
+                policy={"id": "lossless"},
+                overrides=_DELTA if ef else _DELTA_NO_EF,
+                peer=cfg,
+            )
+        )
+    return out
+
+
+def beyond_profile(*, epochs: int = BEYOND_EPOCHS, seeds: tuple[int, ...] = (0, 1, 2)) -> Profile:
+    """The Pareto curve of accuracy vs bits/param on the paper's task (5 workers, per-epoch
+    sync, all of Fashion-MNIST, 3 seeds): tenfold's pseudo-gradient coding at several
+    rates and steps (ANS and Huffman only, with and without error feedback), the paper's
+    weights coding, and the peers (fp16, bf16, blockwise int8, top-k, PowerSGD) on the same
+    pseudo-gradients."""
+    return Profile(
+        name="beyond",
+        description=(
+            "accuracy vs bits/param: tenfold's delta coding against the paper's weights "
+            f"coding and the peer methods, whole Fashion-MNIST, {len(seeds)} seeds"
+        ),
+        epochs=epochs,
+        seeds=seeds,
+        settings=tuple(beyond_settings()),
+        train=dict(TRAIN),
+    )
+
+
 #: Profile name -> builder.
-PROFILES = {"quick": quick_profile, "full": full_profile}
+PROFILES = {"quick": quick_profile, "full": full_profile, "beyond": beyond_profile}
 
 
 def get_profile(name: str) -> Profile:
-    """The shipped profile ``name`` (``quick`` or ``full``).
+    """The shipped profile ``name`` (``quick``, ``full`` or ``beyond``).
 
     Raises:
         ValueError: unknown name.

@@ -35,9 +35,10 @@ from tenfold.experiments.analysis import (
     layer_correlations,
     pearson,
 )
+from tenfold.experiments.beyond import PARETO_FIGURE, draw_pareto, family_of, render_section
 from tenfold.experiments.figures import ceiling_floor, draw_all
-from tenfold.experiments.profiles import Profile
-from tenfold.experiments.sweep import SWEEP_FILE, profile_runs
+from tenfold.experiments.profiles import Profile, beyond_profile, full_profile
+from tenfold.experiments.sweep import profile_runs, sweep_file
 
 __all__ = ["REPORT_FILE", "FIGURES_DIR", "render_report", "write_report"]
 
@@ -825,14 +826,52 @@ def render_report(
     return text + "\n"
 
 
+def _main_profile(out: Path, profile: Profile) -> Profile:
+    """The profile whose runs make the paper's sections: the full reproduction when the
+    beyond profile shares its directory (the two share run files), else ``profile``."""
+    if profile.name == "beyond":
+        full = full_profile(epochs=profile.epochs)
+        if profile_runs(out, full)[0]:
+            return full
+    return profile
+
+
+def _beyond_section(out: Path, main: Profile, profile: Profile) -> tuple[str, set[str]]:
+    """The "Beyond the paper" section from the beyond runs under ``out`` (if any), and the
+    keys of those runs."""
+    beyond = profile if profile.name == "beyond" else beyond_profile(epochs=main.epochs)
+    docs, _ = profile_runs(out, beyond)
+    keys = {str(d.get("key")) for d in docs}
+    if not any(
+        family_of(d.get("setting", {}), d.get("config", {})) in ("tenfold-ans", "peer-topk")
+        for d in docs
+    ):
+        return "", keys
+    a = analyze(docs)
+    figure = draw_pareto(a, out / FIGURES_DIR / PARETO_FIGURE)
+    meta = _read_json(out / sweep_file(beyond)) or {}
+    commands = [s.get("command") for s in meta.get("sessions", []) if s.get("command")]
+    command = (
+        commands[-1]
+        if commands
+        else (f"tenfold reproduce --profile beyond --out {out} --jobs 2 --epochs {beyond.epochs}")
+    )
+    return render_section(a, figure, out, command), keys
+
+
 def write_report(out_dir: str | Path, profile: Profile) -> Path:
     """Analyse the runs under ``out_dir``, draw the figures, write ``REPORT.md``; its path.
+
+    With the ``beyond`` profile's runs in the same directory (the full reproduction's
+    ``results/``), the report gains the section "Beyond the paper" and
+    ``figures/pareto.png``, whichever of the two profiles is reported.
 
     Raises:
         ValueError: no finished run of ``profile`` under ``out_dir``.
     """
     out = Path(out_dir)
-    docs, ignored = profile_runs(out, profile)
+    main = _main_profile(out, profile)
+    docs, ignored = profile_runs(out, main)
     if not docs:
         raise ValueError(
             f"no finished runs of profile {profile.name!r} ({profile.epochs} epochs) under "
@@ -841,18 +880,24 @@ def write_report(out_dir: str | Path, profile: Profile) -> Path:
         )
     a = analyze(docs)
     figs = draw_all(a, out / FIGURES_DIR)
-    meta = _read_json(out / SWEEP_FILE) or {}
-    text = render_report(a, profile, out, figs, meta)
-    if ignored:
+    meta = _read_json(out / sweep_file(main)) or {}
+    text = render_report(a, main, out, figs, meta)
+    section, beyond_keys = _beyond_section(out, main, profile)
+    if section:
+        text = text.replace("\n## Reproduce", "\n" + section + "\n## Reproduce", 1)
+        if section not in text:
+            text += "\n" + section
+        ignored -= len(beyond_keys - {str(d.get("key")) for d in docs})
+    if ignored > 0:
         text += (
             f"\n*{ignored} other run file(s) in `runs/` belong to another profile or "
             "configuration and were left out.*\n"
         )
-    pending = len(profile.runs()) - len(docs)
+    pending = len(main.runs()) - len(docs)
     if pending:
         text = text.replace(
             "\n## Headline",
-            f"\n**Partial results: {len(docs)} of {len(profile.runs())} runs of this profile "
+            f"\n**Partial results: {len(docs)} of {len(main.runs())} runs of this profile "
             "are finished; rerun the same command to complete the sweep.**\n\n## Headline",
             1,
         )

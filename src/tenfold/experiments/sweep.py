@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from tenfold.experiments.profiles import Profile, RunSpec
+from tenfold.train.config import with_legacy_defaults
 from tenfold.train.data import IdxDataset
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "run_sweep",
     "simulate",
     "subset",
+    "sweep_file",
     "train_run",
     "write_json_atomic",
 ]
@@ -72,6 +74,14 @@ __all__ = [
 RUN_FORMAT = "tenfold.experiments.run/1"
 RUNS_DIR = "runs"
 SWEEP_FILE = "sweep.json"
+
+
+def sweep_file(profile: Profile) -> str:
+    """The sessions file of ``profile``'s sweep: ``sweep.json`` for the paper's profiles,
+    ``sweep-<name>.json`` for others (e.g. ``beyond``, which shares the paper's run files
+    in the same directory but not its session history)."""
+    return SWEEP_FILE if profile.name in ("quick", "full") else f"sweep-{profile.name}.json"
+
 
 # Stream id of the entropy grid's sampling seeds (independent of the trainer's streams).
 _ENTROPY_STREAM = 0x7E57
@@ -121,6 +131,8 @@ def matches(doc: Any, spec: RunSpec, *, fields: Iterable[str] | None = None) -> 
     """
     want = spec.config.to_dict()
     have = doc.get("config") if isinstance(doc, dict) else None
+    if isinstance(have, dict):
+        have = with_legacy_defaults(have)  # run files older than a config field
     if fields is None:
         same_config = have == want
     else:
@@ -134,6 +146,7 @@ def matches(doc: Any, spec: RunSpec, *, fields: Iterable[str] | None = None) -> 
         and doc.get("data", {}).get("test_limit") == spec.test_limit
         and doc.get("entropy_grid", {}).get("F") == list(spec.entropy_F)
         and doc.get("entropy_grid", {}).get("M") == list(spec.entropy_M)
+        and doc.get("setting", {}).get("peer") == spec.setting.peer
     )
 
 
@@ -282,6 +295,19 @@ def train_run(
     return simulate(spec, data, on_epoch=on_epoch)[0]
 
 
+def _averager(spec: RunSpec) -> Any:
+    """The simulated group's averager: tenfold's, or the setting's peer method."""
+    from tenfold.distributed import SimulatedAverager
+
+    cfg = spec.config
+    if spec.setting.peer is not None:
+        from tenfold.experiments.peer_averager import PeerAverager
+        from tenfold.experiments.peers import peer_from_config
+
+        return PeerAverager(peer_from_config(spec.setting.peer), error_feedback=cfg.error_feedback)
+    return SimulatedAverager(cfg.make_policy(), **cfg.averager_options())
+
+
 def simulate(
     spec: RunSpec,
     data: IdxDataset,
@@ -295,7 +321,7 @@ def simulate(
     """
     import torch
 
-    from tenfold.distributed import NonFiniteWeightsError, SimulatedAverager
+    from tenfold.distributed import NonFiniteWeightsError
     from tenfold.train import EvalSet, TrainState, make_workers, train_loop
 
     cfg = spec.config
@@ -304,7 +330,7 @@ def simulate(
     state = TrainState(
         config=cfg,
         workers=make_workers(cfg, data, list(range(cfg.workers))),
-        averager=SimulatedAverager(cfg.make_policy()),
+        averager=_averager(spec),
     )
     test = EvalSet.from_arrays(data.test_images, data.test_labels)
     epochs: list[dict[str, Any]] = []
@@ -449,7 +475,7 @@ def _record_session(out_dir: Path, profile: Profile, session: dict[str, Any]) ->
     Sessions of an earlier configuration move to ``earlier_sessions``: the report's wall
     time sums only the sessions that produced the current profile's runs.
     """
-    path = out_dir / SWEEP_FILE
+    path = out_dir / sweep_file(profile)
     meta = _read_json(path)
     if not isinstance(meta, dict):
         meta = {"sessions": []}

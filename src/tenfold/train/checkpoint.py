@@ -12,6 +12,8 @@ It is a safetensors file - no pickle - holding::
     process/<p>/torch_rng     each process's global torch CPU generator (uint8)
     process/<p>/numpy_key     numpy's global MT19937 key (624 words, as int64)
     process/<p>/python_mt     Python's ``random`` MT state (625 words, as int64)
+    averager/<p>/...          process p's averager: in delta mode the shared model the
+                              deltas are taken against and the error-feedback residual(s)
 
 and, as JSON in the safetensors metadata (key ``tenfold.checkpoint``): the format version,
 the config, the mode, step, syncs, the averager's round (it seeds the codec's sampling),
@@ -239,16 +241,23 @@ def _unflatten(prefix: str, tensors: Mapping[str, torch.Tensor], scalars: Mappin
     return out
 
 
-def process_snapshot(workers: Sequence[Worker], process: int) -> Snapshot:
-    """This process's part of a checkpoint: its workers' states (not the model) and RNGs."""
+def process_snapshot(
+    workers: Sequence[Worker], process: int, averager: Any | None = None
+) -> Snapshot:
+    """This process's part of a checkpoint: its workers' states (not the model), its RNGs
+    and its averager's ``state_dict()`` (reference and residuals in delta mode)."""
     tensors, proc_scalars = capture_process_rng(process)
     worker_scalars: dict[str, Any] = {}
     for w in workers:
         state = {k: v for k, v in w.state_dict().items() if k != "model"}
         _flatten(f"worker/{w.rank}", state, tensors, worker_scalars)
+    averager_scalars: dict[str, Any] = {}
+    if averager is not None:
+        _flatten(f"averager/{process}", averager.state_dict(), tensors, averager_scalars)
     meta = {
         "processes": {str(process): {**proc_scalars, "ranks": [w.rank for w in workers]}},
         "worker_scalars": worker_scalars,
+        "averager_scalars": averager_scalars,
     }
     return Snapshot(tensors=tensors, meta=meta)
 
@@ -399,10 +408,12 @@ def build_checkpoint(
     }
     processes: dict[str, Any] = {}
     worker_scalars: dict[str, Any] = {}
+    averager_scalars: dict[str, Any] = {}
     for part in parts:
         tensors.update(part.tensors)
         processes.update(part.meta["processes"])
         worker_scalars.update(part.meta["worker_scalars"])
+        averager_scalars.update(part.meta.get("averager_scalars", {}))
     meta = {
         "format": CHECKPOINT_FORMAT,
         "config": state.config.to_dict(),
@@ -416,6 +427,7 @@ def build_checkpoint(
         "data": dict(data),
         "processes": processes,
         "worker_scalars": worker_scalars,
+        "averager_scalars": averager_scalars,
         "tensor_sha256": _tensor_digest(tensors),
     }
     return Snapshot(tensors=tensors, meta=meta)
@@ -570,6 +582,15 @@ def restore_state(state: TrainState, ckpt: Checkpoint) -> None:
     restore_process_rng(ckpt.snapshot.tensors, scalars, source)
     state.step = ckpt.step
     state.syncs = ckpt.syncs
+    averager_scalars = ckpt.snapshot.meta.get("averager_scalars", {})
+    saved = _unflatten(f"averager/{source}", ckpt.snapshot.tensors, averager_scalars)
+    if saved:
+        try:
+            state.averager.load_state_dict(saved)
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{ckpt.path}: the averager's state does not fit ({exc})"
+            ) from None
     state.averager.round = ckpt.round
     state.elapsed_s = ckpt.elapsed_s
 
@@ -609,7 +630,7 @@ class Checkpointer:
 
     def save(self, state: TrainState, *, elapsed_s: float) -> None:
         """Gather every process's part; the lead writes the checkpoint atomically."""
-        part = process_snapshot(state.workers, self.process)
+        part = process_snapshot(state.workers, self.process, state.averager)
         if self.distributed:
             from tenfold.distributed import all_gather_bytes
 

@@ -22,7 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DATASETS", "INITS", "TrainConfig", "make_policy"]
+__all__ = [
+    "DATASETS",
+    "DEFAULT_RATE",
+    "INITS",
+    "LEGACY_DEFAULTS",
+    "TRANSMITS",
+    "TrainConfig",
+    "make_policy",
+    "with_legacy_defaults",
+]
 
 #: Dataset names ``--dataset`` accepts (a directory of IDX files can always be given by path).
 DATASETS = ("fashion-mnist", "mnist")
@@ -31,10 +40,19 @@ DATASETS = ("fashion-mnist", "mnist")
 INITS = ("glorot-uniform", "lecun-normal", "torch-default")
 
 
-def _default_policy() -> dict[str, Any]:
-    from tenfold.codec import EntropyAdaptive
+#: What a rank sends each sync (see tenfold.distributed.averaging).
+TRANSMITS = ("delta", "weights")
 
-    return dict(EntropyAdaptive().get_config())
+#: The default policy's target, bits per parameter, every byte counted. Chosen from the
+#: "beyond" sweep (results/REPORT.md): the lowest rate whose accuracy stayed within noise
+#: of the uncompressed baseline on the paper's task.
+DEFAULT_RATE = 1.5
+
+
+def _default_policy() -> dict[str, Any]:
+    from tenfold.codec import TargetRate
+
+    return dict(TargetRate(bits_per_param=DEFAULT_RATE).get_config())
 
 
 def make_policy(config: Mapping[str, Any]) -> Any:
@@ -51,6 +69,15 @@ def make_policy(config: Mapping[str, Any]) -> Any:
         raise ValueError(f"bad policy config {dict(config)!r}: {exc}") from exc
 
 
+#: Fields added after configs were first saved, with the behaviour those configs had.
+LEGACY_DEFAULTS: dict[str, Any] = {"transmit": "weights", "error_feedback": True}
+
+
+def with_legacy_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with :data:`LEGACY_DEFAULTS` filled in for the fields it lacks."""
+    return {**LEGACY_DEFAULTS, **dict(data)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One training run: K data-parallel workers with compressed weight averaging.
@@ -65,7 +92,18 @@ class TrainConfig:
 
     policy: Mapping[str, Any] = field(default_factory=_default_policy)
     """The codec policy as its JSON config (``policy.get_config()``); default
-    EntropyAdaptive(F=0.03, M=4, c=6), the paper's recommended setting (§5.2)."""
+    TargetRate(DEFAULT_RATE): rate-controlled mid-tread quantization of the pseudo-gradient
+    with ANS coding. The paper's recommended setting (§5.2) is EntropyAdaptive(F=0.03, M=4,
+    c=6) with ``transmit="weights"`` (``tenfold train --scheme paper``)."""
+
+    transmit: str = "delta"
+    """What each rank sends: 'delta' (its pseudo-gradient against the shared model, with
+    error feedback; ~20x fewer bits than weights at equal accuracy here) or 'weights' (the
+    paper's scheme)."""
+
+    error_feedback: bool = True
+    """In delta mode, carry what each packet failed to send into the next one. Without it
+    the quantization error of every sync is lost for good."""
 
     sync_every: int = 0
     """Synchronise every this many local mini-batch steps; 0 = once per local epoch,
@@ -168,6 +206,12 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be a path string or None, got {self.data_dir!r}")
+        if self.transmit not in TRANSMITS:
+            raise ValueError(
+                f"transmit must be one of {', '.join(TRANSMITS)}, got {self.transmit!r}"
+            )
+        if not isinstance(self.error_feedback, bool):
+            raise ValueError(f"error_feedback must be true or false, got {self.error_feedback!r}")
         if not isinstance(self.policy, Mapping):
             raise ValueError(f"policy must be a policy config mapping, got {self.policy!r}")
         try:
@@ -186,12 +230,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them.
+
+        A config saved before a field existed gets the value that field's behaviour had
+        then (:data:`LEGACY_DEFAULTS`: such runs sent weights), not today's default.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**with_legacy_defaults(data))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
@@ -205,3 +253,7 @@ class TrainConfig:
     def make_policy(self) -> Any:
         """The policy object this config describes."""
         return make_policy(self.policy)
+
+    def averager_options(self) -> dict[str, Any]:
+        """Keyword arguments for the averagers: ``transmit`` and ``error_feedback``."""
+        return {"transmit": self.transmit, "error_feedback": self.error_feedback}

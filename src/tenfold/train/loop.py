@@ -72,7 +72,7 @@ class TrainState:
 
     config: TrainConfig
     workers: list[Worker]
-    averager: CompressedAverager | SimulatedAverager
+    averager: Any  # CompressedAverager, SimulatedAverager, or a sweep's PeerAverager
     step: int = 0
     syncs: int = 0
     metrics: list[Record] = field(default_factory=list)
@@ -123,10 +123,21 @@ def make_workers(config: TrainConfig, data: IdxDataset, ranks: list[int]) -> lis
 
 def _average(state: TrainState, grad_rms: list[dict[str, float]]) -> SyncStats:
     """The only step that differs between the two paths; returns the lead's stats."""
-    if isinstance(state.averager, SimulatedAverager):
-        workers = [w.named_parameters() for w in state.workers]
-        return state.averager.average(workers, grad_rms=grad_rms)[0]
-    return state.averager.average(state.workers[0].named_parameters(), grad_rms=grad_rms[0])
+    if isinstance(state.averager, CompressedAverager):
+        return state.averager.average(state.workers[0].named_parameters(), grad_rms=grad_rms[0])
+    # the simulated group (SimulatedAverager, or a sweep's peer method with its interface)
+    workers = [w.named_parameters() for w in state.workers]
+    return state.averager.average(workers, grad_rms=grad_rms)[0]
+
+
+def _initialize(state: TrainState) -> None:
+    """Delta mode: agree on the starting weights, the first shared model (a fresh run only)."""
+    if state.averager.transmit != "delta":
+        return
+    if isinstance(state.averager, CompressedAverager):
+        state.averager.initialize(state.workers[0].named_parameters())
+    else:
+        state.averager.initialize([w.named_parameters() for w in state.workers])
 
 
 def train_loop(
@@ -158,6 +169,8 @@ def train_loop(
     cfg = state.config
     start = time.perf_counter()
     elapsed_before = state.elapsed_s
+    if state.step == 0 and state.averager.round == 0:
+        _initialize(state)
     while state.step < state.total_steps:
         n = min(state.steps_per_round, state.total_steps - state.step)
         lr = cfg.lr * cfg.lr_decay ** (state.step // state.steps_per_epoch)
@@ -247,7 +260,7 @@ def run_simulated(
     state = TrainState(
         config=config,
         workers=make_workers(config, data, list(range(config.workers))),
-        averager=SimulatedAverager(config.make_policy()),
+        averager=SimulatedAverager(config.make_policy(), **config.averager_options()),
     )
     test = EvalSet.from_arrays(data.test_images, data.test_labels)
     return _drive(
@@ -476,7 +489,9 @@ def run_rank(
     data = load_dataset(config.dataset, config.data_dir, download=config.download)
     workers = make_workers(config, data, [rank])
     state = TrainState(
-        config=config, workers=workers, averager=CompressedAverager(config.make_policy())
+        config=config,
+        workers=workers,
+        averager=CompressedAverager(config.make_policy(), **config.averager_options()),
     )
     test = EvalSet.from_arrays(data.test_images, data.test_labels) if rank == 0 else None
     source = data.source

@@ -1,6 +1,6 @@
 """Regenerate the golden packets that freeze the wire format (run by hand, then commit).
 
-    .venv/bin/python tests/codec/golden/regenerate.py
+    .venv/bin/python tests/codec/golden/regenerate.py [CASE ...]   # default: every case
 
 For each case this writes ``<case>.bin`` (the packet), ``<case>.input.npz`` (the tensors
 compressed), ``<case>.decoded.npz`` (what the packet decodes to) and ``<case>.json`` (the
@@ -13,12 +13,23 @@ version bump or a deliberate, reviewed regeneration).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from tenfold.codec import EntropyAdaptive, Fixed, GradientRMS, Lossless, Policy, compress, inspect
+from tenfold.codec import (
+    EntropyAdaptive,
+    Fixed,
+    GradientRMS,
+    Lossless,
+    Policy,
+    RelativeStep,
+    TargetRate,
+    compress,
+    inspect,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +76,21 @@ CASES: dict[str, Callable[[], tuple[dict[str, np.ndarray], Policy, dict[str, flo
         Lossless(),
         None,
     ),
+    # version 2: the mid-tread quantizer (steps) and the ANS coder
+    "v2_target_rate_ans": lambda: (
+        {
+            "delta.weight": _weights(11, (64, 40)) * 0.01,
+            "delta.bias": _weights(12, (8,)) * 0.01,  # too small for its bits: one level
+            "half": (_weights(13, (3000,)) * 0.01).astype(np.float16),
+        },
+        TargetRate(bits_per_param=0.5, seed=0),
+        None,
+    ),
+    "v2_relative_step_huffman": lambda: (
+        {"delta": _weights(14, (40, 25)) * 0.01, "zero": np.zeros(7, np.float32)},
+        RelativeStep(alpha=1.0, coder="huffman"),
+        None,
+    ),
 }
 
 
@@ -77,7 +103,10 @@ def build(name: str) -> tuple[dict[str, np.ndarray], Policy, dict[str, float] | 
 def main() -> None:
     from tenfold.codec import decompress
 
-    for name in CASES:
+    # Regenerate only what changed on purpose: e.g. the v2 cases alone leave the frozen
+    # version-1 files untouched.
+
+    for name in sys.argv[1:] or CASES:
         tensors, policy, grad_rms, blob = build(name)
         (HERE / f"{name}.bin").write_bytes(blob)
         np.savez(HERE / f"{name}.input.npz", **tensors)
