@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tenfold.cli import main
-from tenfold.codec import EntropyAdaptive, compress
+from tenfold.codec import EntropyAdaptive, TargetRate, compress
 
 
 @pytest.fixture
@@ -35,6 +35,20 @@ def test_inspect_table(packet_file: Path, capsys: pytest.CaptureFixture[str]) ->
     assert lines[1].startswith("fc1.weight") and "40x30" in lines[1] and "huffman" in lines[1]
     assert lines[2].startswith("fc1.bias") and "constant" in lines[2]
     assert f"{packet_file.stat().st_size} bytes" in lines[3]
+
+
+def test_inspect_shows_ans_steps_and_clamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.random.default_rng(0).laplace(0, 0.01, 100_000).astype(np.float32)
+    path = tmp_path / "delta.bin"
+    path.write_bytes(compress({"delta": x}, TargetRate(bits_per_param=0.5)))
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    row = dict(zip(header, lines[1].split(), strict=True))
+    assert row["mode"] == "ans" and float(row["step"]) > 0 and row["clamped"] == "0"
+    assert "format v2" in lines[2]
 
 
 def test_inspect_json(packet_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,6 +86,9 @@ def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert fig["compress_MBps"] > 0 and fig["decompress_MBps"] > 0
         assert set(fig["vs_zstd3"]["met"]) == {"compress_3x", "decompress_2x", "size_8x"}
     assert result["numba_first_call_seconds"] > 0
+    assert {"target_rate_1", "target_rate_0.5"} <= set(size["tenfold"])
+    ans = result["ans_vs_constriction"]
+    assert "skipped" in ans or ans
 
 
 def test_bench_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ MODULES = [
     "tenfold.codec.api",
     "tenfold.codec.errors",
     "tenfold.codec.huffman",
+    "tenfold.codec.midtread",
     "tenfold.codec.packet",
     "tenfold.codec.policy",
     "tenfold.codec.quantize",

@@ -133,3 +133,20 @@ def test_paper_policies_still_write_version_1() -> None:
     x = _laplace(10_000)
     for policy in (tenfold.EntropyAdaptive(), tenfold.Fixed(8), tenfold.Lossless()):
         assert tenfold.inspect(tenfold.compress({"w": x}, policy)).version == 1
+
+
+def test_known_answer_version_2() -> None:
+    """The docs/FORMAT.md section 7 example, byte for byte."""
+    j = np.arange(1024)
+    x = np.where(j % 32 == 5, 1.0, np.where(j % 32 == 21, -1.0, 0.0)).astype(np.float32)
+    blob = tenfold.compress({"d": x}, RelativeStep(alpha=4.0))
+    assert len(blob) == 118
+    header = bytes.fromhex(
+        "54464C440201 016402018008 14020000C07F 000080BF0000803F 000000000000F03F0100"
+        " 0C0880018" "01E80010000 062E0606 C04CE60080F3"
+    )  # fmt: skip
+    assert blob.startswith(header)
+    assert blob[-4:] == bytes.fromhex("598F8C65")
+    t = tenfold.inspect(blob).tensors[0]
+    assert (t.mode, t.bits, t.step, t.clamped, t.w_min, t.w_max) == ("ans", 2, 1.0, 0, -1.0, 1.0)
+    assert np.array_equal(tenfold.decompress(blob)["d"], x)

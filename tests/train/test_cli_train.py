@@ -12,6 +12,7 @@ import tenfold
 from tenfold.cli import main
 from tenfold.distributed import NonFiniteWeightsError
 from tenfold.train import TrainConfig, final_weights, read_metrics, run_simulated
+from tenfold.train.config import DEFAULT_RATE
 
 
 def test_tiny_end_to_end_run_matches_the_simulated_one(
@@ -24,7 +25,10 @@ def test_tiny_end_to_end_run_matches_the_simulated_one(
     argv += ["--sync-every", "4"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "tenfold train: 2 workers, policy fixed(bits=6), 2 epochs" in printed
+    assert (
+        "tenfold train: 2 workers, policy fixed(bits=6), sending deltas + error feedback, 2 epochs"
+        in printed
+    )
     assert "done, 5 synchronisations" in printed and "final test accuracy" in printed
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [0.4, 0.8, 1.2, 1.6, 2.0]
@@ -43,6 +47,42 @@ def test_tiny_end_to_end_run_matches_the_simulated_one(
     assert main([*argv, "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert config.sync_every == 4
+
+
+def _config(argv: list[str]) -> TrainConfig:
+    from tenfold.cli import build_parser
+    from tenfold.cli.train import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_defaults_send_rate_controlled_deltas_and_scheme_paper_is_the_paper() -> None:
+    cfg = _config([])
+    assert cfg.transmit == "delta" and cfg.error_feedback
+    assert cfg.make_policy() == tenfold.TargetRate(bits_per_param=DEFAULT_RATE)
+    cfg = _config(["--rate", "0.25", "--seed", "3"])
+    assert cfg.make_policy() == tenfold.TargetRate(bits_per_param=0.25, seed=3)
+    cfg = _config(["--policy", "relative-step", "--alpha", "2", "--no-error-feedback"])
+    assert cfg.make_policy() == tenfold.RelativeStep(alpha=2.0) and not cfg.error_feedback
+    paper = _config(["--scheme", "paper"])
+    assert paper.transmit == "weights"
+    assert paper.make_policy() == tenfold.EntropyAdaptive(F=0.03, M=4, c=6, seed=0)
+    assert _config(["--transmit", "weights", "--policy", "fixed"]).transmit == "weights"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--scheme", "paper", "--policy", "fixed"], "--scheme paper fixes"),
+        (["--scheme", "paper", "--transmit", "delta"], "--scheme paper fixes"),
+        (["--policy", "entropy", "--rate", "1"], "--rate applies to --policy target-rate"),
+        (["--alpha", "1"], "--alpha applies to --policy relative-step"),
+        (["--rate", "0"], "bits_per_param"),
+    ],
+)
+def test_bad_policy_options_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(argv)
 
 
 def test_simulate_flag_prints_one_line_per_sync(

@@ -120,7 +120,9 @@ def test_preloaded_data_gives_the_same_run(tiny_data: Path) -> None:
 
 
 def test_nonfinite_weights_stop_the_run_with_a_clear_error(tiny_data: Path) -> None:
-    cfg = tiny_config(tiny_data, epochs=1)
+    # weights mode: in delta mode a fresh run first aligns every worker on worker 0's
+    # weights (as DDP does), which would replace worker 1's NaN (see the next test)
+    cfg = tiny_config(tiny_data, epochs=1, transmit="weights")
     state = TrainState(
         config=cfg,
         workers=make_workers(cfg, load_dataset(data_dir=tiny_data), [0, 1, 2]),
@@ -130,3 +132,15 @@ def test_nonfinite_weights_stop_the_run_with_a_clear_error(tiny_data: Path) -> N
         state.workers[1].model.fc2.bias[0] = float("nan")  # as if training had diverged
     with pytest.raises(NonFiniteWeightsError, match=r"non-finite.*worker 1: fc2\.weight"):
         train_loop(state)
+
+
+def test_nonfinite_weights_stop_a_delta_run_too(tiny_data: Path) -> None:
+    cfg = tiny_config(tiny_data, epochs=1)
+    assert cfg.transmit == "delta"
+    workers = make_workers(cfg, load_dataset(data_dir=tiny_data), [0, 1, 2])
+    averager = SimulatedAverager(cfg.make_policy(), **cfg.averager_options())
+    averager.initialize([w.named_parameters() for w in workers])
+    with torch.no_grad():
+        workers[2].model.fc1.weight[0, 0] = float("inf")  # diverged after the start
+    with pytest.raises(NonFiniteWeightsError, match=r"non-finite.*worker 2: fc1\.weight"):
+        averager.average([w.named_parameters() for w in workers])

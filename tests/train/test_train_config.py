@@ -7,14 +7,24 @@ import json
 import pytest
 
 import tenfold
-from tenfold.train.config import TrainConfig
+from tenfold.train.config import DEFAULT_RATE, TrainConfig
 
 
 def test_defaults_are_the_papers_where_it_gives_them() -> None:
     cfg = TrainConfig()
     assert cfg.workers == 5 and cfg.sync_every == 0 and cfg.threads == 1
     assert cfg.timeout_s == 60 and cfg.dataset == "fashion-mnist"
-    assert cfg.make_policy() == tenfold.EntropyAdaptive(F=0.03, M=4, c=6)
+    # beyond the paper: rate-controlled pseudo-gradients with error feedback
+    assert cfg.transmit == "delta" and cfg.error_feedback
+    assert cfg.make_policy() == tenfold.TargetRate(bits_per_param=DEFAULT_RATE)
+    assert cfg.averager_options() == {"transmit": "delta", "error_feedback": True}
+
+
+def test_configs_saved_before_delta_mode_load_as_the_weights_runs_they_were() -> None:
+    old = TrainConfig(transmit="weights").to_dict()
+    del old["transmit"], old["error_feedback"]
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.transmit == "weights" and cfg.error_feedback
 
 
 @pytest.mark.parametrize(
@@ -38,6 +48,8 @@ def test_defaults_are_the_papers_where_it_gives_them() -> None:
         ("init", "he"),
         ("seed", -1),
         ("dataset", "cifar"),
+        ("transmit", "gradients"),
+        ("error_feedback", 1),
         ("data_dir", 3),
         ("policy", "entropy"),
         ("policy", {"id": "nope"}),

@@ -48,7 +48,10 @@ def _num(value: float | None) -> str:
 
 def format_table(info: Any) -> str:
     """A fixed-width table of a :class:`~tenfold.codec.PacketInfo`, with a total line."""
-    header = ("name", "shape", "dtype", "mode", "N", "w_min", "w_max", "H", "bytes", "bits/param")
+    header = (
+        "name", "shape", "dtype", "mode", "N", "w_min", "w_max", "step", "clamped", "H", "bytes",
+        "bits/param",
+    )  # fmt: skip
     rows = [
         (
             t.name,
@@ -58,6 +61,8 @@ def format_table(info: Any) -> str:
             str(t.bits),
             _num(t.w_min),
             _num(t.w_max),
+            _num(t.step),
+            str(t.clamped) if t.step is not None else "-",
             _num(t.entropy),
             str(t.nbytes),
             _num(t.bits_per_param),

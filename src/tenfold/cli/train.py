@@ -26,7 +26,9 @@ shard of the data. After every local epoch (or every --sync-every steps) the wor
 tenfold packets over torch.distributed (gloo) and all continue from the same new shared
 model. By default each packet carries the worker's pseudo-gradient (how far it moved since
 the last shared model, plus what earlier packets failed to carry), rate-controlled to
---rate bits per parameter; --scheme paper sends the weights, as the paper does. Prints a progress bar and, per synchronisation, one line: epoch, test
+--rate bits per parameter; --scheme paper sends the weights, as the paper does.
+
+Prints a progress bar and, per synchronisation, one line: epoch, test
 accuracy and loss, bits/param as sent, N per layer, bytes on the wire. Writes config.json,
 metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out, and after every
 synchronisation a checkpoint (checkpoint.safetensors): --resume DIR continues an
@@ -35,7 +37,7 @@ interrupted run from it, with exactly the result the uninterrupted run would hav
 
 EPILOG = """\
 examples:
-  tenfold train                                    # 5 workers, Fashion-MNIST, deltas at 1.5 bits
+  tenfold train                                    # 5 workers, Fashion-MNIST, deltas at 1 bit/param
   tenfold train --rate 0.5                         # deltas at 0.5 bits/param (about 64x)
   tenfold train --scheme paper                     # the paper: weights, EntropyAdaptive c=6
   tenfold train --policy fixed --bits 8 --epochs 20 --out runs/fixed8
@@ -457,6 +459,12 @@ def _err(message: str) -> None:
     print(f"tenfold train: error: {message}", file=sys.stderr)
 
 
+def _describe_transmit(config: TrainConfig) -> str:
+    if config.transmit == "weights":
+        return "weights"
+    return "deltas" + (" + error feedback" if config.error_feedback else " (no error feedback)")
+
+
 def _describe_policy(policy: Mapping[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in policy.items() if k not in ("id", "seed"))
     return f"{policy.get('id', '?')}({params})"
@@ -515,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
     config = config.replace(data_dir=os.path.abspath(data_dir))
     print(
         f"tenfold train: {config.workers} workers, policy {_describe_policy(config.policy)}, "
-        f"{config.epochs} epochs, sync every "
+        f"sending {_describe_transmit(config)}, {config.epochs} epochs, sync every "
         f"{f'{config.sync_every} steps' if config.sync_every else 'epoch'}, "
         f"{len(data.train_labels)} training images from {data_dir} -> {out}",
         flush=True,

@@ -90,9 +90,11 @@ Both kernels run the 4 lanes in one loop, so 4 independent dependency chains ove
 take raw addresses for the byte streams (see ``bitio``: no reference counting, no negative
 index handling in the loop). The encoder divides by a precomputed 64-bit reciprocal (exact:
 see ``_encoder_table``) and the decoder looks the slot up in one table of packed
-``(f, slot - cum)`` and one of decoded values. Measured on this machine (one Zen 3 core,
-10M values, float32): encode 260-420 M values/s, decode 330-540 M values/s, against
-constriction 0.5.0's 160-200 and 40-55.
+``(f, slot - cum)`` and one of decoded values. ``tenfold.benchmarks_ans`` on this machine
+(one Zen 3 core shared with other work, so +-30% from run to run; two runs, 10M values at
+0.4 / 1 / 2 bits each, float32 out): encode 285-419 M values/s, decode 319-622, against
+constriction 0.5.0's 153-188 and 40-58 (1.5-2.6x and 7.9-12.1x), in 0.16-0.21% more bytes
+(its 24-bit probabilities against our 12-bit ones).
 """
 
 from __future__ import annotations
@@ -512,9 +514,10 @@ def _encoder_table(f: np.ndarray, scale_bits: int) -> np.ndarray:
     #   1 - 2**-16, so the floor is exactly q = x // f.
     # * f = 1: x * (2**64 - 1) / 2**64 = x - x / 2**64, so q = x - 1 (x >= 1 always), and
     #   q * (2**n - f) is 2**n - 1 short: the bias adds it back.
-    # Then x' = x + q * (2**n - f) + bias = (q << n) + (x - q * f) + cum. Measured (10M
-    # values, 0.4 / 1 / 2 bits each): 64-bit DIV 310 / 270 / 280 M values/s, float64
-    # reciprocal + correction 175 / 170 / 160, this 355-425 / 325-345 / 260-340.
+    # Then x' = x + q * (2**n - f) + bias = (q << n) + (x - q * f) + cum. Measured with
+    # prototype kernels (10M values, 0.4 / 1 / 2 bits each, M values/s): 64-bit DIV
+    # 310 / 270 / 280, float64 reciprocal int((x + 0.5) * (1 / f)) 175 / 170 / 160, this
+    # 355-425 / 325-345 / 260-340.
     # A single used symbol comes here as n = 0, f = 1: its xmax (2**16) is clamped to
     # 0xFFFF, never reached as its state stays L.
     tab = np.zeros((f.size, 2), dtype=np.uint64)
@@ -533,7 +536,7 @@ def _encoder_table(f: np.ndarray, scale_bits: int) -> np.ndarray:
     return tab.reshape(-1)
 
 
-@njit(inline="always", cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _enc_put(x: int, rcp: int, e: int, p: int) -> tuple[int, int]:
     # One encoder step for a lane: state x, output address p (words are written downwards),
     # the symbol's table row (rcp, e). Renormalises without a branch: the word is stored
@@ -550,7 +553,7 @@ def _enc_put(x: int, rcp: int, e: int, p: int) -> tuple[int, int]:
     return x + _mulhi(x, rcp) * ((e >> _U16) & _LOW16) + (e >> _U32), p
 
 
-@njit(inline="always", cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _enc_finish(x: int, p: int) -> int:
     # the final state, low word first (u32 little-endian once the words are LE)
     _store_u16(p - 4, x)  # type: ignore[call-arg]
@@ -558,7 +561,7 @@ def _enc_finish(x: int, p: int) -> int:
     return p - 4
 
 
-@njit(inline="always", cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _enc_loop(
     sa: int,
     n4: int,
@@ -747,7 +750,7 @@ def build_decode_table(
     return fbtab, valtab
 
 
-@njit(inline="always", cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _dec_next(x: int, e: int, sh: int, q: int, last: int, branchless: bool) -> tuple[int, int]:
     # One decoder step for a lane given its slot's entry e = f << 16 | (slot - cum): the
     # new state and read address. Words are read at min(q, last) (last: the lane's final
@@ -766,7 +769,7 @@ def _dec_next(x: int, e: int, sh: int, q: int, last: int, branchless: bool) -> t
     return x, q
 
 
-@njit(inline="always", cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _lane_bad(x: int, q: int, end: int, bit: int) -> int:
     return bit if x != _L or q != end else 0
 

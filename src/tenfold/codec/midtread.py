@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from tenfold.codec.quantize import sample_run, sample_runs
+
 __all__ = [
     "LEVEL_LIMIT",
     "StepQuantizer",
@@ -164,26 +166,14 @@ def midtread_lut(qmin: int, step: float, bits: int, dtype: np.dtype) -> np.ndarr
 
 @njit(cache=True, nogil=True)
 def _gather_kernel(x: np.ndarray, count: int, state: int, out: np.ndarray) -> int:
-    # Stratified runs, as tenfold.codec.quantize's entropy sample: `runs` equal strata, each
-    # contributes `length` consecutive values at a splitmix64-drawn offset. Returns how many
+    # Stratified runs, exactly as tenfold.codec.quantize's entropy sample. Returns how many
     # values were written.
     n = x.size
-    length = max(1, min(64, count // 64))
-    runs = (count + length - 1) // length
+    length, runs = sample_runs(count)
     s = np.uint64(state)
     taken = 0
     for r in range(runs):
-        lo = (r * n) // runs
-        hi = ((r + 1) * n) // runs
-        run = min(length, count - taken, hi - lo)
-        s += np.uint64(0x9E3779B97F4A7C15)
-        z = s
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        u = np.float64(z >> np.uint64(11)) * 1.1102230246251565e-16
-        span = hi - lo - run + 1
-        first = lo + min(np.int64(u * span), span - 1)
+        s, first, run = sample_run(s, r, runs, length, count - taken, n)
         for j in range(first, first + run):
             out[taken] = x[j]
             taken += 1

@@ -228,6 +228,35 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 SAMPLE_RUN = 64
 
 
+@njit(inline="always", cache=True, nogil=True)
+def sample_runs(count: int) -> tuple[int, int]:
+    """``(length, runs)`` of a stratified sample of ``count`` values (see :func:`sample_run`)."""
+    length = max(1, min(SAMPLE_RUN, count // 64))
+    return length, (count + length - 1) // length
+
+
+@njit(inline="always", cache=True, nogil=True)
+def sample_run(s: int, r: int, runs: int, length: int, left: int, n: int) -> tuple[int, int, int]:
+    """Run ``r`` of ``runs`` of a stratified sample of ``n`` values: ``(state, first, size)``.
+
+    The tensor is cut into ``runs`` equal strata ``[lo, hi)`` (never empty since
+    ``runs <= count < n``); the run takes ``min(length, left, hi - lo)`` consecutive values at
+    an offset drawn uniformly by splitmix64 from ``s`` (the new state is returned).
+    """
+    lo = (r * n) // runs
+    hi = ((r + 1) * n) // runs
+    run = min(length, left, hi - lo)
+    s += np.uint64(0x9E3779B97F4A7C15)
+    z = s
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u = np.float64(z >> np.uint64(11)) * 1.1102230246251565e-16  # 2**-53: u in [0, 1)
+    span = hi - lo - run + 1  # possible starts in the stratum (>= 1)
+    first = lo + min(np.int64(u * span), span - 1)
+    return s, first, run
+
+
 @njit(cache=True, nogil=True)
 def _sample_histogram_kernel(
     x: np.ndarray,
@@ -248,22 +277,11 @@ def _sample_histogram_kernel(
     # contributes `length` consecutive values at a uniformly random (splitmix64) offset.
     # Few cache misses, memory visited in order, no permutation of n values; runs are
     # short for small samples (>= 64 runs whenever count >= 64) so they stay spread out.
-    length = max(1, min(SAMPLE_RUN, count // 64))
-    runs = (count + length - 1) // length
+    length, runs = sample_runs(count)
     s = np.uint64(state)
     taken = 0
     for r in range(runs):
-        lo = (r * n) // runs  # stratum [lo, hi), never empty since runs <= count < n
-        hi = ((r + 1) * n) // runs
-        run = min(length, count - taken, hi - lo)
-        s += np.uint64(0x9E3779B97F4A7C15)
-        z = s
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        u = np.float64(z >> np.uint64(11)) * 1.1102230246251565e-16  # 2**-53: u in [0, 1)
-        span = hi - lo - run + 1  # possible starts in the stratum (>= 1)
-        first = lo + min(np.int64(u * span), span - 1)
+        s, first, run = sample_run(s, r, runs, length, count - taken, n)
         for j in range(first, first + run):
             hist[min(np.int64((np.float64(x[j]) * p - ap) * inv), top)] += 1
         taken += run

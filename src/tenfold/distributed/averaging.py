@@ -720,7 +720,34 @@ def _noop_stats(named: Sequence[tuple[str, torch.Tensor]], *, rank: int, round: 
 # ---- the two transports -------------------------------------------------------------------
 
 
-class CompressedAverager:
+class _SharedModel:
+    """What both averagers hold about the shared model: round, mode, reference and its hash."""
+
+    round: int
+    transmit: str
+    _tag: int
+    _reference: dict[str, np.ndarray] | None
+
+    def _shared_state(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "transmit": self.transmit,
+            "tag": self._tag,
+            "reference": _tensor_dict(self._reference),
+        }
+
+    def _load_shared(self, state: Mapping[str, Any]) -> None:
+        if state.get("transmit", self.transmit) != self.transmit:
+            raise ValueError(
+                f"state is for transmit={state['transmit']!r}, this averager sends "
+                f"{self.transmit!r}"
+            )
+        self.round = int(state["round"])
+        self._tag = int(state.get("tag", 0))
+        self._reference = _array_dict(state.get("reference"))
+
+
+class CompressedAverager(_SharedModel):
     """Average parameters across the ranks of a process group through compressed packets.
 
     Args:
@@ -794,24 +821,11 @@ class CompressedAverager:
         Tensors are CPU torch tensors (for a safetensors checkpoint); see
         :meth:`load_state_dict`.
         """
-        return {
-            "round": self.round,
-            "transmit": self.transmit,
-            "tag": self._tag,
-            "reference": _tensor_dict(self._reference),
-            "residual": _tensor_dict(self._rank_state.residual),
-        }
+        return {**self._shared_state(), "residual": _tensor_dict(self._rank_state.residual)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (a resumed run continues bit for bit)."""
-        if state.get("transmit", self.transmit) != self.transmit:
-            raise ValueError(
-                f"state is for transmit={state['transmit']!r}, this averager sends "
-                f"{self.transmit!r}"
-            )
-        self.round = int(state["round"])
-        self._tag = int(state.get("tag", 0))
-        self._reference = _array_dict(state.get("reference"))
+        self._load_shared(state)
         self._rank_state = _DeltaRank(_array_dict(state.get("residual")))
 
     # -- the shared starting point ---------------------------------------------------------------
@@ -987,7 +1001,7 @@ def _uses_scale(policy: Policy) -> bool:
     return bool(getattr(policy, "uses_scale", False))
 
 
-class SimulatedAverager:
+class SimulatedAverager(_SharedModel):
     """K workers in one process, averaged exactly as K ranks of :class:`CompressedAverager`.
 
     Same per-rank policy seeds (:func:`round_policy`), same packets, same decode-and-sum in
@@ -1027,24 +1041,12 @@ class SimulatedAverager:
 
     def state_dict(self) -> dict[str, Any]:
         """As :meth:`CompressedAverager.state_dict`, with one residual per worker."""
-        return {
-            "round": self.round,
-            "transmit": self.transmit,
-            "tag": self._tag,
-            "reference": _tensor_dict(self._reference),
-            "residual": {str(r): _tensor_dict(s.residual) for r, s in enumerate(self._ranks)},
-        }
+        residuals = {str(r): _tensor_dict(s.residual) for r, s in enumerate(self._ranks)}
+        return {**self._shared_state(), "residual": residuals}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
-        if state.get("transmit", self.transmit) != self.transmit:
-            raise ValueError(
-                f"state is for transmit={state['transmit']!r}, this averager sends "
-                f"{self.transmit!r}"
-            )
-        self.round = int(state["round"])
-        self._tag = int(state.get("tag", 0))
-        self._reference = _array_dict(state.get("reference"))
+        self._load_shared(state)
         residuals = state.get("residual") or {}
         self._ranks = [_DeltaRank(_array_dict(residuals[str(r)])) for r in range(len(residuals))]
 

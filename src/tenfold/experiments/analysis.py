@@ -574,7 +574,13 @@ def analyze(docs: Iterable[Mapping[str, Any]]) -> Analysis:
         stats.setdefault(rs.setting, []).append(rs)
 
     baseline = next(
-        (n for n, ds in by_setting.items() if ds[0]["setting"]["policy"].get("id") == "lossless"),
+        (
+            n
+            for n, ds in by_setting.items()
+            # a peer method's setting carries a placeholder Lossless policy: not the baseline
+            if ds[0]["setting"]["policy"].get("id") == "lossless"
+            and ds[0]["setting"].get("peer") is None
+        ),
         None,
     )
     target = None

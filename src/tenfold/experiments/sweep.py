@@ -76,11 +76,15 @@ RUNS_DIR = "runs"
 SWEEP_FILE = "sweep.json"
 
 
+#: profiles that sweep into another profile's directory (sharing its run files, not its
+#: session history): their sessions go to ``sweep-<name>.json``
+SHARING_PROFILES = ("beyond",)
+
+
 def sweep_file(profile: Profile) -> str:
-    """The sessions file of ``profile``'s sweep: ``sweep.json`` for the paper's profiles,
-    ``sweep-<name>.json`` for others (e.g. ``beyond``, which shares the paper's run files
-    in the same directory but not its session history)."""
-    return SWEEP_FILE if profile.name in ("quick", "full") else f"sweep-{profile.name}.json"
+    """The sessions file of ``profile``'s sweep: ``sweep.json``, or ``sweep-<name>.json`` for
+    the :data:`SHARING_PROFILES` (``beyond`` shares ``results/`` with the full profile)."""
+    return f"sweep-{profile.name}.json" if profile.name in SHARING_PROFILES else SWEEP_FILE
 
 
 # Stream id of the entropy grid's sampling seeds (independent of the trainer's streams).

@@ -46,7 +46,7 @@ TRANSMITS = ("delta", "weights")
 #: The default policy's target, bits per parameter, every byte counted. Chosen from the
 #: "beyond" sweep (results/REPORT.md): the lowest rate whose accuracy stayed within noise
 #: of the uncompressed baseline on the paper's task.
-DEFAULT_RATE = 1.5
+DEFAULT_RATE = 1.0
 
 
 def _default_policy() -> dict[str, Any]:
@@ -98,8 +98,8 @@ class TrainConfig:
 
     transmit: str = "delta"
     """What each rank sends: 'delta' (its pseudo-gradient against the shared model, with
-    error feedback; ~20x fewer bits than weights at equal accuracy here) or 'weights' (the
-    paper's scheme)."""
+    error feedback: several times fewer bits than weights at equal accuracy on the paper's
+    task, results/REPORT.md) or 'weights' (the paper's scheme)."""
 
     error_feedback: bool = True
     """In delta mode, carry what each packet failed to send into the next one. Without it
