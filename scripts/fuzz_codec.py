@@ -417,6 +417,25 @@ def warm_up(pool: list[tuple[bytes, dict[str, Any]]]) -> None:
     first call, or loads it from its on-disk cache: seconds on a fresh clone, which must not
     count as a slow decoder.
     """
+    from tenfold.codec import ans
+
+    # Every ANS decoder variant, whether or not the pool happens to hold it: each output
+    # dtype (uint16 = float16 bit patterns), store or add, branchy or branchless refill, a
+    # read-only packet (bytes) or a writable copy (what a lane shorter than 4 bytes makes).
+    sym = np.zeros(64, np.uint16)
+    sym[::7] = 1
+    freq = ans.quantize_frequencies(np.bincount(sym, minlength=2).astype(np.int64), 12)
+    lanes = ans.encode(sym, freq, 12)
+    sizes = np.array([lane.size for lane in lanes], dtype=np.int64)
+    ends = np.cumsum(sizes)
+    readonly = np.frombuffer(b"".join(lane.tobytes() for lane in lanes), np.uint8)
+    for data in (readonly, readonly.copy()):
+        for dtype in (np.float32, np.float64, np.uint16):
+            table = ans.build_decode_table(freq, 12, np.zeros(2, dtype))
+            for add in (False, True) if dtype != np.uint16 else (False,):
+                for branchless in (False, True):
+                    out = np.zeros(sym.size, dtype)
+                    ans.decode(data, ends - sizes, ends, table, out, add=add, branchless=branchless)
     for blob, meta in pool:
         run_one(blob, meta)
 

@@ -499,9 +499,10 @@ class TargetRate(StepPolicy):
 
     How: a seeded stratified sample of up to :data:`RATE_SAMPLE` values (the whole tensor
     when smaller) is quantized at trial steps; the cost model is the record header, the
-    code table (about 1.5 bytes per used symbol) and the coded payload: the sample's
-    empirical entropy for ANS, its Huffman code lengths for Huffman, the smaller of the two
-    for ``coder="auto"``, scaled to the tensor's size. Thirty bisection steps on
+    code table (about 1.5 bytes per used symbol) and the coded payload, scaled to the
+    tensor's size: the sample's empirical entropy for ``coder="auto"`` (ANS codes within a
+    fraction of a percent of it, and is chosen whenever it is smaller), its Huffman code
+    lengths for ``coder="huffman"``. Up to thirty bisection steps on
     ``log(step)``, between ``max|x| / 32767`` and ``1.9 max|x|`` (the coarsest step at which
     the largest value still rounds to +-1), keep the largest cost at or below the target.
     Bisection stops early once the model is within 1% below the target. Deterministic for a
