@@ -58,7 +58,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -66,7 +66,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.codec import Lossless, PacketInfo, accumulate, compress, decompress
+from tenfold.codec import Lossless, PacketInfo, accumulate, compress, decompress, inspect
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 from tenfold.codec.policy import rms
 from tenfold.distributed.exchange import (
@@ -397,15 +397,16 @@ def _aligned(
 
     (A checkpoint may store the reference in another order: safetensors sorts its keys.)
     """
-    layout = {n: tuple(t.shape) for n, t in named}
-    expected = {n: tuple(a.shape) for n, a in ref.items()}
+    wire = {n: a.dtype.str for n, a in _zeros_like_wire(named, shape_only=True).items()}
+    layout = {n: (tuple(t.shape), wire[n]) for n, t in named}
+    expected = {n: (tuple(a.shape), a.dtype.str) for n, a in ref.items()}
     if layout != expected:
         missing = sorted(set(expected) - set(layout))
         extra = sorted(set(layout) - set(expected))
         reshaped = sorted(n for n in set(layout) & set(expected) if layout[n] != expected[n])
         raise ValueError(
             "params do not match the averager's shared model (the same tensors every sync): "
-            f"missing {missing}, unexpected {extra}, other shapes {reshaped}"
+            f"missing {missing}, unexpected {extra}, other shapes or dtypes {reshaped}"
         )
     return {n: ref[n] for n, _ in named}
 
@@ -436,9 +437,8 @@ class _DeltaRank:
             x[name] = d
         return x, scale
 
-    def keep_residual(self, x: Mapping[str, np.ndarray], blob: bytes) -> None:
+    def keep_residual(self, x: Mapping[str, np.ndarray], decoded: Mapping[str, np.ndarray]) -> None:
         """``e = x - decoded(x)``: what this rank's packet failed to carry."""
-        decoded = decompress(blob)
         self.residual = {name: np.subtract(v, decoded[name]) for name, v in x.items()}
 
 
@@ -576,6 +576,7 @@ class RankOrderSum:
         self._next = 0  # the rank whose packet is added next
         self._arrived: dict[int, Any] = {}  # rank -> packet, not decoded yet
         self._spares: dict[int, dict[str, np.ndarray]] = {}  # rank -> decoded early
+        self._borrowed: set[int] = set()  # spares handed in by the caller: not the pool's
 
     @property
     def done(self) -> bool:
@@ -589,6 +590,18 @@ class RankOrderSum:
         if rank < self._next or rank in self._arrived or rank in self._spares:
             raise ValueError(f"rank: the packet of rank {rank} was already offered")
         self._arrived[rank] = packet
+
+    def offer_decoded(self, rank: int, arrays: dict[str, np.ndarray], info: PacketInfo) -> None:
+        """Hand over rank ``rank``'s packet already decoded (e.g. this rank's own, decoded
+        for error feedback): it is added when its turn comes, as a spare would be. The
+        arrays stay the caller's (they never join the pool)."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank: {rank} not in [0, {self.world_size})")
+        if rank < self._next or rank in self._arrived or rank in self._spares:
+            raise ValueError(f"rank: the packet of rank {rank} was already offered")
+        self._spares[rank] = arrays
+        self._borrowed.add(rank)
+        self.infos[rank] = info
 
     def step(self) -> bool:
         """Do one unit of work; False when nothing can be done before another packet comes.
@@ -610,7 +623,8 @@ class RankOrderSum:
             spare = self._spares.pop(r)
             for name, a in self.acc.items():
                 np.add(a, spare[name], out=a)
-            self._pool.give(spare)
+            if r not in self._borrowed:
+                self._pool.give(spare)
             self._next += 1
             return True
         if self._arrived:
@@ -620,6 +634,12 @@ class RankOrderSum:
             self._spares[early] = spare
             return True
         return False
+
+
+def _decode_own(packet: bytes) -> tuple[dict[str, np.ndarray], PacketInfo]:
+    """A rank's own packet, decoded (in the wire dtypes) once: error feedback needs the
+    values, and the rank-order sum adds the same arrays instead of decoding it again."""
+    return decompress(packet), inspect(packet)
 
 
 def _divide(acc: Mapping[str, np.ndarray], k: int) -> None:
@@ -632,15 +652,23 @@ def _decode_mean(
     packets: Sequence[Any],
     named: Sequence[tuple[str, torch.Tensor]],
     pool: BufferPool | None = None,
+    decoded: Sequence[tuple[dict[str, np.ndarray], PacketInfo]] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[PacketInfo]]:
     """Sum every packet into zeroed accumulators in rank order, then divide by K.
 
     Each packet is validated against the local tensors by ``accumulate`` (names, order,
     shapes, dtypes). Accumulators are float32 (float64 for float64 tensors), from
-    ``pool`` when given.
+    ``pool`` when given. ``decoded``: every packet already decoded (:func:`_decode_own`),
+    added instead of decoded again (the same sums, bit for bit: see :class:`RankOrderSum`).
     """
     acc = pool.take(named) if pool is not None else _zeros_like_wire(named)
-    infos = [_accumulate_from(rank, packet, acc) for rank, packet in enumerate(packets)]
+    if decoded is None:
+        infos = [_accumulate_from(rank, packet, acc) for rank, packet in enumerate(packets)]
+    else:
+        for arrays, _ in decoded:
+            for name, a in acc.items():
+                np.add(a, arrays[name], out=a)
+        infos = [info for _, info in decoded]
     _divide(acc, len(packets))
     return acc, infos
 
@@ -723,10 +751,15 @@ def _noop_stats(named: Sequence[tuple[str, torch.Tensor]], *, rank: int, round: 
 class _SharedModel:
     """What both averagers hold about the shared model: round, mode, reference and its hash."""
 
-    round: int
-    transmit: str
-    _tag: int
-    _reference: dict[str, np.ndarray] | None
+    def __init__(self, policy: Policy, transmit: str, error_feedback: bool) -> None:
+        _check_transmit(transmit, error_feedback)
+        self.policy = policy
+        self.transmit = transmit
+        self.error_feedback = error_feedback
+        self.round = 0
+        self._pool = BufferPool()
+        self._reference: dict[str, np.ndarray] | None = None
+        self._tag = 0
 
     def _shared_state(self) -> dict[str, Any]:
         return {
@@ -795,15 +828,8 @@ class CompressedAverager(_SharedModel):
         transmit: str = "delta",
         error_feedback: bool = True,
     ) -> None:
-        _check_transmit(transmit, error_feedback)
-        self.policy = policy
+        super().__init__(policy, transmit, error_feedback)
         self.process_group = process_group
-        self.transmit = transmit
-        self.error_feedback = error_feedback
-        self.round = 0
-        self._pool = BufferPool()
-        self._reference: dict[str, np.ndarray] | None = None
-        self._tag = 0
         self._rank_state = _DeltaRank()
 
     def _distributed(self) -> bool:
@@ -915,11 +941,14 @@ class CompressedAverager(_SharedModel):
                 host, self._reference, error_feedback=self.error_feedback,
                 want_scale=_uses_scale(policy),
             )  # fmt: skip
-            stats, acc, packets = self._exchange(
-                named, x, policy, grad_rms, scale, self._tag, round_
+            keep = (
+                (lambda own: self._rank_state.keep_residual(x, own))
+                if self.error_feedback
+                else None
             )
-            if self.error_feedback:
-                self._rank_state.keep_residual(x, packets[rank])
+            stats, acc, packets = self._exchange(
+                named, x, policy, grad_rms, scale, self._tag, round_, keep_own=keep
+            )
             for name, ref in self._reference.items():
                 np.add(ref, acc[name], out=ref)
             self._pool.give(acc)
@@ -936,9 +965,12 @@ class CompressedAverager(_SharedModel):
         scale: Mapping[str, float] | None,
         tag: int | None,
         round_: int,
+        keep_own: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> tuple[SyncStats, dict[str, np.ndarray], list[Any]]:
         """Code ``arrays``, all-gather the packets, decode-sum in rank order, divide by K.
 
+        ``keep_own`` receives this rank's packet decoded (for error feedback), before the
+        exchange; the sum then adds those arrays rather than decoding the packet twice.
         Returns this rank's stats, the mean (pool arrays: give them back) and every packet.
         """
         group = self.process_group
@@ -962,7 +994,12 @@ class CompressedAverager(_SharedModel):
             raise ReferenceMismatchError(tags, round_)
         _check_announced_sizes(sizes, named)
         summer = RankOrderSum(named, world, pool=self._pool)
-        summer.offer(rank, blob)
+        if keep_own is None:
+            summer.offer(rank, blob)
+        else:
+            own, info = _decode_own(blob)
+            keep_own(own)
+            summer.offer_decoded(rank, own, info)
         packets: list[Any] = [None] * world
         packets[rank] = blob
         with PacketTransfer(blob, sizes, group=group) as transfer:
@@ -1029,14 +1066,7 @@ class SimulatedAverager(_SharedModel):
     def __init__(
         self, policy: Policy, *, transmit: str = "delta", error_feedback: bool = True
     ) -> None:
-        _check_transmit(transmit, error_feedback)
-        self.policy = policy
-        self.transmit = transmit
-        self.error_feedback = error_feedback
-        self.round = 0
-        self._pool = BufferPool()
-        self._reference: dict[str, np.ndarray] | None = None
-        self._tag = 0
+        super().__init__(policy, transmit, error_feedback)
         self._ranks: list[_DeltaRank] = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -1114,7 +1144,8 @@ class SimulatedAverager(_SharedModel):
         delta = self.transmit == "delta" and self._reference is not None
         if delta:
             assert self._reference is not None
-            self._reference = _aligned(named[0], self._reference)
+            for worker in named:  # every worker: one with other tensors is named clearly
+                self._reference = _aligned(worker, self._reference)
             if len(self._ranks) != k:
                 raise ValueError(f"the averager holds {len(self._ranks)} workers' state, got {k}")
         packets: list[bytes] = []
@@ -1137,7 +1168,12 @@ class SimulatedAverager(_SharedModel):
             packets.append(blob)
             t_encode.append(seconds)
         t0 = time.perf_counter()
-        acc, infos = _decode_mean(packets, named[0], self._pool)
+        decoded = None
+        if delta and self.error_feedback:  # each packet decoded once: residual and sum
+            decoded = [_decode_own(p) for p in packets]
+            for r, (arrays, _) in enumerate(decoded):
+                self._ranks[r].keep_residual(inputs[r], arrays)
+        acc, infos = _decode_mean(packets, named[0], self._pool, decoded)
         if delta:
             assert self._reference is not None
             for name, ref in self._reference.items():
@@ -1151,9 +1187,6 @@ class SimulatedAverager(_SharedModel):
         for n in named[1:]:
             _copy_back(n, result)
         if delta:
-            if self.error_feedback:
-                for r in range(k):
-                    self._ranks[r].keep_residual(inputs[r], packets[r])
             self._tag = _chain_tag(self._tag, round_, packets)
         elif self.transmit == "delta":
             self._reference = {n: a.copy() for n, a in acc.items()}
