@@ -37,6 +37,7 @@ examples:
   tenfold reproduce --profile full --estimate --jobs 2   # measure an epoch, predict wall time
   tenfold reproduce --profile full --out results --report-only   # redraw from saved runs
   tenfold reproduce --profile beyond --out results --jobs 2 --epochs 12   # the Pareto curve
+  tenfold reproduce --profile long --out results/long --jobs 2   # 100 epochs (about 2 h)
 
 exit codes: 0 done, 1 some runs failed (the others are saved; rerun to retry),
 2 bad option, missing data or no runs to report, 130 interrupted (finished runs are kept).
@@ -44,15 +45,18 @@ exit codes: 0 done, 1 some runs failed (the others are saved; rerun to retry),
 
 
 def default_out(profile: str) -> Path:
-    """``results`` for the full and beyond profiles (committed), ``runs/reproduce-<profile>``
-    otherwise."""
-    # beyond shares results/ with full: the paper's settings are the same run files
+    """``results`` for the full and beyond profiles, ``results/long`` for the long one (all
+    committed), ``runs/reproduce-<profile>`` otherwise."""
+    # beyond shares results/ with full: the paper's settings are the same run files; long's
+    # runs have the same names at another length, so they live apart
+    if profile == "long":
+        return Path("results/long")
     return Path("results") if profile in ("full", "beyond") else Path(f"runs/reproduce-{profile}")
 
 
 #: The shipped profiles (``tenfold.experiments.profiles.PROFILES``), spelled out so that
 #: building the CLI parser does not import the trainer (and torch); a test keeps them equal.
-PROFILE_NAMES = ("full", "quick", "beyond")
+PROFILE_NAMES = ("full", "quick", "beyond", "long")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -56,6 +56,10 @@ def init_weights(model: nn.Module, scheme: str, generator: torch.Generator) -> N
     * ``lecun-normal``: W ~ N(0, 1 / fan_in) (LeCun et al. 1998, "Efficient BackProp", for
       tanh); biases 0.
     * ``torch-default``: nn.Linear's default, W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    * ``normal-0.01``: W ~ N(0, 0.01^2) whatever the layer's size, biases 0: the common
+      practice of the paper's time (e.g. Krizhevsky et al. 2012 used this scale), before
+      fan-scaled schemes took over; its weights start narrow and stay more peaked, closer
+      to the low entropies the paper reports.
 
     Zero biases are constant tensors: the codec sends them as one value (docs/DESIGN.md, erratum 3).
     """
@@ -70,6 +74,9 @@ def init_weights(model: nn.Module, scheme: str, generator: torch.Generator) -> N
                 module.bias.zero_()
             elif scheme == "lecun-normal":
                 module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+                module.bias.zero_()
+            elif scheme == "normal-0.01":
+                module.weight.normal_(0.0, 0.01, generator=generator)
                 module.bias.zero_()
             elif scheme == "torch-default":
                 bound = 1.0 / math.sqrt(fan_in)
