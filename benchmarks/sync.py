@@ -616,9 +616,18 @@ def _cleanup_all() -> None:
 
 
 def _launch(
-    cfg: WorkerConfig, topology: netns.Topology, work: Path, hard_deadline: float
+    cfg: Any,
+    topology: netns.Topology,
+    work: Path,
+    hard_deadline: float,
+    *,
+    script: Path | None = None,
 ) -> _Launch:
-    """Start K ranks (each under its namespace) and wait for them, bounded in time."""
+    """Start K ranks (each under its namespace) and wait for them, bounded in time.
+
+    Each rank runs ``script`` (default: this file) with ``--worker-config <work>/worker.json
+    --worker-rank r``; ``cfg`` is a dataclass written to that JSON file.
+    """
     config_path = work / "worker.json"
     config_path.write_text(json.dumps(asdict(cfg)))
     procs, logs = [], []
@@ -636,7 +645,7 @@ def _launch(
             env.pop(var, None)
         argv = place.exec_prefix() + [
             sys.executable,
-            str(Path(__file__).resolve()),
+            str((script or Path(__file__)).resolve()),
             "--worker-config",
             str(config_path),
             "--worker-rank",

@@ -109,7 +109,7 @@ def test_a_spawned_run_resumes_under_torchrun(
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + ["-m", "tenfold.train", "--resume", str(out), "--quiet"],
+        + ["-m", "tenfold", "train", "--resume", str(out), "--quiet"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""``torchrun --standalone --nproc_per_node=2 -m tenfold.train ...`` (a real subprocess).
+"""``torchrun --standalone --nproc_per_node=2 -m tenfold train ...`` (a real subprocess).
 
 ``--standalone`` rendezvouses on ``localhost:0``: torchrun picks a free port, none is fixed.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
+from tenfold.cli import main as tenfold_main
 from tenfold.train import final_weights, read_metrics, run_simulated
-from tenfold.train.__main__ import main as tenfold_train_main
 from tenfold.train.config import TrainConfig
 
 
@@ -29,7 +29,8 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "tenfold.train",
+            "tenfold",
+            "train",
             *args,
         ],
         cwd=cwd,
@@ -79,6 +80,6 @@ def test_workers_must_match_the_world_size(
     # torchrun's environment, in-process: the options are checked before joining any group
     for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost"}.items():
         monkeypatch.setenv(key, value)
-    argv = ["--data", str(tiny_data), "--workers", "3", "--out", str(tmp_path / "o")]
-    assert tenfold_train_main(argv) == 2
+    argv = ["train", "--data", str(tiny_data), "--workers", "3", "--out", str(tmp_path / "o")]
+    assert tenfold_main(argv) == 2
     assert "--workers 3 differs from torchrun's world size 2" in capsys.readouterr().err

@@ -1,13 +1,14 @@
 """``tenfold train``: the paper's data-parallel training with compressed weight averaging.
 
-The same options work for ``python -m tenfold.train`` and, one process per rank, under
-``torchrun --nproc_per_node=K -m tenfold.train ...`` (rank and world size from torchrun's
+The same options work, one process per rank, under
+``torchrun --nproc_per_node=K -m tenfold train ...`` (rank and world size from torchrun's
 environment; ``--workers`` defaults to the world size).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,15 +22,16 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "add_parser", "config_from_args", "run"]
 
 DESCRIPTION = """\
-Train the paper's 784-392-50-10 tanh network with K data-parallel workers, each on its own
-shard of the data. After every local epoch (or every --sync-every steps) the workers exchange
-tenfold packets over torch.distributed (gloo) and all continue from the same new shared
-model. By default each packet carries the worker's pseudo-gradient (how far it moved since
+Train a model with K data-parallel workers, each on its own shard of the data: the paper's
+784-392-50-10 tanh network (--model paper-mlp, the default), a small BatchNorm CNN on
+Fashion-MNIST (cnn) or a small character-level transformer on Shakespeare (char-gpt).
+After every local epoch (or every --sync-every steps) the workers exchange tenfold packets
+over torch.distributed (gloo) and all continue from the same new shared model. By default each packet carries the worker's pseudo-gradient (how far it moved since
 the last shared model, plus what earlier packets failed to carry), rate-controlled to
 --rate bits per parameter; --scheme paper sends the weights, as the paper does.
 
-Prints a progress bar and, per synchronisation, one line: epoch, test
-accuracy and loss, bits/param as sent, N per layer, bytes on the wire. Writes config.json,
+Prints a progress bar and, per synchronisation, one line: epoch, test accuracy and loss
+(char-gpt: validation loss in nats/char and perplexity), bits/param as sent, N per layer, bytes on the wire. Writes config.json,
 metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out, and after every
 synchronisation a checkpoint (checkpoint.safetensors): --resume DIR continues an
 interrupted run from it, with exactly the result the uninterrupted run would have had.
@@ -44,7 +46,9 @@ examples:
   tenfold train --policy lossless --workers 2      # the uncompressed baseline
   tenfold train --dataset mnist --data ~/mnist     # the paper's data, from a directory
   tenfold train --simulate                         # all workers in this process, same weights
-  torchrun --standalone --nproc_per_node=4 -m tenfold.train --epochs 5 --out runs/tr
+  tenfold train --model char-gpt --workers 4 --steps 500   # a transformer, DiLoCo-style syncs
+  tenfold train --model cnn --steps 200            # a BatchNorm CNN (statistics averaged too)
+  torchrun --standalone --nproc_per_node=4 -m tenfold train --epochs 5 --out runs/tr
   tenfold train --resume runs/fixed8                # continue an interrupted run
 
 exit codes: 0 done, 1 the run failed (a rank died, diverged, timed out), 2 bad option, data
@@ -61,30 +65,12 @@ SCHEMES = ("paper",)
 #: the uncompressed accuracy.
 DEFAULT_C1 = 8.0
 
-#: Options --resume accepts besides the saved configuration, by argparse dest: they cannot
-#: change the numbers the run computes (config field in parentheses).
-RESUME_OVERRIDES = {"timeout": "timeout_s", "data": "data_dir", "no_download": "download"}
-
 #: Options that never conflict with --resume (output only).
 _RESUME_NEUTRAL = {"quiet", "resume", "out"}
 
-# argparse dest -> TrainConfig field, for the options that set one field each.
-_FIELD_OF = {
-    "workers": "workers",
-    "sync_every": "sync_every",
-    "threads": "threads",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "lr_decay": "lr_decay",
-    "l1": "l1",
-    "init": "init",
-    "seed": "seed",
-    "dataset": "dataset",
-    "eval_every": "eval_every",
-    "eval_batch_size": "eval_batch_size",
-    "transmit": "transmit",
-}
+#: argparse types of the config fields' annotations (``from __future__ import annotations``
+#: leaves them as strings).
+_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 # Which policy each policy parameter belongs to (used to reject a stray --bits etc.).
 _POLICY_PARAMS = {
@@ -160,69 +146,73 @@ def given_options(args: argparse.Namespace) -> set[str]:
     return set(getattr(args, _GIVEN, ()))
 
 
+def _dest(f: Any, o: Any) -> str:
+    """argparse dest of a config field's option: the field's name, or the switch's."""
+    return o.flag[2:].replace("-", "_") if o.invert else f.name
+
+
+def _flagged() -> list[tuple[Any, Any]]:
+    from tenfold.train.config import options
+
+    return [(f, o) for f, o in options() if o.flag is not None]
+
+
+def _default_text(f: Any) -> str:
+    """`` (default X; cnn Y, char-gpt Z)``: the field's default and the models' own."""
+    from tenfold.train.config import MODEL_DEFAULTS
+
+    if f.default is dataclasses.MISSING or isinstance(f.default, bool):
+        return ""
+    per_model = [
+        f"{m} {d[f.name]:g}" if isinstance(d[f.name], float) else f"{m} {d[f.name]}"
+        for m, d in MODEL_DEFAULTS.items()
+        if f.name in d
+    ]
+    extra = f"; {', '.join(per_model)}" if per_model else ""
+    return (
+        f" (default {f.default:g}{extra})"
+        if isinstance(f.default, float)
+        else (f" (default {f.default}{extra})")
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add every ``tenfold train`` option to ``p`` (shared with ``python -m tenfold.train``)."""
-    from tenfold.train.config import DATASETS, DEFAULT_RATE, INITS, TrainConfig
+    """Add every ``tenfold train`` option to ``p``.
+
+    The options that set one config field each are generated from the field's
+    :class:`~tenfold.train.config.Option` (flag, help, choices, group): the config is their
+    one source. Defaults are left None here so that the chosen model's defaults apply to
+    whatever the user does not set (``TrainConfig.for_model``).
+    """
+    from tenfold.train.config import DEFAULT_RATE, OPTION_GROUPS
 
     # Every option below records that it was given (see given_options).
     p.register("action", None, _Store)
     p.register("action", "store", _Store)
     p.register("action", "store_true", _StoreTrue)
-    d = TrainConfig.__dataclass_fields__  # defaults shown in --help come from the config
-
-    def default(name: str) -> Any:
-        return d[name].default
-
-    g = p.add_argument_group("workers and synchronisation")
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="K",
-        help=f"data-parallel workers (ranks); default {default('workers')} (the paper's), "
-        "or the world size under torchrun",
-    )
-    g.add_argument(
-        "--sync-every",
-        type=int,
-        default=default("sync_every"),
-        metavar="STEPS",
-        help="average every STEPS local mini-batch steps; 0 (default) = after every epoch",
-    )
-    g.add_argument(
-        "--timeout",
-        type=float,
-        default=default("timeout_s"),
-        metavar="SECONDS",
-        help="process-group timeout: a dead or stuck rank ends the run with an error after "
-        "at most this long (default %(default)s)",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=default("threads"),
-        help="torch threads per rank (default %(default)s: ranks share the cores)",
-    )
+    groups = {key: p.add_argument_group(title) for key, title in OPTION_GROUPS.items()}
+    for f, o in _flagged():
+        help_ = (o.help + _default_text(f)).replace("%", "%%")
+        if o.invert:
+            groups[o.group].add_argument(o.flag, dest=_dest(f, o), action="store_true", help=help_)
+        else:
+            groups[o.group].add_argument(
+                o.flag,
+                dest=f.name,
+                type=_TYPES[str(f.type)],
+                choices=o.choices,
+                metavar=o.metavar,
+                default=None,
+                help=help_,
+            )
+    g = groups["sync"]
     g.add_argument(
         "--simulate",
         action="store_true",
         help="run all K workers in this one process with the simulated averager "
         "(bit for bit the same weights; no torch.distributed)",
     )
-
-    g = p.add_argument_group("what each rank sends, and how it is coded")
-    g.add_argument(
-        "--transmit",
-        choices=("delta", "weights"),
-        default=default("transmit"),
-        help="delta (default): the pseudo-gradient w - w_shared with error feedback; "
-        "weights: the weights themselves (the paper's scheme)",
-    )
-    g.add_argument(
-        "--no-error-feedback",
-        action="store_true",
-        help="delta: drop what each packet fails to carry instead of sending it next time",
-    )
+    g = groups["send"]
     g.add_argument(
         "--scheme",
         choices=SCHEMES,
@@ -283,79 +273,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="gradient-rms: offset c0 > 0 (default 1, the paper's)",
     )
-
-    g = p.add_argument_group("training (the paper leaves these open; see TrainConfig)")
-    g.add_argument(
-        "--epochs", type=int, default=default("epochs"), help="local epochs (default %(default)s)"
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=default("batch_size"),
-        help="mini-batch size per worker (default %(default)s)",
-    )
-    g.add_argument(
-        "--lr",
-        type=float,
-        default=default("lr"),
-        help="initial learning rate (default %(default)s)",
-    )
-    g.add_argument(
-        "--lr-decay",
-        type=float,
-        default=default("lr_decay"),
-        help="learning-rate factor per epoch, in (0, 1] (default %(default)s)",
-    )
-    g.add_argument(
-        "--l1",
-        type=float,
-        default=default("l1"),
-        help="L1 coefficient on the weight matrices (default %(default)s)",
-    )
-    g.add_argument(
-        "--init",
-        choices=INITS,
-        default=default("init"),
-        help="weight initialisation (default %(default)s)",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=default("seed"),
-        help="seeds weights, shard split, shuffling and the codec's sampling (default %(default)s)",
-    )
-
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default=default("dataset"),
-        help="fashion-mnist (default; Debian's dataset-fashion-mnist, the user cache, or a "
-        "download) or mnist (the user cache or a download); downloads are SHA-256 checked",
-    )
-    g.add_argument(
-        "--data",
-        metavar="DIR",
-        default=None,
-        help="a directory with the four MNIST-format IDX files (.gz or raw) instead",
-    )
-    g.add_argument("--no-download", action="store_true", help="never download a missing dataset")
-
-    g = p.add_argument_group("evaluation and output")
-    g.add_argument(
-        "--eval-every",
-        type=int,
-        default=default("eval_every"),
-        metavar="SYNCS",
-        help="evaluate on the test set every SYNCS synchronisations, and after the last "
-        "(default %(default)s)",
-    )
-    g.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=default("eval_batch_size"),
-        help="test-set batch size (default %(default)s)",
-    )
+    g = groups["eval"]
     g.add_argument(
         "--out",
         metavar="DIR",
@@ -370,14 +288,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
     g = p.add_argument_group("checkpoint and resume")
+    overridable = ", ".join(o.flag for _, o in _flagged() if o.resume == "override")
     g.add_argument(
         "--resume",
         metavar="RUN_DIR",
         default=None,
         help="continue the interrupted run in RUN_DIR from its last checkpoint (written "
         "after every synchronisation), with its saved configuration; the result is bit for "
-        "bit the uninterrupted run's. Only --timeout, --data (the same data, moved), "
-        "--no-download and --quiet may be given with it",
+        f"bit the uninterrupted run's. Only {overridable} and --quiet may be given with it",
     )
 
 
@@ -403,12 +321,12 @@ def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
     policy: Policy
     if name == "target-rate":
         rate = DEFAULT_RATE if args.rate is None else args.rate
-        policy = tenfold.TargetRate(bits_per_param=rate, seed=args.seed)
+        policy = tenfold.TargetRate(bits_per_param=rate, seed=args.seed or 0)
     elif name == "relative-step":
         policy = tenfold.RelativeStep(alpha=1.0 if args.alpha is None else args.alpha)
     elif name == "entropy":
         kwargs = {k: getattr(args, k) for k in ("F", "M", "c") if getattr(args, k) is not None}
-        policy = tenfold.EntropyAdaptive(**kwargs, seed=args.seed)
+        policy = tenfold.EntropyAdaptive(**kwargs, seed=args.seed or 0)
     elif name == "fixed":
         policy = tenfold.Fixed(8 if args.bits is None else args.bits)
     elif name == "gradient-rms":
@@ -427,32 +345,23 @@ def config_from_args(args: argparse.Namespace, *, world_size: int | None = None)
     """
     from tenfold.train.config import TrainConfig
 
-    workers = args.workers
+    values: dict[str, Any] = {}
+    for f, o in _flagged():
+        value = getattr(args, _dest(f, o))
+        if o.invert:
+            if value:
+                values[f.name] = False
+        elif value is not None:
+            values[f.name] = value
     if world_size is not None:
+        workers = values.get("workers")
         if workers is not None and workers != world_size:
             raise ValueError(f"--workers {workers} differs from torchrun's world size {world_size}")
-        workers = world_size
-    return TrainConfig(
-        **({} if workers is None else {"workers": workers}),
-        policy=_policy_config(args),
-        transmit="weights" if args.scheme == "paper" else args.transmit,
-        error_feedback=not args.no_error_feedback,
-        sync_every=args.sync_every,
-        timeout_s=args.timeout,
-        threads=args.threads,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        l1=args.l1,
-        init=args.init,
-        seed=args.seed,
-        dataset=args.dataset,
-        data_dir=args.data,
-        download=not args.no_download,
-        eval_every=args.eval_every,
-        eval_batch_size=args.eval_batch_size,
-    )
+        values["workers"] = world_size
+    values["policy"] = _policy_config(args)
+    if args.scheme == "paper":
+        values["transmit"] = "weights"
+    return TrainConfig.for_model(values.pop("model", "paper-mlp"), **values)
 
 
 def _err(message: str) -> None:
@@ -472,8 +381,9 @@ def _describe_policy(policy: Mapping[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tenfold train``; returns the exit code."""
-    from tenfold.train.data import DatasetError, find_dataset, load_idx_dir
+    from tenfold.train.data import DatasetError
     from tenfold.train.launch import RankFailure, spawn_training, torchrun_env, torchrun_main
+    from tenfold.train.recipes import get_recipe, locate_data
 
     env = torchrun_env()
     lead = env is None or env[0] == 0
@@ -510,22 +420,21 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         # Find (or download) and check the data once, here, before starting any rank: bad
-        # input is exit 2, and the ranks then read a known-good directory.
-        data_dir = find_dataset(config.dataset, config.data_dir, download=config.download)
-        data = load_idx_dir(data_dir)
+        # input is exit 2, and the ranks then read known-good data.
+        config, data = locate_data(config)
     except DatasetError as exc:
         _err(str(exc))
         return 2
-    if len(data.train_labels) < config.workers:
-        _err(f"{len(data.train_labels)} training images cannot feed {config.workers} workers")
+    recipe = get_recipe(config.model)
+    if recipe.fingerprint(data)["train"] < config.workers:
+        _err(f"{recipe.describe(data)}: too few to feed {config.workers} workers")
         return 2
-    # absolute: a resumed run (config from the checkpoint) may start in another directory
-    config = config.replace(data_dir=os.path.abspath(data_dir))
     print(
-        f"tenfold train: {config.workers} workers, policy {_describe_policy(config.policy)}, "
-        f"sending {_describe_transmit(config)}, {config.epochs} epochs, sync every "
-        f"{f'{config.sync_every} steps' if config.sync_every else 'epoch'}, "
-        f"{len(data.train_labels)} training images from {data_dir} -> {out}",
+        f"tenfold train: {config.model}, {config.workers} workers, policy "
+        f"{_describe_policy(config.policy)}, sending {_describe_transmit(config)}, "
+        f"{config.epochs} epochs{f' (at most {config.steps} steps)' if config.steps else ''}, "
+        f"sync every {f'{config.sync_every} steps' if config.sync_every else 'epoch'}, "
+        f"{recipe.describe(data)} -> {out}",
         flush=True,
     )
     del data
@@ -559,18 +468,14 @@ def _resume_config(args: argparse.Namespace, saved: TrainConfig, world: int | No
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ValueError(f"--out {args.out} differs from --resume {args.resume}")
     wanted = config_from_args(args, world_size=world)  # also validates the given values
+    fields_by_dest = {_dest(f, o): (f, o) for f, o in _flagged()}
     conflicts = []
-    for dest in sorted(given - _RESUME_NEUTRAL - set(RESUME_OVERRIDES)):
-        if dest in _FIELD_OF:
-            name = _FIELD_OF[dest]
-            if getattr(wanted, name) != getattr(saved, name):
-                flag = f"--{dest.replace('_', '-')} {getattr(args, dest)}"
-                conflicts.append(f"{flag} (the run has {name}={getattr(saved, name)!r})")
-        elif dest == "no_error_feedback":
-            if wanted.error_feedback != saved.error_feedback:
-                conflicts.append(
-                    f"--no-error-feedback (the run has error_feedback={saved.error_feedback})"
-                )
+    for dest in sorted(given - _RESUME_NEUTRAL):
+        if dest in fields_by_dest:
+            f, o = fields_by_dest[dest]
+            if o.resume != "override" and getattr(wanted, f.name) != getattr(saved, f.name):
+                flag = o.flag if o.invert else f"{o.flag} {getattr(args, dest)}"
+                conflicts.append(f"{flag} (the run has {f.name}={getattr(saved, f.name)!r})")
         elif dest in ("policy", "scheme", *_POLICY_PARAMS):
             mine = {k: v for k, v in wanted.policy.items() if k != "seed"}
             theirs = {k: v for k, v in saved.policy.items() if k != "seed"}
@@ -585,21 +490,22 @@ def _resume_config(args: argparse.Namespace, saved: TrainConfig, world: int | No
             "--resume continues the run with its saved configuration; these options "
             f"conflict with it: {'; '.join(conflicts)}"
         )
-    changes: dict[str, Any] = {}
-    if "timeout" in given:
-        changes["timeout_s"] = args.timeout
-    if "data" in given:
-        changes["data_dir"] = os.path.abspath(args.data)
-    if "no_download" in given:
-        changes["download"] = False
+    changes: dict[str, Any] = {
+        f.name: getattr(wanted, f.name)
+        for dest, (f, o) in fields_by_dest.items()
+        if o.resume == "override" and dest in given
+    }
+    if changes.get("data_dir") is not None:
+        changes["data_dir"] = os.path.abspath(changes["data_dir"])
     return saved.replace(**changes)
 
 
 def _resume(args: argparse.Namespace, env: tuple[int, int] | None) -> int:
     """``tenfold train --resume RUN_DIR``: continue a run from its checkpoint."""
-    from tenfold.train.checkpoint import CheckpointError, dataset_fingerprint, read_checkpoint
-    from tenfold.train.data import DatasetError, find_dataset, load_idx_dir
+    from tenfold.train.checkpoint import CheckpointError, read_checkpoint
+    from tenfold.train.data import DatasetError
     from tenfold.train.launch import RankFailure, spawn_training, torchrun_main
+    from tenfold.train.recipes import get_recipe
 
     out = Path(args.resume)
     try:
@@ -618,16 +524,16 @@ def _resume(args: argparse.Namespace, env: tuple[int, int] | None) -> int:
     lead = env is None or env[0] == 0
     if lead:
         try:
-            data_dir = find_dataset(config.dataset, config.data_dir, download=config.download)
-            fingerprint = dataset_fingerprint(load_idx_dir(data_dir))
+            recipe = get_recipe(config.model)
+            fingerprint = recipe.fingerprint(recipe.load_data(config))
         except DatasetError as exc:
-            _err(f"{exc} (the run's data; pass --data DIR if it moved)")
+            _err(f"{exc} (the run's data; pass --data PATH if it moved)")
             return 2
         if fingerprint["sha256"] != ckpt.data.get("sha256"):
             _err(
-                f"the data in {data_dir} ({fingerprint['train']} training / "
-                f"{fingerprint['test']} test images) is not the data the run in {out} was "
-                "trained on; pass --data DIR with the original files"
+                f"the data at {config.data_dir or config.dataset} ({fingerprint['train']} "
+                f"training / {fingerprint['test']} test examples) is not the data the run in "
+                f"{out} was trained on; pass --data PATH with the original files"
             )
             return 2
         if ckpt.complete:
@@ -683,6 +589,14 @@ def _summary(out: Path, wall_s: float | None = None) -> None:
             f"  final test accuracy {100 * last['test_accuracy']:.2f}% "
             f"(loss {last['test_loss']:.4f}); best {100 * best['test_accuracy']:.2f}% at "
             f"epoch {best['epoch']:g}"
+        )
+    val = [r for r in metrics if r.get("val_loss") is not None]
+    if val:
+        best_val = min(val, key=lambda r: r["val_loss"])
+        lines.append(
+            f"  final validation loss {val[-1]['val_loss']:.4f} nats/char (perplexity "
+            f"{val[-1]['val_perplexity']:.2f}); best {best_val['val_loss']:.4f} at epoch "
+            f"{best_val['epoch']:g}"
         )
     lines.append(
         f"  mean {bits:.2f} bits/param as sent (float32: 32, {32 / bits:.1f}x less)"

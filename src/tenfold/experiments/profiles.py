@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenfold.train.config import DATASETS, INITS, TrainConfig, make_policy
+from tenfold.train.config import DATASETS, INITS, TrainConfig, make_policy, sweep_fields
 
 __all__ = [
     "ABLATION_INITS",
@@ -94,19 +94,10 @@ ABLATION_L1: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
 #: machine lower ``--epochs``.
 FULL_EPOCHS = 16
 
-#: TrainConfig fields a Setting may override (everything else is the profile's).
-_OVERRIDABLE = (
-    "init",
-    "l1",
-    "lr",
-    "lr_decay",
-    "batch_size",
-    "sync_every",
-    "transmit",
-    "error_feedback",
-)
-#: TrainConfig fields the profile's ``train`` mapping may not set (the profile owns them).
-_PROFILE_OWNED = ("policy", "seed", "epochs", "dataset", "data_dir", "download")
+#: TrainConfig fields a Setting may override, and those the profile itself sets (the
+#: config's Option.sweep rule is their one source).
+_OVERRIDABLE = sweep_fields("setting")
+_PROFILE_OWNED = sweep_fields("profile")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

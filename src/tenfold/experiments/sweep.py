@@ -326,7 +326,8 @@ def simulate(
     import torch
 
     from tenfold.distributed import NonFiniteWeightsError
-    from tenfold.train import EvalSet, TrainState, make_workers, train_loop
+    from tenfold.train import TrainState, make_workers, train_loop
+    from tenfold.train.recipes import get_recipe
 
     cfg = spec.config
     torch.set_num_threads(cfg.threads)
@@ -336,7 +337,7 @@ def simulate(
         workers=make_workers(cfg, data, list(range(cfg.workers))),
         averager=_averager(spec),
     )
-    test = EvalSet.from_arrays(data.test_images, data.test_labels)
+    test = get_recipe(cfg.model).make_evaluator(cfg, data)
     epochs: list[dict[str, Any]] = []
 
     def hook(record: dict[str, Any]) -> None:

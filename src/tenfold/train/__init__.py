@@ -5,7 +5,7 @@ an MNIST-format dataset; after every local epoch (or every k steps) they exchang
 packets and all continue from the same averaged weights.
 
 * ``tenfold train`` / :func:`spawn_training` - K processes on this machine (gloo);
-* ``torchrun --nproc_per_node=K -m tenfold.train ...`` - the same under torchrun;
+* ``torchrun --nproc_per_node=K -m tenfold train ...`` - the same under torchrun;
 * :func:`run_simulated` - K workers in one process, bit for bit the same weights (sweeps).
 
 Example:

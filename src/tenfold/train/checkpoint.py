@@ -42,19 +42,17 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.train.config import TrainConfig
+from tenfold.train.config import TrainConfig, resume_overridable
 from tenfold.train.faults import Fault, crash
 
 if TYPE_CHECKING:
-    from tenfold.train.data import IdxDataset
-    from tenfold.train.loop import TrainState
-    from tenfold.train.rundir import RunDir
+    from tenfold.train.state import TrainState
     from tenfold.train.worker import Worker
 
 __all__ = [
@@ -67,7 +65,6 @@ __all__ = [
     "Snapshot",
     "broadcast_bytes",
     "capture_process_rng",
-    "dataset_fingerprint",
     "read_checkpoint",
     "read_checkpoint_bytes",
     "restore_process_rng",
@@ -82,7 +79,8 @@ CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = 1
 
 #: Config fields a resumed run may change: they cannot change the numbers it computes.
-RESUME_OVERRIDABLE = ("timeout_s", "data_dir", "download")
+#: (The config's Option.resume rule is their one source.)
+RESUME_OVERRIDABLE = resume_overridable()
 
 _META_KEY = "tenfold.checkpoint"
 _MAX_HEADER_BYTES = 64 << 20  # a checkpoint's JSON header is a few kB; refuse absurd claims
@@ -279,7 +277,7 @@ class Checkpoint:
         elapsed_s: training wall time so far (s), as in the last metrics record.
         metrics_count: metrics records covered (lines of metrics.jsonl).
         metrics_sha256: SHA-256 (hex) of those lines, newlines included.
-        data: the data set's fingerprint and sizes (:func:`dataset_fingerprint`).
+        data: the data set's fingerprint and sizes (the recipe's ``fingerprint``).
         snapshot: the tensors and the raw metadata.
         path: where it was read from ("" when it came from bytes).
     """
@@ -476,23 +474,6 @@ def remove_checkpoint(run_dir: str | os.PathLike[str]) -> None:
         (d / name).unlink(missing_ok=True)
 
 
-def dataset_fingerprint(data: IdxDataset) -> dict[str, Any]:
-    """SHA-256 over the four arrays (shapes and bytes) plus the split sizes.
-
-    A resumed run checks it: the same seed on other data would silently not be the same run.
-    """
-    h = hashlib.sha256()
-    for array in (data.train_images, data.train_labels, data.test_images, data.test_labels):
-        a = np.ascontiguousarray(array)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.data)
-    return {
-        "sha256": h.hexdigest(),
-        "train": len(data.train_labels),
-        "test": len(data.test_labels),
-    }
-
-
 # ---- moving bytes between ranks ----------------------------------------------------------------
 
 
@@ -598,6 +579,16 @@ def restore_state(state: TrainState, ckpt: Checkpoint) -> None:
 # ---- writing one after every sync --------------------------------------------------------------
 
 
+class MetricsLog(Protocol):
+    """What the checkpointer needs of the run directory (:class:`tenfold.train.rundir.RunDir`
+    provides it): where to write, and how many metrics records are durable, with their hash."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def metrics_digest(self) -> tuple[int, str]: ...
+
+
 class Checkpointer:
     """Writes the run's checkpoint after every synchronisation (call :meth:`save` everywhere).
 
@@ -614,7 +605,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        run_dir: RunDir | None,
+        run_dir: MetricsLog | None,
         *,
         mode: str,
         distributed: bool,

@@ -8,7 +8,7 @@ survivors ``timeout_s`` seconds to fail on their own (gloo raises at once on a c
 connection, at worst after the process-group timeout), then stops what is left, and raises
 :class:`RankFailure` saying which rank died and what every other one reported.
 
-**torchrun** (``torchrun --nproc_per_node=K -m tenfold.train ...``): torchrun starts the
+**torchrun** (``torchrun --nproc_per_node=K -m tenfold train ...``): torchrun starts the
 processes and sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``;
 :func:`torchrun_main` joins with ``init_method="env://"`` and runs the same rank body.
 """

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ import torch.distributed as dist
 from tenfold.distributed import CompressedAverager, SimulatedAverager, SyncStats
 from tenfold.distributed.exchange import translate_comm_errors
 from tenfold.train.config import TrainConfig
-from tenfold.train.data import IdxDataset, load_dataset
-from tenfold.train.worker import EvalSet, Worker, evaluate, one_hot, shard_indices, to_inputs
+from tenfold.train.recipes import Evaluator, get_recipe
+from tenfold.train.state import ConfigMismatchError, Record, TrainResult, TrainState
 
 __all__ = [
     "ConfigMismatchError",
@@ -43,82 +42,27 @@ __all__ = [
     "train_loop",
 ]
 
-#: One metrics record (one line of metrics.jsonl), see :func:`train_loop`.
-Record = dict[str, Any]
+
+def make_workers(config: TrainConfig, data: Any, ranks: list[int]) -> list[Any]:
+    """Build the workers of ``ranks`` out of ``config.workers``, each on its own shard, with
+    ``config.model``'s recipe (:mod:`tenfold.train.recipes`)."""
+    return get_recipe(config.model).make_workers(config, data, ranks)
 
 
-class ConfigMismatchError(RuntimeError):
-    """Ranks were started with different configurations (raised on every rank)."""
+def _average_buffers(state: TrainState) -> int:
+    """Average the models' floating buffers (BatchNorm statistics) exactly; bytes sent.
 
-
-@dataclass
-class TrainState:
-    """Everything a run needs to continue: what :mod:`tenfold.train.checkpoint` saves.
-
-    (Each worker's :meth:`~tenfold.train.worker.Worker.state_dict` holds its model, RNG
-    and step; the checkpoint adds ``averager.round``, ``syncs``, ``elapsed_s``, the
-    processes' global RNGs, and the count and hash of the ``metrics`` records.)
-
-    Attributes:
-        config: the run's configuration.
-        workers: the workers this process trains (1 per rank; K when simulated).
-        averager: the averaging transport; its ``round`` counter seeds the codec.
-        step: local SGD steps every worker has done.
-        syncs: synchronisations done.
-        metrics: the records so far (filled on the lead process only).
-        elapsed_s: training wall time of the rounds done so far (s), over every process
-            that worked on the run (a resumed run continues its predecessor's clock).
+    Lossless packets, the same rank-order sum as the parameters (so simulated and real
+    ranks agree bit for bit); a few kB per sync. Models without buffers (the paper's MLP)
+    send nothing.
     """
-
-    config: TrainConfig
-    workers: list[Worker]
-    averager: Any  # CompressedAverager, SimulatedAverager, or a sweep's PeerAverager
-    step: int = 0
-    syncs: int = 0
-    metrics: list[Record] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Local steps per epoch (equal on every worker: shards have equal sizes)."""
-        return self.workers[0].steps_per_epoch
-
-    @property
-    def total_steps(self) -> int:
-        """Local steps of the whole run."""
-        return self.config.epochs * self.steps_per_epoch
-
-    @property
-    def steps_per_round(self) -> int:
-        """Local steps between two synchronisations."""
-        return self.config.sync_every or self.steps_per_epoch
-
-    @property
-    def total_syncs(self) -> int:
-        """Synchronisations of the whole run (the last round may be shorter)."""
-        return -(-self.total_steps // self.steps_per_round)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a finished run returns: the metrics records and the final state."""
-
-    metrics: list[Record]
-    state: TrainState
-
-
-def make_workers(config: TrainConfig, data: IdxDataset, ranks: list[int]) -> list[Worker]:
-    """Build the workers of ``ranks`` out of ``config.workers``, each on its own shard."""
-    shards = shard_indices(len(data.train_labels), config.workers, config.seed)
-    return [
-        Worker(
-            config,
-            r,
-            to_inputs(data.train_images[shards[r]]),
-            one_hot(data.train_labels[shards[r]]),
-        )
-        for r in ranks
-    ]
+    if state.buffer_averager is None:
+        return 0
+    if len(state.workers) == 1:
+        stats = state.buffer_averager.average(state.workers[0].named_buffers())
+    else:
+        stats = state.buffer_averager.average([w.named_buffers() for w in state.workers])[0]
+    return int(stats.bytes_sent)
 
 
 def _average(state: TrainState, grad_rms: list[dict[str, float]]) -> SyncStats:
@@ -143,7 +87,7 @@ def _initialize(state: TrainState) -> None:
 def train_loop(
     state: TrainState,
     *,
-    test: EvalSet | None = None,
+    test: Evaluator | None = None,
     on_record: Callable[[Record], None] | None = None,
     on_sync: Callable[[TrainState], None] | None = None,
 ) -> list[Record]:
@@ -151,8 +95,8 @@ def train_loop(
 
     Args:
         state: the state to advance (resumes from ``state.step``).
-        test: evaluate on it after every ``eval_every``-th sync and after the last one
-            (None: never, e.g. on ranks other than 0).
+        test: the recipe's evaluator, called after every ``eval_every``-th sync and after
+            the last one (None: never, e.g. on ranks other than 0).
         on_record: called with each record, e.g. to write metrics.jsonl and print a line.
         on_sync: called on every process after each round's record (after ``on_record``),
             with the state as of that sync, e.g. to write a checkpoint.
@@ -178,14 +122,15 @@ def train_loop(
         losses = [w.train_steps(n) for w in state.workers]
         t_train = time.perf_counter() - t0
         stats = _average(state, [w.take_grad_rms() for w in state.workers])
+        buffer_bytes = _average_buffers(state)
         state.step += n
         state.syncs += 1
-        accuracy = loss = None
+        scores: dict[str, float] = {}
         t_eval = 0.0
         last = state.step >= state.total_steps
         if test is not None and (state.syncs % cfg.eval_every == 0 or last):
             t0 = time.perf_counter()
-            accuracy, loss = evaluate(state.workers[0].model, test, cfg.eval_batch_size)
+            scores = test(state.workers[0].model)
             t_eval = time.perf_counter() - t0
         state.elapsed_s = elapsed_before + time.perf_counter() - start
         record: Record = {
@@ -194,8 +139,9 @@ def train_loop(
             "epoch": state.step / state.steps_per_epoch,
             "lr": lr,
             "train_loss": losses[0],
-            "test_accuracy": accuracy,
-            "test_loss": loss,
+            "test_accuracy": scores.get("test_accuracy"),
+            "test_loss": scores.get("test_loss"),
+            **_text_scores(cfg, scores),
             "bits_per_param": stats.bits_per_param,
             "quantized_bits_per_param": stats.quantized_bits_per_param,
             "bytes_sent": stats.bytes_sent,
@@ -210,6 +156,7 @@ def train_loop(
             "eval_s": t_eval,
             "elapsed_s": state.elapsed_s,
             "layers": [t.as_dict() for t in stats.tensors],
+            **({"buffer_bytes_sent": buffer_bytes} if state.buffer_averager is not None else {}),
         }
         if test is not None:
             state.metrics.append(record)
@@ -220,10 +167,18 @@ def train_loop(
     return state.metrics
 
 
+def _text_scores(cfg: TrainConfig, scores: dict[str, float]) -> dict[str, float | None]:
+    # the language model's fields (absent from the classifiers' records, whose keys stay
+    # exactly what they were before there were other models)
+    if cfg.model != "char-gpt":
+        return {}
+    return {"val_loss": scores.get("val_loss"), "val_perplexity": scores.get("val_perplexity")}
+
+
 def run_simulated(
     config: TrainConfig,
     *,
-    data: IdxDataset | None = None,
+    data: Any = None,
     run_dir: str | Path | None = None,
     progress: bool = False,
     on_record: Callable[[Record], None] | None = None,
@@ -255,36 +210,42 @@ def run_simulated(
         >>> res.metrics[-1]["test_accuracy"], final_weights(res.state)  # doctest: +SKIP
     """
     torch.set_num_threads(config.threads)
+    recipe = get_recipe(config.model)
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, download=config.download)
+        data = recipe.load_data(config)
+    workers = recipe.make_workers(config, data, list(range(config.workers)))
     state = TrainState(
         config=config,
-        workers=make_workers(config, data, list(range(config.workers))),
+        workers=workers,
         averager=SimulatedAverager(config.make_policy(), **config.averager_options()),
+        buffer_averager=_buffer_averager(workers, simulated=True),
     )
-    test = EvalSet.from_arrays(data.test_images, data.test_labels)
     return _drive(
         state,
-        test,
+        recipe.make_evaluator(config, data),
         run_dir=run_dir,
         progress=progress,
         mode="simulated",
         source=data.source,
         on_record=on_record,
         resume=resume,
-        fingerprint=_fingerprint(data) if run_dir is not None else None,
+        fingerprint=recipe.fingerprint(data) if run_dir is not None else None,
     )
 
 
-def _fingerprint(data: IdxDataset) -> dict[str, Any]:
-    from tenfold.train.checkpoint import dataset_fingerprint
+def _buffer_averager(workers: list[Any], *, simulated: bool) -> Any:
+    """A lossless weights averager for the models' floating buffers, or None if none."""
+    if not hasattr(workers[0], "named_buffers") or not workers[0].named_buffers():
+        return None
+    from tenfold.codec import Lossless
 
-    return dataset_fingerprint(data)
+    cls = SimulatedAverager if simulated else CompressedAverager
+    return cls(Lossless(), transmit="weights")
 
 
 def _drive(
     state: TrainState,
-    test: EvalSet | None,
+    test: Evaluator | None,
     *,
     run_dir: str | Path | None,
     progress: bool,
@@ -486,16 +447,18 @@ def run_rank(
         )
     torch.set_num_threads(config.threads)
     check_same_config(config)
-    data = load_dataset(config.dataset, config.data_dir, download=config.download)
-    workers = make_workers(config, data, [rank])
+    recipe = get_recipe(config.model)
+    data = recipe.load_data(config)
+    workers = recipe.make_workers(config, data, [rank])
     state = TrainState(
         config=config,
         workers=workers,
         averager=CompressedAverager(config.make_policy(), **config.averager_options()),
+        buffer_averager=_buffer_averager(workers, simulated=False),
     )
-    test = EvalSet.from_arrays(data.test_images, data.test_labels) if rank == 0 else None
+    test = recipe.make_evaluator(config, data) if rank == 0 else None
     source = data.source
-    fingerprint = _fingerprint(data) if rank == 0 and run_dir is not None else None
+    fingerprint = recipe.fingerprint(data) if rank == 0 and run_dir is not None else None
     del data  # keep only the shard (and, on rank 0, the test set) in memory
     return _drive(
         state,

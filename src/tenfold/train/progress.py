@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tenfold.train.loop import Record, TrainState
+    from tenfold.train.state import Record, TrainState
 
 __all__ = ["Reporter", "format_bytes", "format_record"]
 
@@ -29,6 +29,10 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+#: Tensors listed one by one in a sync's line (more: their range of N).
+_MAX_LISTED = 10
+
+
 def _short(name: str) -> str:
     return name.replace(".weight", ".w").replace(".bias", ".b")
 
@@ -37,11 +41,25 @@ def format_record(record: Record) -> str:
     """The one-line summary of a metrics record."""
     acc = record.get("test_accuracy")
     loss = record.get("test_loss")
-    acc_s = f"acc {100 * acc:6.2f}%" if acc is not None else "acc    -   "
-    loss_s = f"loss {loss:.4f}" if loss is not None else "loss   -   "
-    layers = " ".join(f"{_short(t['name'])}={t['N']}" for t in record.get("layers", []))
+    if "val_loss" in record:  # the language model: validation loss and perplexity
+        val = record["val_loss"]
+        score = (
+            f"val loss {val:.4f} nats/char (ppl {record['val_perplexity']:.2f})"
+            if val is not None
+            else "val loss   -   "
+        )
+    else:
+        acc_s = f"acc {100 * acc:6.2f}%" if acc is not None else "acc    -   "
+        loss_s = f"loss {loss:.4f}" if loss is not None else "loss   -   "
+        score = f"{acc_s}  {loss_s}"
+    tensors = record.get("layers", [])
+    if len(tensors) <= _MAX_LISTED:
+        layers = " ".join(f"{_short(t['name'])}={t['N']}" for t in tensors)
+    else:  # a transformer has dozens of tensors: the range says enough on one line
+        ns = [t["N"] for t in tensors]
+        layers = f"{min(ns)}..{max(ns)} over {len(ns)} tensors"
     return (
-        f"epoch {record['epoch']:6.2f}  {acc_s}  {loss_s}  "
+        f"epoch {record['epoch']:6.2f}  {score}  "
         f"{record['bits_per_param']:.2f} bits/param (N {record['quantized_bits_per_param']:.2f})"
         + (f"  N {layers}" if layers else "")
         + f"  sent {format_bytes(record['bytes_sent'])}/rank,"

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tenfold.train.config import TrainConfig
-    from tenfold.train.loop import Record, TrainState
+    from tenfold.train.state import Record, TrainState
 
 __all__ = ["RunDir", "plot_metrics", "read_metrics"]
 
 CONFIG, RUN, METRICS, MODEL = "config.json", "run.json", "metrics.jsonl", "model.safetensors"
 ACCURACY_PLOT, BITS_PLOT = "accuracy.png", "bits.png"
+VAL_LOSS_PLOT = "val_loss.png"  # char-gpt: no accuracy to plot
 
 
 class RunDir:
@@ -145,7 +146,11 @@ class RunDir:
         """Write model.safetensors, the plots, and the final figures into run.json."""
         from safetensors.torch import save_file
 
-        tensors = {n: p.detach().cpu().contiguous() for n, p in state.workers[0].named_parameters()}
+        # parameters and buffers (BatchNorm statistics); named_* skip the tied duplicates
+        # (char-gpt's LM head is its token embedding) that safetensors refuses
+        model = state.workers[0].model
+        named = [*model.named_parameters(), *model.named_buffers()]
+        tensors = {n: t.detach().cpu().contiguous() for n, t in named}
         save_file(
             tensors, str(self.path / MODEL), metadata={"config": json.dumps(state.config.to_dict())}
         )
@@ -157,6 +162,7 @@ class RunDir:
             syncs=state.syncs,
             final_test_accuracy=evaluated[-1]["test_accuracy"] if evaluated else None,
             best_test_accuracy=max((r["test_accuracy"] for r in evaluated), default=None),
+            **_val_summary(state.metrics),
             mean_bits_per_param=_mean(r["bits_per_param"] for r in state.metrics),
         )
         _write_json(self.path / RUN, self._run)
@@ -171,24 +177,34 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_metrics(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Draw accuracy.png and bits.png from ``metrics`` into ``out_dir``; return the paths."""
+    """Draw accuracy.png (val_loss.png for a language model) and bits.png from ``metrics``
+    into ``out_dir``; return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    evaluated = [r for r in metrics if r.get("test_accuracy") is not None]
-    paths = [out / ACCURACY_PLOT, out / BITS_PLOT]
+    text = any("val_loss" in r for r in metrics)
+    key = "val_loss" if text else "test_accuracy"
+    evaluated = [r for r in metrics if r.get(key) is not None]
+    paths = [out / (VAL_LOSS_PLOT if text else ACCURACY_PLOT), out / BITS_PLOT]
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(
         [r["epoch"] for r in evaluated],
-        [100 * r["test_accuracy"] for r in evaluated],
+        [r[key] if text else 100 * r[key] for r in evaluated],
         marker="o",
         markersize=3,
     )
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy after each sync")
+    if text:
+        ax.set(
+            xlabel="epoch",
+            ylabel="validation loss (nats/char)",
+            title="Validation loss after each sync",
+        )
+    else:
+        ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy after each sync")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)
@@ -207,6 +223,14 @@ def plot_metrics(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list
     fig.savefig(paths[1], dpi=100)
     plt.close(fig)
     return paths
+
+
+def _val_summary(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """run.json's figures of a language model (nothing for classifiers)."""
+    vals = [r["val_loss"] for r in metrics if r.get("val_loss") is not None]
+    if not vals:
+        return {}
+    return {"final_val_loss": vals[-1], "best_val_loss": min(vals)}
 
 
 def _write_json(path: Path, data: Any) -> None:
