@@ -259,8 +259,7 @@ def _summarise(method: Method, ranks: list[list[dict[str, Any]]], steps: int) ->
     lead = per_rank[0]
     tx = [p[-1]["tx_bytes"] for p in per_rank]
     curve = [
-        {"step": r["step"], "train_loss": r["loss"], "bytes_per_rank": r["tx_bytes"]}
-        for r in lead
+        {"step": r["step"], "train_loss": r["loss"], "bytes_per_rank": r["tx_bytes"]} for r in lead
     ]
     vals = [{"step": r["step"], "val_loss": r["val_loss"]} for r in lead if "val_loss" in r]
     bits = [r["bits_per_param"] for r in lead if "bits_per_param" in r]
@@ -280,14 +279,15 @@ def _summarise(method: Method, ranks: list[list[dict[str, Any]]], steps: int) ->
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected method on the chosen network; return the report."""
     methods = [m for m in all_methods() if not args.methods or m.name in args.methods]
+    from tenfold.train.text import load_corpus
+
+    load_corpus()  # fetch and cache the text once, here; the ranks then read the cache
     if args.network == "switch":
         why = netns.netns_available()
         if why is not None:
             raise SystemExit(f"train_compare: no network namespaces ({why}); --network loopback")
         netns.cleanup_stale()
-        topology = netns.build_switch(
-            world_size=args.ranks, shape=netns.LinkShape(rate=args.rate)
-        )
+        topology = netns.build_switch(world_size=args.ranks, shape=netns.LinkShape(rate=args.rate))
     else:
         topology = netns.loopback(args.ranks)
     sync._LIVE_TOPOLOGIES.append(topology)
@@ -388,6 +388,25 @@ def draw(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's table of a report: bytes, ratio to DDP fp32, seconds/step, val loss."""
+    rows = [
+        "| method | MB sent per rank | vs DDP fp32 | s / inner step | final val loss (nats/char) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in report["methods"].items():
+        if "error" in s:
+            rows.append(f"| {name} | failed: {s['error']} | | | |")
+            continue
+        ratio = s.get("bytes_vs_ddp_fp32")
+        rows.append(
+            f"| {name} | {s['bytes_per_rank_median'] / 1e6:.2f} | "
+            f"{'' if ratio is None else f'{1 / ratio:.0f}x less' if ratio < 1 else '1x'} | "
+            f"{s['seconds_per_step_median']:.3f} | {s['final_val_loss']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The orchestrator's options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -402,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=900.0, help="per method (s)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=None, help="subset")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    p.add_argument(
+        "--table", type=Path, default=None, metavar="JSON", help="print a report's markdown table"
+    )
     p.add_argument("--worker-config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-rank", type=int, help=argparse.SUPPRESS)
     return p
@@ -412,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker_config is not None:
         return worker_main(args.worker_config, args.worker_rank)
+    if args.table is not None:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return 0
     report = run(args)
     text = json.dumps(report, indent=1)
     print(text)

@@ -15,6 +15,7 @@ Example:
 
 from tenfold.codec import (
     DEFAULT_MAX_OUTPUT_BYTES,
+    BFloat16Bits,
     CorruptPacketError,
     EntropyAdaptive,
     Fixed,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
+    "BFloat16Bits",
     "CorruptPacketError",
     "EntropyAdaptive",
     "Fixed",

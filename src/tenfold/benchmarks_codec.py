@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DISTRIBUTION", "make_data", "run_benchmark"]
+__all__ = ["DISTRIBUTION", "MODEL_SHARES", "make_data", "run_benchmark", "run_threads_benchmark"]
 
 DISTRIBUTION = (
     "float32 laplace(0, b=0.05) bulk; 0.01% of values replaced by outliers of magnitude "
@@ -91,11 +91,13 @@ def _policy_figures(
 
     tensors = {"w": x}
     mb = x.nbytes / _MB
-    blob = compress(tensors, policy)
+    # threads=1: the single-thread figures this benchmark reports (one tensor is coded by
+    # one thread anyway; run_threads_benchmark measures the threaded paths)
+    blob = compress(tensors, policy, threads=1)
     acc = {"w": np.zeros_like(x)}
-    t_c, best_c = _timed(lambda: compress(tensors, policy), repeats)
-    t_d, best_d = _timed(lambda: decompress(blob), repeats)
-    t_a, best_a = _timed(lambda: accumulate(blob, acc), repeats)
+    t_c, best_c = _timed(lambda: compress(tensors, policy, threads=1), repeats)
+    t_d, best_d = _timed(lambda: decompress(blob, threads=1), repeats)
+    t_a, best_a = _timed(lambda: accumulate(blob, acc, threads=1), repeats)
     info = inspect(blob)
     (t,) = info.tensors
     c_speed, d_speed = mb / t_c, mb / t_d
@@ -233,4 +235,110 @@ def run_benchmark(
         },
         "sizes": results,
         "ans_vs_constriction": ans,
+    }
+
+
+# ---- threads ------------------------------------------------------------------------------
+
+#: how a model-like set of tensors splits its values: one embedding-sized tensor, a few
+#: large projections, and smaller layers (eight tensors, shares summing to 1)
+MODEL_SHARES = (0.30, 0.20, 0.12, 0.12, 0.10, 0.08, 0.05, 0.03)
+
+
+def _model_tensors(total: int, seed: int) -> dict[str, np.ndarray]:
+    sizes = [max(1, round(share * total)) for share in MODEL_SHARES]
+    return {f"layer{i}": make_data(n, seed + i) for i, n in enumerate(sizes)}
+
+
+def run_threads_benchmark(
+    threads: Sequence[int] = (1, 2),
+    *,
+    total: int = 10_000_000,
+    repeats: int = 5,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """compress / decompress / accumulate time against the ``threads`` setting.
+
+    Two layouts of ``total`` float32 values (:func:`make_data`): ``"model"``, eight tensors
+    sized by :data:`MODEL_SHARES`, and ``"single"``, one tensor (which threads over
+    tensors cannot split). Per layout, policy and thread count: the median of ``repeats``
+    timed calls after a warm-up; the thread counts take turns within each repeat, so a
+    change in the machine's load hits all of them alike. ``speedup`` is the first thread
+    count's median over each one's (from the same run). Also checks that every thread
+    count gives the same packet bytes and the same accumulated values.
+    """
+    from tenfold.codec import EntropyAdaptive, TargetRate, accumulate, compress, decompress
+
+    counts = [int(t) for t in threads]
+    policies = {
+        "entropy_c6_M4": EntropyAdaptive(c=6, M=4),
+        "target_rate_1": TargetRate(bits_per_param=1.0),
+    }
+    layouts = {
+        "model": _model_tensors(total, seed),
+        "single": {"w": make_data(total, seed)},
+    }
+    out: dict[str, Any] = {}
+    for layout, tensors in layouts.items():
+        mb = sum(x.nbytes for x in tensors.values()) / _MB
+        out[layout] = {"tensors": {k: int(v.size) for k, v in tensors.items()}}
+        for label, policy in policies.items():
+            if progress is not None:
+                progress(f"threads {counts}: {layout} layout, {label}")
+            blob = compress(tensors, policy, threads=counts[0])
+            ref = {k: np.zeros_like(v) for k, v in tensors.items()}
+            accumulate(blob, ref, threads=counts[0])
+            identical = True
+            for t in counts:
+                acc = {k: np.zeros_like(v) for k, v in tensors.items()}
+                accumulate(blob, acc, threads=t)
+                identical &= compress(tensors, policy, threads=t) == blob
+                identical &= all(acc[k].tobytes() == ref[k].tobytes() for k in acc)
+            acc = {k: np.zeros_like(v) for k, v in tensors.items()}
+            calls: dict[str, Callable[[int], Any]] = {
+                "compress": lambda t: compress(tensors, policy, threads=t),  # noqa: B023
+                "decompress": lambda t: decompress(blob, threads=t),  # noqa: B023
+                "accumulate": lambda t: accumulate(blob, acc, threads=t),  # noqa: B023
+            }
+            figures: dict[str, Any] = {}
+            for op, call in calls.items():
+                times: dict[int, list[float]] = {t: [] for t in counts}
+                for t in counts:
+                    call(t)  # warm-up
+                for _ in range(repeats):
+                    for t in counts:
+                        t0 = time.perf_counter()
+                        call(t)
+                        times[t].append(time.perf_counter() - t0)
+                med = {t: statistics.median(v) for t, v in times.items()}
+                figures[op] = {
+                    "median_s": {str(t): med[t] for t in counts},
+                    "MBps": {str(t): mb / med[t] for t in counts},
+                    "speedup": {str(t): med[counts[0]] / med[t] for t in counts},
+                }
+            out[layout][label] = {
+                "bytes": len(blob),
+                "identical_across_threads": bool(identical),
+                **figures,
+            }
+    return {
+        "benchmark": "tenfold codec: compress / decompress / accumulate vs threads=",
+        "data": DISTRIBUTION,
+        "threads": counts,
+        "total_values": total,
+        "repeats": repeats,
+        "statistic": (
+            "median seconds of repeats after one warm-up, thread counts interleaved per "
+            f"repeat; speedup = median(threads={counts[0]}) / median(threads=t)"
+        ),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "available_cores": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
+            "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "layouts": out,
     }

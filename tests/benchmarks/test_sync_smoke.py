@@ -1,8 +1,10 @@
-"""benchmarks/sync.py: its smoke run (4 ranks, loopback, tiny models) and its pure helpers.
+"""benchmarks/sync.py: its smoke run (P = 2 and 3 ranks, loopback, tiny models) and helpers.
 
-The smoke run is one subprocess shared by the module (it starts 4 gloo ranks, ~5-20 s on
-2 cores, most of it importing torch and, on a cold cache, numba's JIT compile). The tenfold
-checks skip, with the reason, while ``tenfold.distributed`` is not importable.
+The smoke run is one subprocess shared by the module: two launches (P = 2, then 3 gloo
+ranks), each measuring both collectives, both transmit modes and both layouts at 20k and
+100k parameters, one rep, no warm-up. ~30-60 s on 2 cores, most of it importing torch in
+each rank and, on a cold cache, numba's JIT compile. The tenfold checks skip, with the
+reason, while ``tenfold.distributed`` is not importable.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "sync.py"
 SMOKE_SIZES = ("20k", "100k")
-WORLD = 4
-REPS = 2
+WORLDS = (2, 3)
+REPS = 1
+LAYOUTS = ("model", "single")
+TENFOLD = tuple(
+    f"tenfold/{c}/{t}" for t in ("delta", "weights") for c in ("all-gather", "reduce-scatter")
+)
 
 
 def _load_sync() -> ModuleType:
@@ -48,7 +54,7 @@ def _tenfold_dist_error() -> str | None:
 def smoke() -> dict[str, Any]:
     """The JSON report of ``sync.py --smoke`` (asserts it exited 0)."""
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--world-size", str(WORLD), "--reps", str(REPS)],
+        [sys.executable, str(SCRIPT), "--smoke", "--reps", str(REPS)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -59,71 +65,104 @@ def smoke() -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def _entries(smoke: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(P, result entry) of every (size, layout) of every launch."""
+    return [(run["world_size"], e) for run in smoke["runs"].values() for e in run["results"]]
+
+
 @pytest.mark.timeout(300)
 def test_smoke_report_structure_and_baselines(smoke: dict[str, Any]) -> None:
     assert "--smoke" in smoke["command"]
     assert smoke["machine"]["cpu_count"] >= 1
     assert smoke["machine"]["torch"]
-    assert list(smoke["networks"]) == ["loopback"]
-    net = smoke["networks"]["loopback"]
-    assert net["complete"], net.get("error") or net.get("stopped")
-    assert net["returncodes"] == [0] * WORLD
-    assert net["link_check"]["goodput_gbit_per_s_best"] > 0
-    assert [e["size"] for e in net["results"]] == list(SMOKE_SIZES)
-    for entry in net["results"]:
-        assert entry["num_params"] == {"20k": 20_000, "100k": 100_000}[entry["size"]]
+    assert list(smoke["runs"]) == [f"loopback/P{p}" for p in WORLDS]
+    for p in WORLDS:
+        run = smoke["runs"][f"loopback/P{p}"]
+        assert run["complete"], run.get("error") or run.get("stopped")
+        assert run["world_size"] == p and run["returncodes"] == [0] * p
+        assert run["link_check"]["goodput_gbit_per_s_best"] > 0
+        # Headline-first order: sizes as given (no 25M here), model layout first.
+        assert [(e["size"], e["layout"]) for e in run["results"]] == [
+            (s, lay) for s in SMOKE_SIZES for lay in LAYOUTS
+        ]
+    for p, entry in _entries(smoke):
+        n = {"20k": 20_000, "100k": 100_000}[entry["size"]]
+        assert entry["num_params"] == n
+        assert len(entry["tensors"]) == (8 if entry["layout"] == "model" else 1)
         for method, bits in (("float32_all_reduce", 32.0), ("float16_all_reduce", 16.0)):
             m = entry["methods"][method]
             s = m["seconds"]
             assert s["n"] == REPS and len(s["values"]) == REPS
             assert 0 < s["min"] <= s["median"] <= s["max"]
             assert m["bits_per_param"] == bits
-            assert m["bytes_sent_per_rank"]["max"] == bits / 8 * entry["num_params"]
+            # A ring all_reduce: 2(P-1)/P of the tensor per rank.
+            assert m["bytes_sent_per_rank"]["max"] == pytest.approx(2 * (p - 1) / p * bits / 8 * n)
             # An all_reduce leaves the same values on every rank.
             assert m["identical_across_ranks"], m["sha256_per_rank"]
+            assert len(m["cpu_seconds"]["per_rank"]) == p
         # float16 rounds each rank's values to 11 significant bits: small but nonzero error.
         err16 = entry["methods"]["float16_all_reduce"]["error_vs_exact_mean"]
         assert 0 < err16["max_abs_relative_to_range"] < 1e-2
         assert entry["ratios"]["float32_over_float16"] > 0
-    rows = smoke["summary"]
-    assert [(r["network"], r["size"]) for r in rows] == [("loopback", s) for s in SMOKE_SIZES]
+    assert smoke["target"]["evaluated"] is False  # no 25M, no P=4: nothing to judge
 
 
 @pytest.mark.timeout(300)
-def test_smoke_tenfold_weights_agree_across_ranks(smoke: dict[str, Any]) -> None:
+def test_smoke_tenfold_every_variant_agrees_across_ranks(smoke: dict[str, Any]) -> None:
     why = _tenfold_dist_error()
     if why is not None:
         pytest.skip(f"tenfold.distributed is not importable yet ({why})")
-    net = smoke["networks"]["loopback"]
-    assert net["tenfold"]["available"], net["tenfold"].get("error")
-    assert net["tenfold"]["jit_compile"]["first_call_seconds_max_over_ranks"] > 0
-    for entry in net["results"]:
-        m = entry["methods"]["tenfold"]
-        shas = m["sha256_per_rank"]
-        assert len(shas) == WORLD and len(set(shas)) == 1, shas
-        assert m["identical_across_ranks"]
-        assert 0 < m["bits_per_param"] < 32
-        assert m["bytes_sent_per_rank"]["max"] * 8 == pytest.approx(
-            m["bits_per_param"] * entry["num_params"], rel=0.5
-        )
-        # Lossy, but an average of the right weights: far below the weights' own spread.
-        err = m["error_vs_exact_mean"]
-        assert 0 < err["max_abs_relative_to_range"] < 0.05
-        assert err["rms_relative_to_weights_rms"] < 0.1
-        cpu = m["cpu_seconds"]
-        assert cpu["sum_over_ranks_median"] >= cpu["per_rank_max_median"] > 0
-        assert cpu["floor_seconds_here"] > 0
-        phases = m["phases_seconds"]
-        for phase in ("encode", "comm", "decode"):
-            assert phases[phase]["median"] >= 0
-        assert entry["ratios"]["float32_over_tenfold"] > 0
-        model = entry["per_phase_model"]
-        assert model is not None and model["label"].startswith("MODEL")
-        assert model["tenfold_seconds_model"] == pytest.approx(
-            model["encode_seconds_one_rank_alone"]
-            + model["comm_seconds_exchange_alone"]
-            + model["decode_seconds_one_rank_alone"]
-        )
+    for run in smoke["runs"].values():
+        assert run["tenfold"]["available"], run["tenfold"].get("error")
+        assert run["tenfold"]["jit_compile"]["first_call_seconds_max_over_ranks"] > 0
+        policies = run["tenfold"]["policies"]
+        assert policies["delta"]["bits_per_param"] == 1.0  # the trainer's DEFAULT_RATE
+    for p, entry in _entries(smoke):
+        n = entry["num_params"]
+        for method in TENFOLD:
+            m = entry["methods"][method]
+            assert m["identical_across_ranks"], m["sha256_per_rank"]
+            assert len(m["sha256_per_rank"]) == p
+            assert 0 < m["bits_per_param"] < 32
+            if m["transmit"] == "delta":  # TargetRate(1.0), headers included on tiny models
+                assert m["bits_per_param"] < 2.5
+            sent = m["bytes_sent_per_rank"]
+            assert len(sent["per_rank"]) == p and sent["max"] > 0
+            values = m["values_per_rank"]
+            assert len(values["decoded"]) == p
+            if m["collective"] == "all-gather":
+                assert values["decoded_max"] == p * n
+            else:
+                assert 2 * n <= values["decoded_max"] <= 3 * n
+            # Lossy, but an average of the right weights: far below the weights' own spread.
+            err = m["error_vs_exact_mean"]
+            assert 0 < err["max_abs_relative_to_range"] < 0.05
+            assert err["rms_relative_to_weights_rms"] < 0.15
+            cpu = m["cpu_seconds"]
+            assert cpu["sum_over_ranks_median"] >= cpu["per_rank_max_median"] > 0
+            phase_cpu = m["phases_cpu_seconds_per_rank"]
+            assert all(len(phase_cpu[ph]) == p for ph in ("encode", "decode", "other"))
+            assert min(phase_cpu["encode"]) > 0
+            phases = m["phases_seconds"]
+            for phase in ("encode", "comm", "decode"):
+                assert phases[phase]["median"] >= 0
+                assert len(phases["per_rank"][phase]) == p
+            assert entry["ratios"][method]["float32_over_tenfold"] > 0
+            model = entry["per_phase_model"][method]
+            assert model is not None and model["label"].startswith("MODEL")
+            assert model["tenfold_seconds_model"] == pytest.approx(
+                model["encode_seconds_one_rank_alone"]
+                + model["comm_seconds_exchange_alone"]
+                + model["decode_seconds_one_rank_alone"]
+            )
+            assert model["tenfold_seconds_model_overlapped"] <= model["tenfold_seconds_model"]
+    rows = smoke["summary"]
+    assert len(rows) == len(WORLDS) * len(SMOKE_SIZES) * len(LAYOUTS) * len(TENFOLD)
+    scaling = smoke["scaling_vs_P"]
+    assert {tuple(g["P"]) for g in scaling} == {WORLDS}
+    for g in scaling:
+        if "all-gather" in g["method"]:  # all-gather decodes P n per rank: grows with P
+            assert g["values_decoded_per_rank_over_n"] == [float(p) for p in WORLDS]
 
 
 # ---- pure helpers (in-process, fast) -------------------------------------------------------
@@ -150,8 +189,14 @@ def test_model_layout_sums_to_the_size_and_weights_are_per_rank() -> None:
 
 def test_config_validation_names_the_field() -> None:
     sync = _load_sync()
-    with pytest.raises(ValueError, match="world_size"):
-        sync.BenchConfig(world_size=1)
+    with pytest.raises(ValueError, match="world_sizes"):
+        sync.BenchConfig(world_sizes=(1,))
+    with pytest.raises(ValueError, match="collectives"):
+        sync.BenchConfig(collectives=("ring",))
+    with pytest.raises(ValueError, match="transmits"):
+        sync.BenchConfig(transmits=())
+    with pytest.raises(ValueError, match="layouts"):
+        sync.BenchConfig(layouts=("model", "model"))
     with pytest.raises(ValueError, match="networks"):
         sync.BenchConfig(networks=("wifi",))
     with pytest.raises(ValueError, match="reps"):
@@ -161,6 +206,35 @@ def test_config_validation_names_the_field() -> None:
     args = sync.build_parser().parse_args(["--smoke"])
     cfg = sync.config_from_args(args)
     assert cfg.networks == ("loopback",) and max(cfg.sizes) <= 100_000
+    assert cfg.world_sizes == (2, 3) and cfg.reps == 1
+    args = sync.build_parser().parse_args(
+        ["--world-sizes", "2,4,8", "--collectives", "reduce-scatter", "--transmit", "delta"]
+    )
+    cfg = sync.config_from_args(args)
+    assert cfg.world_sizes == (2, 4, 8) and cfg.collectives == ("reduce-scatter",)
+    assert cfg.transmits == ("delta",) and cfg.layouts == ("model", "single")
+    # The headline (P=4) runs first; per network the target's layout, 25M, first.
+    assert [p for _, p in cfg.launches()][:3] == [4, 4, 4]
+    assert sync.plan_order("bus", [1_000_000, 25_000_000], ["model", "single"])[0] == (
+        25_000_000,
+        "single",
+    )
+    assert sync.plan_order("switch", [25_000_000], ["single", "model"])[0] == (25_000_000, "model")
+
+
+def test_shared_model_is_the_drift_free_part_and_single_is_the_same_values() -> None:
+    sync = _load_sync()
+    shared0 = dict(sync.make_weights(20_000, rank=0, seed=0, drift=False))
+    shared1 = dict(sync.make_weights(20_000, rank=1, seed=0, drift=False))
+    local = dict(sync.make_weights(20_000, rank=1, seed=0))
+    for name, w in shared0.items():
+        assert (w == shared1[name]).all()  # identical on every rank
+        assert abs(local[name] - w).mean() < 0.5 * abs(w).mean()  # a small drift
+    flat = sync.make_weights(20_000, rank=1, seed=0, layout="single")
+    assert [n for n, _ in flat] == ["flat"] and flat[0][1].size == 20_000
+    assert (flat[0][1][:100] == local["layer0.weight"].reshape(-1)[:100]).all()
+    assert sync.computed_values("all-gather", "delta", 4, 1000) == (1000, 4000)
+    assert sync.computed_values("reduce-scatter", "weights", 4, 1000) == (1250, 2000)
 
 
 def test_bad_usage_exits_2() -> None:
@@ -177,13 +251,15 @@ def test_bad_usage_exits_2() -> None:
 
 def test_aggregation_takes_max_over_ranks_then_median_over_reps() -> None:
     sync = _load_sync()
-    cfg = sync.BenchConfig(world_size=2, sizes=(1000,), networks=("loopback",), reps=3)
+    cfg = sync.BenchConfig(
+        world_sizes=(2,), sizes=(1000,), networks=("loopback",), reps=3, layouts=("model",)
+    )
     topo = sync.netns.loopback(2)
 
     def rank(r: int, secs: list[float]) -> list[dict[str, Any]]:
         recs: list[dict[str, Any]] = [
             {"kind": "tenfold", "available": False, "error": "test"},
-            {"kind": "model", "size": 1000, "num_params": 1000, "tensors": []},
+            {"kind": "model", "size": 1000, "layout": "model", "num_params": 1000, "tensors": []},
         ]
         for i, s in enumerate(secs):
             for method in ("float32_all_reduce", "float16_all_reduce"):
@@ -191,6 +267,7 @@ def test_aggregation_takes_max_over_ranks_then_median_over_reps() -> None:
                     {
                         "kind": "rep",
                         "size": 1000,
+                        "layout": "model",
                         "method": method,
                         "rep": i,
                         "warmup": False,
@@ -201,10 +278,49 @@ def test_aggregation_takes_max_over_ranks_then_median_over_reps() -> None:
         return [*recs, {"kind": "done"}]
 
     ranks = [rank(0, [1.0, 5.0, 2.0]), rank(1, [3.0, 1.0, 2.5])]
-    out = sync.aggregate_network(ranks, topology=topo, cfg=cfg)
+    out = sync.aggregate_network(ranks, topology=topo, cfg=cfg, network="loopback", world_size=2)
     s = out["results"][0]["methods"]["float32_all_reduce"]["seconds"]
     assert s["values"] == [3.0, 5.0, 2.5]  # max over the two ranks, per rep
     assert (s["median"], s["min"], s["max"]) == (3.0, 2.5, 5.0)
     assert out["results"][0]["ratios"]["float32_over_float16"] == pytest.approx(2.0)
-    assert "tenfold" not in out["results"][0]["methods"]
+    assert not any(m.startswith("tenfold") for m in out["results"][0]["methods"])
     assert out["complete"]
+
+
+def test_target_verdicts_come_from_the_numbers() -> None:
+    sync = _load_sync()
+    cfg = sync.BenchConfig(world_sizes=(4,), sizes=(25_000_000,), networks=("switch", "bus"))
+
+    def row(network: str, layout: str, collective: str, f32: float, f16: float) -> dict:
+        return {
+            "network": network,
+            "world_size": 4,
+            "size": "25M",
+            "transmit": "delta",
+            "layout": layout,
+            "collective": collective,
+            "tenfold_s": 1.0,
+            "float32_s": f32,
+            "float16_s": f16,
+            "float32_over_tenfold": f32,
+            "float16_over_tenfold": f16,
+            "float32_over_tenfold_model": None,
+            "float16_over_tenfold_model": None,
+        }
+
+    report = {
+        "summary": [
+            row("switch", "model", "all-gather", 5.0, 2.5),  # misses both
+            row("switch", "model", "reduce-scatter", 6.5, 3.2),  # meets both
+            row("switch", "single", "reduce-scatter", 7.0, 2.9),  # misses fp16
+            row("bus", "model", "reduce-scatter", 9.0, 9.0),  # not the bus target's layout
+            row("bus", "single", "reduce-scatter", 2.9, 2.0),  # misses fp32 >= 3
+        ]
+    }
+    out = sync._target(report, cfg)
+    assert out["evaluated"]
+    assert [c["met"] for c in out["switch"]["cases"]] == [False, True, False]
+    assert out["switch"]["met"] is True
+    assert [c["layout"] for c in out["bus"]["cases"]] == ["single"]
+    assert out["bus"]["met"] is False
+    assert sync._target(report, sync.BenchConfig(world_sizes=(2,)))["evaluated"] is False

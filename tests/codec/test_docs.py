@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "tenfold.codec",
     "tenfold.codec.api",
+    "tenfold.codec.bfloat16",
     "tenfold.codec.errors",
     "tenfold.codec.huffman",
     "tenfold.codec.midtread",
@@ -35,3 +36,16 @@ def test_format_doc_example_matches_the_codec() -> None:
     assert blob.hex(" ").upper() == (
         "54 46 4C 44 01 01 01 76 02 01 03 02 02 00 00 C0 7F 00 00 00 00 00 00 80 3F 38 6B 6F 90 7E"
     )
+
+
+def test_format_doc_bfloat16_example_matches_the_codec() -> None:
+    """docs/FORMAT.md's bfloat16 worked example, byte for byte, and its decoded values."""
+    from tenfold.codec import BFloat16Bits, Fixed, compress, decompress
+
+    x = BFloat16Bits.from_float([0, 0.05, 0.1])
+    assert x.bits.tolist() == [0x0000, 0x3D4D, 0x3DCD]
+    blob = compress({"v": x}, Fixed(2))
+    assert blob.hex(" ").upper() == (
+        "54 46 4C 44 02 01 01 76 04 01 03 02 02 00 00 C0 7F 00 00 CD 3D 38 57 78 36 DD"
+    )
+    assert decompress(blob)["v"].tolist() == [0.01251220703125, 0.0625, 0.08740234375]

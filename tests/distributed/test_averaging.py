@@ -148,7 +148,8 @@ def test_distributed_equals_simulated_and_decoded_mean(policies_run: Path, i: in
 
 
 @pytest.mark.parametrize("i", range(len(POLICIES)), ids=[p.get_config()["id"] for p in POLICIES])
-def test_bytes_sent_is_the_packet_size(policies_run: Path, i: int) -> None:
+def test_bytes_sent_counts_the_ring_forwarding(policies_run: Path, i: int) -> None:
+    """bytes_sent: every byte on the wire (own packet + forwarded ones); bits/param: own."""
     policy = POLICIES[i]
     sizes = [
         len(
@@ -162,7 +163,10 @@ def test_bytes_sent_is_the_packet_size(policies_run: Path, i: int) -> None:
     ]
     for rank in range(3):
         stats = json.loads((policies_run / f"p{i}-r{rank}.json").read_text())[0]
-        assert stats["bytes_sent"] == sizes[rank]
+        # the gloo ring: its own packet, and every packet it forwards but the last one
+        # (its downstream neighbour's own)
+        assert stats["bytes_sent"] == sum(sizes) - sizes[(rank - 1) % 3]
+        assert stats["collective"] == "all-gather"
         assert stats["packet_bytes"] == sizes
         assert stats["bytes_received"] == sum(sizes) - sizes[rank]
         assert stats["num_values"] == 48 * 30 + 48 + 10 * 48 + 10

@@ -49,6 +49,50 @@ def test_t_quantile_matches_tables(p: float, df: int, expected: float) -> None:
     assert t_quantile(p, df) == pytest.approx(expected, abs=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    # the standard Student-t table values, to six digits
+    [(0.975, 2, 4.302653), (0.975, 1, 12.706205), (0.975, 9, 2.262157), (0.995, 4, 4.604095)],
+)
+def test_t_quantile_six_digits(p: float, df: int, expected: float) -> None:
+    assert t_quantile(p, df) == pytest.approx(expected, abs=2e-6)
+
+
+def test_t_quantile_rejects_bad_arguments() -> None:
+    for p, df in ((0.0, 3), (1.0, 3), (0.5, 0)):
+        with pytest.raises(ValueError):
+            t_quantile(p, df)
+
+
+def test_paired_t_test_on_students_sleep_data() -> None:
+    # Cushny & Peebles' sleep data as analysed by "Student" (1908); R's
+    # t.test(extra ~ group, data = sleep, paired = TRUE): t = 4.0621, df = 9,
+    # p-value = 0.002833, 95% CI of the mean difference [0.7001142, 2.4598858]
+    drug1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+    drug2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+    c = compare_paired(dict(enumerate(drug2)), dict(enumerate(drug1)))
+    assert c.diff.mean == pytest.approx(1.58)
+    assert (c.diff.ci_low, c.diff.ci_high) == pytest.approx((0.7001142, 2.4598858), abs=1e-6)
+    assert c.p_value == pytest.approx(0.002833, abs=1e-6) and c.verdict == "better"
+    flipped = compare_paired(dict(enumerate(drug1)), dict(enumerate(drug2)))
+    assert flipped.verdict == "worse" and flipped.p_value == pytest.approx(c.p_value)
+
+
+def test_paired_p_value_limits() -> None:
+    same = compare_paired({0: 0.8, 1: 0.9}, {0: 0.8, 1: 0.9})
+    assert same.p_value == 1.0 and same.verdict == "within noise"
+    shifted = compare_paired({0: 0.85, 1: 0.95}, {0: 0.8, 1: 0.9})
+    assert shifted.p_value == 0.0
+    assert math.isnan(compare_paired({0: 0.9}, {0: 0.8}).p_value)
+
+
+def test_pearson_matches_a_published_example() -> None:
+    # hand-checkable: x = 1..5, y = [2, 4, 5, 4, 5] -> Sxy = 6, Sxx = 10, Syy = 6,
+    # r = 6 / sqrt(60) = 0.7745967
+    assert pearson([1, 2, 3, 4, 5], [2, 4, 5, 4, 5]) == pytest.approx(0.7745967, abs=1e-7)
+    assert math.isnan(pearson([1.0], [2.0]))
+
+
 def test_summarize_known_answer() -> None:
     s = summarize([2.0, 4.0, 9.0, None, float("nan")])
     assert s.n == 3 and s.mean == 5.0 and s.median == 4.0 and s.min == 2.0 and s.max == 9.0

@@ -26,8 +26,8 @@ def test_tiny_end_to_end_run_matches_the_simulated_one(
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert (
-        "tenfold train: 2 workers, policy fixed(bits=6), sending deltas + error feedback, 2 epochs"
-        in printed
+        "tenfold train: paper-mlp, 2 workers, policy fixed(bits=6), sending deltas + error "
+        "feedback, 2 epochs" in printed
     )
     assert "done, 5 synchronisations" in printed and "final test accuracy" in printed
     records = read_metrics(out)
@@ -128,7 +128,8 @@ def test_too_many_workers_for_the_data_exits_2(
 ) -> None:
     argv = ["train", "--data", str(tiny_data), "--workers", "400"]
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
-    assert "300 training images cannot feed 400 workers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "300 training images from" in err and "too few to feed 400 workers" in err
 
 
 def test_a_failing_run_exits_1(

@@ -17,7 +17,7 @@ def test_defaults_are_the_papers_where_it_gives_them() -> None:
     # beyond the paper: rate-controlled pseudo-gradients with error feedback
     assert cfg.transmit == "delta" and cfg.error_feedback
     assert cfg.make_policy() == tenfold.TargetRate(bits_per_param=DEFAULT_RATE)
-    assert cfg.averager_options() == {"transmit": "delta", "error_feedback": True}
+    assert cfg.averager_options() == {"transmit": "delta", "error_feedback": True, "threads": 1}
 
 
 def test_configs_saved_before_delta_mode_load_as_the_weights_runs_they_were() -> None:

@@ -79,7 +79,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         default=None,
         help="sweep directory: runs/, figures/, REPORT.md, sweep.json (default: results for "
-        "--profile full, runs/reproduce-<profile> otherwise)",
+        "--profile full and beyond, results/long for long, runs/reproduce-<profile> otherwise)",
     )
     p.add_argument(
         "--jobs",

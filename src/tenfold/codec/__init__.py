@@ -4,8 +4,10 @@ The codec contract (written down once; everything else in the package follows it
 
 * ``compress(tensors, policy, *, grad_rms=None) -> bytes`` takes a mapping of unique ``str``
   names to float16/float32/float64 arrays (numpy, or CPU torch tensors by duck typing: torch
-  is never imported here), any shape including 0-d and empty, and returns ONE packet. NaN or
-  Inf values raise ``ValueError`` naming the tensor; other dtypes raise ``TypeError``.
+  is never imported here) or bfloat16 tensors (``torch.bfloat16``, or :class:`BFloat16Bits`
+  holding the uint16 bit patterns: numpy has no bfloat16), any shape including 0-d and
+  empty, and returns ONE packet. NaN or Inf values raise ``ValueError`` naming the tensor;
+  other dtypes raise ``TypeError``.
 * Per tensor (paper Alg. 1, with the errata of docs/DESIGN.md): ``w_min``, ``w_max``; the policy picks
   N bits (:class:`EntropyAdaptive`: ``N = ceil(H + c)``, H the entropy in bits of an M-bit
   quantization of a seeded sample of a fraction F); values are binned with
@@ -14,7 +16,9 @@ The codec contract (written down once; everything else in the package follows it
   carries code *lengths*, not probabilities. When plain N-bit packing or the raw values are
   smaller, that mode is used instead (recorded per tensor); constant tensors send one value.
 * ``decompress(blob, *, max_output_bytes) -> dict[str, np.ndarray]`` returns the same
-  names, shapes, dtypes and order. Decoded values are ``w_min + (i + 0.5) Δ`` (clamped to
+  names, shapes, dtypes and order; a bfloat16 tensor comes back as float32 holding its
+  exact bfloat16 values (decoded values are rounded to bfloat16 as torch rounds float32:
+  ``tenfold.codec.bfloat16``). Decoded values are ``w_min + (i + 0.5) Δ`` (clamped to
   the range), so ``|w - w_hat| <= (w_max - w_min) / 2**(N + 1)`` plus the output dtype's
   rounding; constant, raw and empty tensors decode exactly.
 * Any bytes given to ``decompress``, ``inspect`` or ``accumulate`` either decode correctly
@@ -22,10 +26,15 @@ The codec contract (written down once; everything else in the package follows it
   and every header field are checked, and declared sizes are validated against the blob
   length and ``max_output_bytes`` before anything is allocated or any kernel runs.
 * ``accumulate(blob, out)`` adds a packet into float32/float64 accumulators in place with a
-  fused decode-and-add, bit-equal to ``out[k] += decompress(blob)[k]``; a packet describing
+  fused decode-and-add, bit-equal to ``out[k] += decompress(blob)[k]`` (float32
+  accumulators for bfloat16 tensors); a packet describing
   other tensors raises :class:`PacketMismatchError` naming the first offending one.
 * ``inspect(blob) -> PacketInfo``: sizes, N, range, entropy and mode per tensor. Bits per
   parameter is always ``8 * len(packet) / values``: headers, tables, padding, CRC included.
+* ``compress``, ``decompress`` and ``accumulate`` take ``threads=`` (None, the default:
+  every core the process may run on; 1: the calling thread only). Tensors are coded and
+  decoded in parallel and assembled in packet order: the bytes and the decoded values do
+  not depend on the thread count (``tenfold.codec.parallel``).
 * Same inputs and policy (seed included) give identical bytes. Policies are frozen
   dataclasses with JSON-safe ``get_config()`` / ``Policy.from_config()``.
 
@@ -46,6 +55,7 @@ Example:
 from __future__ import annotations
 
 from tenfold.codec.api import accumulate, compress, decompress, inspect
+from tenfold.codec.bfloat16 import BFloat16Bits
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 from tenfold.codec.packet import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, PacketInfo, TensorInfo
 from tenfold.codec.policy import (
@@ -60,6 +70,7 @@ from tenfold.codec.policy import (
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
+    "BFloat16Bits",
     "FORMAT_VERSION",
     "CorruptPacketError",
     "EntropyAdaptive",

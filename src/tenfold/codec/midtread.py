@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numba import njit
 
+from tenfold.codec.parallel import chunk_bounds, run_in_order
 from tenfold.codec.quantize import sample_run, sample_runs
 
 __all__ = [
@@ -122,7 +124,9 @@ def _symbols_kernel(
     return clamped
 
 
-def midtread_symbols(x: np.ndarray, q: StepQuantizer) -> tuple[np.ndarray, np.ndarray, int]:
+def midtread_symbols(
+    x: np.ndarray, q: StepQuantizer, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Symbols ``level - qmin`` of ``x``, their per-stream histogram, and the clamp count.
 
     Args:
@@ -133,6 +137,9 @@ def midtread_symbols(x: np.ndarray, q: StepQuantizer) -> tuple[np.ndarray, np.nd
         ``(symbols, hist, clamped)``: uint16 ``(n,)``; int64 ``(4, 2**bits)`` where row
         ``r`` counts the values at positions ``j % 4 == r``; how many values were clamped.
 
+    ``threads`` > 1 splits a large ``x`` into chunks (starting at multiples of 4, so every
+    value lands in its row) coded in parallel: the same symbols, histogram and count.
+
     Example:
         >>> q = StepQuantizer.for_range(-1.0, 1.0, 0.5)
         >>> sym, hist, clamped = midtread_symbols(np.array([-1.0, 0.1, 0.3, 1.0]), q)
@@ -140,9 +147,18 @@ def midtread_symbols(x: np.ndarray, q: StepQuantizer) -> tuple[np.ndarray, np.nd
         ([0, 2, 3, 4], 0)
     """
     sym = np.empty(x.size, dtype=np.uint16)
-    hist = np.zeros((4, 1 << q.bits), dtype=np.int64)
-    clamped = _symbols_kernel(x, q.inv, q.qmin, q.qmax, sym, hist)
-    return sym, hist, int(clamped)
+    bounds = chunk_bounds(x.size, threads)
+    hists = [np.zeros((4, 1 << q.bits), dtype=np.int64) for _ in bounds]
+
+    def one(c: int) -> int:
+        lo, hi = bounds[c]
+        return int(_symbols_kernel(x[lo:hi], q.inv, q.qmin, q.qmax, sym[lo:hi], hists[c]))
+
+    clamped = sum(run_in_order([partial(one, c) for c in range(len(bounds))], threads))
+    hist = hists[0]
+    for h in hists[1:]:  # integer counts: exact whatever the chunking
+        hist += h
+    return sym, hist, clamped
 
 
 def midtread_lut(qmin: int, step: float, bits: int, dtype: np.dtype) -> np.ndarray:

@@ -10,10 +10,10 @@ table and four stream sizes; for ANS the precision, frequency table and four lan
 followed by its payload. All integers are little-endian; varints are unsigned LEB128
 (minimal form).
 
-Version 2 adds the ANS coder and the mid-tread (step) quantizer; everything else is as in
-version 1. The encoder writes version 1 whenever no record needs a version-2 feature, so
-the paper's policies produce exactly the packets they always did, and this parser reads
-both.
+Version 2 adds the ANS coder, the mid-tread (step) quantizer and the bfloat16 dtype
+(:class:`WireDtype`); everything else is as in version 1. The encoder writes version 1
+whenever no record needs a version-2 feature, so the paper's policies produce exactly the
+packets they always did, and this parser reads both.
 
 :func:`parse` is *total*: for any byte string it returns a fully validated
 :class:`ParsedPacket` or raises :class:`CorruptPacketError` saying what is wrong. Every size
@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tenfold.codec import ans
+from tenfold.codec.bfloat16 import (
+    bfloat16_bits,
+    float32_from_bits,
+    is_bfloat16_exact,
+    round_to_bfloat16,
+)
 from tenfold.codec.errors import CorruptPacketError
 from tenfold.codec.huffman import NUM_STREAMS, unpack_lengths
 from tenfold.codec.midtread import LEVEL_LIMIT, midtread_lut
@@ -41,6 +47,7 @@ from tenfold.codec.quantize import Quantizer, dequantization_lut
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "FORMAT_VERSION",
+    "BFLOAT16",
     "MAGIC",
     "MODE_ANS",
     "MODE_BITPACK",
@@ -55,11 +62,14 @@ __all__ = [
     "ParsedPacket",
     "Record",
     "TensorInfo",
+    "WIRE_DTYPES",
+    "WireDtype",
     "encode_record_header",
     "finish_packet",
     "packet_header",
     "parse",
     "varint",
+    "wire_dtype",
 ]
 
 MAGIC = b"TFLD"
@@ -86,11 +96,104 @@ MODE_NAMES = {
 QUANT_RANGE = 0  # the paper's min/max bins (tenfold.codec.quantize)
 QUANT_STEP = 1  # the mid-tread quantizer (tenfold.codec.midtread)
 
-#: dtype code on the wire -> numpy dtype (little-endian)
-DTYPE_BY_CODE: dict[int, np.dtype] = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("<f8")}
-CODE_BY_DTYPE: dict[np.dtype, int] = {
-    dt.newbyteorder("="): code for code, dt in DTYPE_BY_CODE.items()
+
+@dataclass(frozen=True)
+class WireDtype:
+    """A tensor dtype as the wire knows it (docs/FORMAT.md, section 3).
+
+    numpy has no bfloat16, so each wire dtype names the numpy dtype its values are held in
+    on both sides of the codec: the dtype itself for float16/32/64, float32 for bfloat16
+    (exact: a bfloat16 is a float32 whose 16 low bits are zero; ``tenfold.codec.bfloat16``).
+
+    Attributes:
+        code: the record's dtype byte (1 ... 4).
+        name: ``"float16"``, ``"float32"``, ``"float64"`` or ``"bfloat16"``.
+        width: bits per value on the wire (raw values, ``w_min``, ``w_max``): 16, 32, 64, 16.
+        dtype: the little-endian numpy dtype the values are held in (decoded into).
+        min_version: the first packet version with this dtype.
+    """
+
+    code: int
+    name: str
+    width: int
+    dtype: np.dtype
+    min_version: int = 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes per value on the wire."""
+        return self.width // 8
+
+    @property
+    def is_bfloat16(self) -> bool:
+        """Whether values travel as bfloat16 bit patterns (held as float32)."""
+        return self.width != 8 * self.dtype.itemsize
+
+    def to_wire(self, values: np.ndarray) -> np.ndarray:
+        """The values (in :attr:`dtype`) as little-endian wire bytes, uint8 ``(n * nbytes,)``.
+
+        Raises:
+            ValueError: a bfloat16 value that is not a bfloat16 (a float32 with low bits
+                set): carrying the bits must never round silently.
+        """
+        if self.is_bfloat16:
+            exact = np.ascontiguousarray(values, dtype=np.float32)  # native: bit arithmetic
+            if not is_bfloat16_exact(exact):
+                raise ValueError("bfloat16 values must be exact bfloat16 (low 16 bits zero)")
+            return bfloat16_bits(exact).reshape(-1).astype("<u2", copy=False).view(np.uint8)
+        flat = np.ascontiguousarray(values, dtype=self.dtype).reshape(-1)
+        return flat.view(np.uint8)  # self.dtype is little-endian already
+
+    def from_wire(
+        self, buffer: bytes | memoryview | np.ndarray, count: int, offset: int = 0
+    ) -> np.ndarray:
+        """``count`` values stored at byte ``offset`` of ``buffer``, in :attr:`dtype`
+        (a read-only view, or for bfloat16 a new float32 array: exact)."""
+        if self.is_bfloat16:
+            bits = np.frombuffer(buffer, dtype="<u2", count=count, offset=offset)
+            return float32_from_bits(bits)
+        return np.frombuffer(buffer, dtype=self.dtype, count=count, offset=offset)
+
+    def cast(self, values: np.ndarray) -> np.ndarray:
+        """binary64 values rounded to this dtype, held in :attr:`dtype` (the normative
+        "cast once" of docs/FORMAT.md section 4; overflow gives inf, silently).
+
+        bfloat16 rounds to float32 first, then to bfloat16 (both to nearest even), exactly
+        as ``torch.tensor(values, dtype=torch.float64).to(torch.bfloat16)`` does.
+        """
+        with np.errstate(over="ignore"):
+            out = values.astype(self.dtype)
+        return round_to_bfloat16(out).astype(self.dtype, copy=False) if self.is_bfloat16 else out
+
+
+#: the bfloat16 wire dtype (code 4, version 2): values held as float32, 2 bytes on the wire
+BFLOAT16 = WireDtype(4, "bfloat16", 16, np.dtype("<f4"), min_version=2)
+#: dtype code on the wire -> its WireDtype
+WIRE_DTYPES: dict[int, WireDtype] = {
+    w.code: w
+    for w in (
+        WireDtype(1, "float16", 16, np.dtype("<f2")),
+        WireDtype(2, "float32", 32, np.dtype("<f4")),
+        WireDtype(3, "float64", 64, np.dtype("<f8")),
+        BFLOAT16,
+    )
 }
+_WIRE_BY_NUMPY: dict[np.dtype, WireDtype] = {
+    w.dtype.newbyteorder("="): w for w in WIRE_DTYPES.values() if not w.is_bfloat16
+}
+
+
+def wire_dtype(dtype: np.dtype | WireDtype) -> WireDtype:
+    """The wire dtype of a numpy float16/32/64 dtype (a WireDtype is returned as is).
+
+    Example:
+        >>> wire_dtype(np.dtype(np.float32)).code, BFLOAT16.code
+        (2, 4)
+    """
+    if isinstance(dtype, WireDtype):
+        return dtype
+    return _WIRE_BY_NUMPY[np.dtype(dtype).newbyteorder("=")]
+
 
 MAX_NAME_BYTES = 65535
 MAX_NDIM = 64
@@ -110,7 +213,8 @@ class TensorInfo:
     Attributes:
         name: the tensor's name.
         shape: its shape (``()`` for 0-d).
-        dtype: ``"float16"``, ``"float32"`` or ``"float64"``.
+        dtype: ``"float16"``, ``"float32"``, ``"float64"`` or ``"bfloat16"`` (decoded as
+            float32 holding the exact bfloat16 values: numpy has no bfloat16).
         mode: ``"constant"``, ``"huffman"``, ``"ans"``, ``"bitpack"`` or ``"raw"``.
         bits: N, bits per quantized value (huffman/ans/bitpack); the dtype's width for raw
             (Lossless, empty tensors, or when raw was smaller); 0 for constant. For the
@@ -219,10 +323,11 @@ class Record:
 
     Attributes:
         info: the public description.
-        dtype: little-endian numpy dtype of the values.
+        dtype: little-endian numpy dtype the values decode into (float32 for bfloat16).
         mode: ``MODE_*`` code.
         lengths: Huffman code lengths (uint8, ``2**bits``) for huffman records, else None.
         payload_start, payload_end: the payload's byte range in the packet.
+        wire: the dtype on the wire (its width, the rounding of decoded values).
         stream_starts, stream_ends: int64 (4,) byte ranges of the Huffman streams or the
             ANS lanes.
         quant: ``QUANT_RANGE`` or ``QUANT_STEP``.
@@ -237,6 +342,7 @@ class Record:
     lengths: np.ndarray | None
     payload_start: int
     payload_end: int
+    wire: WireDtype
     stream_starts: np.ndarray | None = None
     stream_ends: np.ndarray | None = None
     quant: int = QUANT_RANGE
@@ -249,12 +355,14 @@ class Record:
         """The tensor's min/max quantizer (range huffman/ans/bitpack records only)."""
         return Quantizer.for_range(self.info.w_min, self.info.w_max, self.info.bits)
 
-    def lut(self, dtype: np.dtype) -> np.ndarray:
-        """The decoded value of every symbol (``2**bits``), in ``dtype`` (normative rules)."""
+    def lut(self) -> np.ndarray:
+        """The decoded value of every symbol (``2**bits``), in :attr:`dtype`: computed in
+        binary64 by the normative rules, then rounded once to the wire dtype."""
+        f64 = np.dtype(np.float64)
         if self.quant == QUANT_STEP:
             assert self.info.step is not None
-            return midtread_lut(self.qmin, self.info.step, self.info.bits, dtype)
-        return dequantization_lut(self.quantizer, dtype)
+            return self.wire.cast(midtread_lut(self.qmin, self.info.step, self.info.bits, f64))
+        return self.wire.cast(dequantization_lut(self.quantizer, f64))
 
 
 @dataclass(frozen=True)
@@ -311,18 +419,19 @@ def unzigzag(value: int) -> int:
 
 
 def record_needs_v2(mode: int, quant: int) -> bool:
-    """Whether a record with this coder and quantizer exists only in version 2."""
+    """Whether a record with this coder and quantizer exists only in version 2 (a dtype's
+    own first version is :attr:`WireDtype.min_version`)."""
     return mode == MODE_ANS or quant != QUANT_RANGE
 
 
-def _float_bytes(value: float, dtype: np.dtype) -> bytes:
-    return np.asarray(value, dtype=dtype.newbyteorder("<")).tobytes()
+def _float_bytes(value: float, dtype: WireDtype) -> bytes:
+    return dtype.to_wire(np.asarray([value], dtype=np.float64)).tobytes()
 
 
 def encode_record_header(
     *,
     name: str,
-    dtype: np.dtype,
+    dtype: np.dtype | WireDtype,
     shape: Sequence[int],
     mode: int,
     bits: int,
@@ -341,18 +450,20 @@ def encode_record_header(
 
     ``table``/``stream_nbytes`` are the code-length table and stream sizes (huffman) or the
     frequency table and lane sizes (ans, with ``scale_bits``); ``step``/``qmin``/``clamped``
-    describe a mid-tread record (``quant=QUANT_STEP``).
+    describe a mid-tread record (``quant=QUANT_STEP``). ``dtype`` is a numpy float16/32/64
+    dtype or a :class:`WireDtype` (:data:`BFLOAT16`: ``w_min``/``w_max`` must be bfloat16).
     """
+    wire = wire_dtype(dtype)
     name_bytes = name.encode("utf-8")
     if len(name_bytes) > MAX_NAME_BYTES:
         raise ValueError(f"tensor name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     if len(shape) > MAX_NDIM:
         raise ValueError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
-    parts = [varint(len(name_bytes)), name_bytes, bytes([CODE_BY_DTYPE[dtype], len(shape)])]
+    parts = [varint(len(name_bytes)), name_bytes, bytes([wire.code, len(shape)])]
     parts += [varint(int(d)) for d in shape]
     parts.append(bytes([mode | (quant << 4), bits]))
     parts.append(_ENTROPY_NONE if entropy is None else struct.pack("<f", entropy))
-    parts.append(_float_bytes(w_min, dtype) + _float_bytes(w_max, dtype))
+    parts.append(_float_bytes(w_min, wire) + _float_bytes(w_max, wire))
     if quant == QUANT_STEP:
         assert step is not None
         parts += [struct.pack("<d", step), varint(zigzag(qmin)), varint(clamped)]
@@ -480,20 +591,26 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         raise r.fail(f"name is not valid UTF-8 ({exc.reason})") from None
     r.where = f"tensor {index} {name!r}"
     dtype_code = r.u8("dtype")
-    dtype = DTYPE_BY_CODE.get(dtype_code)
-    if dtype is None:
+    wire = WIRE_DTYPES.get(dtype_code)
+    if wire is None:
         raise r.fail(f"unknown dtype code {dtype_code}")
+    if version < wire.min_version:
+        raise r.fail(
+            f"dtype {wire.name} needs format version {wire.min_version} (packet says {version})"
+        )
+    dtype = wire.dtype  # what the values decode into (float32 for bfloat16)
     ndim = r.u8("ndim")
     if ndim > MAX_NDIM:
         raise r.fail(f"{ndim} dimensions (at most {MAX_NDIM})")
     shape = tuple(r.varint("shape") for _ in range(ndim))
     n = math.prod(shape)
     # numpy refuses shapes whose nonzero dimensions multiply past its limits even when a
-    # zero dimension makes the array empty: bound that "extent" like a real size
+    # zero dimension makes the array empty: bound that "extent" like a real size (of the
+    # decoded array: float32, 4 bytes per value, for bfloat16)
     extent = math.prod(max(d, 1) for d in shape) * dtype.itemsize
     if extent > max_output_bytes:
         raise r.fail(f"shape {shape} exceeds max_output_bytes={max_output_bytes}")
-    width = 8 * dtype.itemsize
+    width = wire.width
     mode_byte = r.u8("mode")
     mode, quant = mode_byte & 0x0F, mode_byte >> 4
     if mode not in MODE_NAMES or quant not in (QUANT_RANGE, QUANT_STEP):
@@ -508,8 +625,8 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         entropy = float(struct.unpack("<f", entropy_raw)[0])
         if not 0.0 <= entropy <= 24.0:  # also rejects NaN payloads other than "none"
             raise r.fail(f"entropy {entropy} outside [0, 24]")
-    w_min = float(np.frombuffer(r.take(dtype.itemsize, "w_min"), dtype=dtype)[0])
-    w_max = float(np.frombuffer(r.take(dtype.itemsize, "w_max"), dtype=dtype)[0])
+    w_min = float(wire.from_wire(r.take(wire.nbytes, "w_min"), 1)[0])
+    w_max = float(wire.from_wire(r.take(wire.nbytes, "w_max"), 1)[0])
     if not (math.isfinite(w_min) and math.isfinite(w_max)):
         raise r.fail(f"non-finite range [{w_min}, {w_max}]")
     if n == 0 and (
@@ -520,7 +637,7 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
     step: float | None = None
     qmin = clamped = 0
     if quant == QUANT_STEP:
-        step, qmin, clamped = _parse_step_fields(r, mode, bits, dtype, n, w_min, w_max)
+        step, qmin, clamped = _parse_step_fields(r, mode, bits, wire, n, w_min, w_max)
     elif mode in (MODE_HUFFMAN, MODE_ANS, MODE_BITPACK) and not w_min < w_max:
         raise r.fail(f"{MODE_NAMES[mode]} needs w_min < w_max")
 
@@ -533,8 +650,8 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         payload = 0
     elif mode == MODE_RAW:
         if quant != QUANT_RANGE or bits != width or w_min > w_max:
-            raise r.fail(f"raw {dtype.name} tensor needs bits = {width} and w_min <= w_max")
-        payload = n * dtype.itemsize
+            raise r.fail(f"raw {wire.name} tensor needs bits = {width} and w_min <= w_max")
+        payload = n * wire.nbytes
     elif mode == MODE_BITPACK:
         if not 1 <= bits <= min(24 if quant == QUANT_RANGE else 16, width - 1):
             raise r.fail(f"bitpack needs 1 <= bits < {min(25, width)} (bits={bits})")
@@ -585,7 +702,7 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
     info = TensorInfo(
         name=name,
         shape=shape,
-        dtype=dtype.name,
+        dtype=wire.name,
         mode=MODE_NAMES[mode],
         bits=bits,
         w_min=w_min,
@@ -603,6 +720,7 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         lengths=lengths,
         payload_start=payload_start,
         payload_end=r.pos,
+        wire=wire,
         stream_starts=stream_starts,
         stream_ends=stream_ends,
         quant=quant,
@@ -624,7 +742,7 @@ def _ranges(pos: int, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _parse_step_fields(
-    r: _Reader, mode: int, bits: int, dtype: np.dtype, n: int, w_min: float, w_max: float
+    r: _Reader, mode: int, bits: int, dtype: WireDtype, n: int, w_min: float, w_max: float
 ) -> tuple[float, int, int]:
     """``step``, ``qmin`` and the clamp count of a mid-tread record, validated."""
     (step,) = struct.unpack("<d", bytes(r.take(8, "step")))
@@ -644,8 +762,7 @@ def _parse_step_fields(
         raise r.fail(f"clamp count {clamped} exceeds the {n} values")
     # decoded values are monotone in the level: the two extremes bound them all
     levels = np.array([qmin, qmin + (1 << bits) - 1], dtype=np.float64)
-    with np.errstate(over="ignore"):
-        ends = (levels * step).astype(dtype)
+    ends = dtype.cast(levels * step)  # bfloat16 overflows where float32 may not
     if not np.isfinite(ends).all():
         raise r.fail(f"levels {qmin}.. at step {step} overflow {dtype.name}")
     return step, qmin, clamped

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numba import njit
+
+from tenfold.codec.parallel import chunk_bounds, run_in_order
 
 __all__ = [
     "Quantizer",
@@ -103,7 +106,7 @@ class Quantizer:
         return self.dp / self.p
 
 
-def finite_min_max(x: np.ndarray) -> tuple[float, float, bool]:
+def finite_min_max(x: np.ndarray, threads: int = 1) -> tuple[float, float, bool]:
     """``(w_min, w_max, all_finite)`` of a non-empty float array, as Python floats.
 
     numpy's ``min``/``max`` are SIMD reductions that propagate NaN, and an Inf is always the
@@ -117,9 +120,18 @@ def finite_min_max(x: np.ndarray) -> tuple[float, float, bool]:
         >>> finite_min_max(np.array([1.0, np.nan]))[2]
         False
     """
-    lo = float(x.min())
-    hi = float(x.max())
+    if threads > 1 and x.ndim == 1:
+        bounds = chunk_bounds(x.size, threads)
+        if len(bounds) > 1:  # min/max of chunk extremes: exact; np.min propagates a NaN
+            ext = run_in_order([partial(_min_max, x[lo:hi]) for lo, hi in bounds], threads)
+            lo, hi = float(np.min([e[0] for e in ext])), float(np.max([e[1] for e in ext]))
+            return lo, hi, math.isfinite(lo) and math.isfinite(hi)
+    lo, hi = _min_max(x)
     return lo, hi, math.isfinite(lo) and math.isfinite(hi)
+
+
+def _min_max(x: np.ndarray) -> tuple[float, float]:
+    return float(x.min()), float(x.max())
 
 
 def kernel_view(x: np.ndarray) -> np.ndarray:
@@ -163,7 +175,9 @@ def _index_dtype(bits: int) -> type[np.unsignedinteger]:
     return np.uint16 if bits <= 16 else np.uint32
 
 
-def quantize_histogram(x: np.ndarray, q: Quantizer) -> tuple[np.ndarray, np.ndarray]:
+def quantize_histogram(
+    x: np.ndarray, q: Quantizer, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Bin indices of ``x`` and their per-stream histogram (``q.bits <= 16``).
 
     Two passes - a vectorised quantization, then a histogram of the uint16 indices - run
@@ -177,20 +191,40 @@ def quantize_histogram(x: np.ndarray, q: Quantizer) -> tuple[np.ndarray, np.ndar
         ``(idx, hist)``: ``idx`` uint16 of shape ``(n,)``; ``hist`` int64 of shape
         ``(4, 2**bits)`` where row ``s`` counts the values at positions ``j % 4 == s`` (the
         Huffman stream they are coded into).
+
+    ``threads`` > 1 splits a large ``x`` (:data:`~tenfold.codec.parallel.MIN_CHUNK` values
+    per chunk at least) into chunks coded in parallel: the same ``idx`` and ``hist``.
     """
     if q.bits > 16:
         raise ValueError("quantize_histogram supports bits <= 16 (use quantize)")
     idx = np.empty(x.size, dtype=np.uint16)
-    hist = np.zeros((4, q.top + 1), dtype=np.int64)
-    _quantize_kernel(x, q.ap, q.p, q.inv, q.top, idx)
-    _histogram_kernel(idx, hist)
+    bounds = chunk_bounds(x.size, threads)
+    hists = [np.zeros((4, q.top + 1), dtype=np.int64) for _ in bounds]
+
+    def one(c: int) -> None:
+        lo, hi = bounds[c]
+        _quantize_kernel(x[lo:hi], q.ap, q.p, q.inv, q.top, idx[lo:hi])
+        _histogram_kernel(idx[lo:hi], hists[c])  # chunks start at multiples of 4
+
+    run_in_order([partial(one, c) for c in range(len(bounds))], threads)
+    hist = hists[0]
+    for h in hists[1:]:  # integer counts: the sum is exact, whatever the chunking
+        hist += h
     return idx, hist
 
 
-def quantize(x: np.ndarray, q: Quantizer) -> np.ndarray:
-    """Bin indices of ``x`` (1-D float32/float64), uint16 for ``bits <= 16`` else uint32."""
+def quantize(x: np.ndarray, q: Quantizer, threads: int = 1) -> np.ndarray:
+    """Bin indices of ``x`` (1-D float32/float64), uint16 for ``bits <= 16`` else uint32.
+
+    ``threads`` > 1 splits a large ``x`` into chunks quantized in parallel (same result).
+    """
     idx = np.empty(x.size, dtype=_index_dtype(q.bits))
-    _quantize_kernel(x, q.ap, q.p, q.inv, q.top, idx)
+    bounds = chunk_bounds(x.size, threads)
+
+    def one(lo: int, hi: int) -> None:
+        _quantize_kernel(x[lo:hi], q.ap, q.p, q.inv, q.top, idx[lo:hi])
+
+    run_in_order([partial(one, lo, hi) for lo, hi in bounds], threads)
     return idx
 
 

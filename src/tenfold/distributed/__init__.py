@@ -1,9 +1,22 @@
 """torch.distributed at the edge: exchange compressed packets, average models.
 
 * :class:`CompressedAverager` - average parameters across ranks through tenfold packets;
-  every rank ends with bit-identical weights, whatever the policy.
+  every rank ends with bit-identical weights, whatever the policy; ``collective=``
+  ``"all-gather"`` (default) or ``"reduce-scatter"`` (:mod:`tenfold.distributed.collectives`),
+  and an optional guard against an outsized rank (:class:`ContributionRatioError`).
+* :class:`AllReduceAverager` - the uncompressed baseline: the exact fp32 mean, one
+  ``all_reduce``; a drop-in for :class:`CompressedAverager`.
+* :class:`Averager` - the protocol both follow (``initialize``, ``average``,
+  ``set_reference``, ``state_dict``, ``load_state_dict``).
+* :class:`LocalSGD` - Local SGD and DiLoCo around any inner optimizer: ``sync.step()``
+  after every inner step synchronises every ``sync_every`` steps (parameters through an
+  :class:`Averager`, buffers exactly), bit-identical on every rank; integer buffers that
+  differ across ranks raise :class:`BufferMismatchError`.
 * :class:`SimulatedAverager` - the same arithmetic for K workers held in one process
   (bit for bit what K real ranks produce); for sweeps of many trainings.
+* :mod:`tenfold.distributed.hooks` - :class:`~tenfold.distributed.hooks.CompressionState`
+  and :func:`~tenfold.distributed.hooks.compressed_allreduce_hook`, a DDP communication hook
+  (``ddp_model.register_comm_hook(state, compressed_allreduce_hook)``) with error feedback.
 * :func:`all_gather_bytes` - variable-length byte payloads between ranks as uint8 tensors.
 
 Example (each rank, after ``torch.distributed.init_process_group("gloo", ...)``)::
@@ -12,12 +25,20 @@ Example (each rank, after ``torch.distributed.init_process_group("gloo", ...)``)
     avg = CompressedAverager(policy=tenfold.EntropyAdaptive())
     stats = avg.average(model.named_parameters())   # in place
     print(stats.bits_per_param, stats.bytes_sent)
+
+    sync = LocalSGD(model, sync_every=50,             # DiLoCo; without outer_optimizer:
+                    outer_optimizer=torch.optim.SGD(  # Local SGD (the average)
+                        model.parameters(), lr=0.7, momentum=0.9, nesterov=True))
+    ...; inner.step(); sync.step()                    # after every inner step
 """
 
 from __future__ import annotations
 
 from tenfold.distributed.averaging import (
+    AllReduceAverager,
+    Averager,
     CompressedAverager,
+    ContributionRatioError,
     NonFiniteWeightsError,
     ParamsLike,
     SimulatedAverager,
@@ -32,11 +53,17 @@ from tenfold.distributed.exchange import (
     PeerStatusError,
     all_gather_bytes,
 )
+from tenfold.distributed.local_sgd import BufferMismatchError, LocalSGD
 
 __all__ = [
+    "AllReduceAverager",
+    "Averager",
+    "BufferMismatchError",
     "CommunicationError",
     "CompressedAverager",
+    "ContributionRatioError",
     "Exchanged",
+    "LocalSGD",
     "NonFiniteWeightsError",
     "ParamsLike",
     "PeerStatusError",

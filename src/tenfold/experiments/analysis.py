@@ -28,12 +28,14 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
 __all__ = [
     "PAPER",
@@ -69,6 +71,7 @@ PAPER: dict[str, dict[str, Any]] = {
         "ratio": 8.47,
         "accuracy": "above baseline",
         "convergence": "20% fewer epochs than baseline",
+        "convergence_fewer": 0.20,
         "effective": 10.32,
     },
 }
@@ -81,54 +84,8 @@ DEFAULT_F, DEFAULT_M = 0.03, 4
 # ---- statistics ------------------------------------------------------------------------------
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    # Continued fraction of the regularized incomplete beta (Numerical Recipes, Lentz).
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def _t_cdf(t: float, df: float) -> float:
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x)
-    return 1.0 - tail if t >= 0 else tail
-
-
 def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection).
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``).
 
     Example:
         >>> round(t_quantile(0.975, 2), 3), round(t_quantile(0.975, 9), 3)
@@ -136,14 +93,7 @@ def t_quantile(p: float, df: float) -> float:
     """
     if not 0.0 < p < 1.0 or df <= 0:
         raise ValueError(f"need 0 < p < 1 and df > 0, got p={p}, df={df}")
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return float(stats.t.ppf(p, df))
 
 
 @dataclass(frozen=True)
@@ -198,17 +148,22 @@ def summarize(values: Iterable[float | None]) -> Summary:
 
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float:
-    """Pearson correlation of two equal-length series (NaN if either is constant or n < 2)."""
+    """Pearson correlation of two equal-length series (NaN if either is constant or n < 2).
+
+    ``scipy.stats.pearsonr`` does the arithmetic; the guard keeps this module's convention
+    of NaN for an undefined r, where scipy would warn (constant input) or raise (n < 2).
+    """
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"pearson: lengths differ ({a.size} vs {b.size})")
-    if a.size < 2:
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum()) / den if den > 0 else float("nan")
+    with warnings.catch_warnings():
+        # a series that barely moves (H over a short run) is a legitimate input: its r is
+        # what the report tabulates, next to how far H moved, so scipy's warning is noise
+        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+        return float(stats.pearsonr(a, b).statistic)
 
 
 def cosine(x: ArrayLike, y: ArrayLike) -> float:
@@ -262,10 +217,15 @@ class Comparison:
         diff: :class:`Summary` of the per-seed differences (setting - baseline), fraction.
         verdict: "better" / "worse" when the 95% CI excludes 0, "within noise" otherwise,
             "n/a" with fewer than 2 paired seeds.
+        p_value: two-sided p-value of the paired t-test (``scipy.stats.ttest_rel``); the
+            verdict is equivalent to ``p_value < 0.05``. NaN with fewer than 2 seeds; 1 when
+            every difference is 0 and 0 when they are all the same non-zero value (the
+            limits scipy leaves undefined).
     """
 
     diff: Summary
     verdict: str
+    p_value: float = float("nan")
 
 
 def compare_paired(ours: Mapping[int, float], base: Mapping[int, float]) -> Comparison:
@@ -276,16 +236,24 @@ def compare_paired(ours: Mapping[int, float], base: Mapping[int, float]) -> Comp
         'better'
     """
     seeds = sorted(set(ours) & set(base))
-    d = summarize(ours[s] - base[s] for s in seeds)
+    # only finite pairs enter, as in summarize(), so the CI and the test see the same values
+    pairs = [(ours[s], base[s]) for s in seeds if math.isfinite(ours[s]) and math.isfinite(base[s])]
+    d = summarize(x - y for x, y in pairs)
+    p_value = float("nan")
     if d.n < 2:
         verdict = "n/a"
-    elif d.ci_low > 0:
-        verdict = "better"
-    elif d.ci_high < 0:
-        verdict = "worse"
     else:
         verdict = "within noise"
-    return Comparison(diff=d, verdict=verdict)
+        if d.ci_low > 0:
+            verdict = "better"
+        elif d.ci_high < 0:
+            verdict = "worse"
+        if d.std > 0:
+            x, y = zip(*pairs, strict=True)
+            p_value = float(stats.ttest_rel(x, y).pvalue)
+        else:
+            p_value = 1.0 if d.mean == 0 else 0.0
+    return Comparison(diff=d, verdict=verdict, p_value=p_value)
 
 
 # ---- per run ---------------------------------------------------------------------------------
@@ -559,8 +527,15 @@ def _setting_stats(
     )
 
 
-def analyze(docs: Iterable[Mapping[str, Any]]) -> Analysis:
-    """Analyse a sweep's run documents (:func:`tenfold.experiments.sweep.load_runs`)."""
+def analyze(docs: Iterable[Mapping[str, Any]], baseline: str | None = None) -> Analysis:
+    """Analyse a sweep's run documents (:func:`tenfold.experiments.sweep.load_runs`).
+
+    Args:
+        baseline: the name of the baseline setting. None: the first lossless setting that
+            is not a peer method. A name pins it, so that a partial sweep whose baseline
+            has no finished run yet gets no baseline rather than another lossless setting
+            (the long profile also has lossless runs of another initialisation).
+    """
     by_setting: dict[str, list[dict[str, Any]]] = {}
     problems: list[tuple[str, str]] = []
     stats: dict[str, list[RunStats]] = {}
@@ -573,16 +548,19 @@ def analyze(docs: Iterable[Mapping[str, Any]]) -> Analysis:
         by_setting.setdefault(rs.setting, []).append(dict(doc))
         stats.setdefault(rs.setting, []).append(rs)
 
-    baseline = next(
-        (
-            n
-            for n, ds in by_setting.items()
-            # a peer method's setting carries a placeholder Lossless policy: not the baseline
-            if ds[0]["setting"]["policy"].get("id") == "lossless"
-            and ds[0]["setting"].get("peer") is None
-        ),
-        None,
-    )
+    if baseline is not None:
+        baseline = baseline if baseline in by_setting else None
+    else:
+        baseline = next(
+            (
+                n
+                for n, ds in by_setting.items()
+                # a peer method's setting carries a placeholder Lossless policy: not the baseline
+                if ds[0]["setting"]["policy"].get("id") == "lossless"
+                and ds[0]["setting"].get("peer") is None
+            ),
+            None,
+        )
     target = None
     if baseline is not None:
         target = 0.99 * summarize(r.peak_accuracy for r in stats[baseline]).mean

@@ -41,6 +41,8 @@ __all__ = [
     "fig4_floor_ceiling",
     "fig5_bits",
     "fig6_ablation",
+    "fig7_init_entropy",
+    "init_cells",
 ]
 
 _LAYER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -271,7 +273,8 @@ def fig3b_correlation(a: Analysis, path: Path) -> Path | None:
             per_run = [layer_correlations(d, kind=kind) for d in docs]
             x = np.arange(len(layers)) + (k - (len(sets) - 1) / 2) * width
             vals = [[r[layer] for r in per_run if layer in r] for layer in layers]
-            means = [float(np.nanmean(v)) if v else float("nan") for v in vals]
+            # a run whose H or G is constant has r = NaN: average the defined ones only
+            means = [float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for v in vals]
             ax.bar(x, means, width, alpha=0.7, label=f"{name} runs (mean)")
             for xi, v in zip(x, vals, strict=True):
                 ax.scatter([xi] * len(v), v, s=12, color="black", zorder=3)
@@ -422,7 +425,9 @@ def fig6_ablation(a: Analysis, path: Path) -> Path | None:
     the entropy of its weight distribution, which initialisation and L1 set.
     """
     cells = [s for s in a.group("ablation")]
-    if len(cells) < 2:
+    # a lossless cell marks the long profile's initialisation study, not this grid of
+    # EntropyAdaptive cells (fig7_init_entropy draws that one)
+    if len(cells) < 2 or any(s.policy.get("id") == "lossless" for s in cells):
         return None
     inits = sorted({s.runs[0].init for s in cells})
     l1s = sorted({s.runs[0].l1 for s in cells})
@@ -487,6 +492,68 @@ def fig6_ablation(a: Analysis, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+#: The initialisation of the long profile's second block (profiles.LONG_OLD_INIT).
+_OLD_INIT = "normal-0.01"
+#: The paper's range of coded bits/param (c=5 and c=6 at M=4, §5.1-5.2).
+_PAPER_BITS = (PAPER["entropy-c5-M4"]["coded"], PAPER["entropy-c6-M4"]["coded"])
+
+
+def init_cells(a: Analysis, init: str = _OLD_INIT) -> list[SettingStats]:
+    """The settings whose runs use ``init``: lossless first, then by policy and L1."""
+    cells = [s for s in a.settings.values() if s.runs and s.runs[0].init == init]
+    return sorted(
+        cells,
+        key=lambda s: (s.policy.get("id") != "lossless", str(s.policy.get("id")), s.runs[0].l1),
+    )
+
+
+def fig7_init_entropy(a: Analysis, path: Path) -> Path | None:
+    """The normal-0.01 initialisation over a long run: H per layer vs epoch and coded
+    bits/param vs epoch, beside the glorot-uniform EntropyAdaptive(c=6, M=4) runs.
+
+    Not a figure of the paper: it asks whether the paper's 3.55-3.78 bits/param appear
+    when the weights start from the small normal initialisation of its time.
+    """
+    cells = init_cells(a)
+    if not cells:
+        return None
+    ref = a.get("entropy-c6-M4")
+    shown = cells + ([ref] if ref is not None else [])
+    layers = list(a.docs[shown[0].name][0]["epochs"][0]["entropy"])
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(4.6 * (len(layers) + 1), 4.2))
+    styles = ("-", "--", "-.", ":", (0, (1, 1)), (0, (5, 1)))
+    for i, layer in enumerate(layers):
+        ax = axes[i]
+        for k, s in enumerate(shown):
+            ep, h = _entropy_mean(a.docs[s.name], layer, DEFAULT_F, DEFAULT_M)
+            ax.plot(ep, h, ls=styles[k % len(styles)], label=f"{s.label} ({len(s.runs)} seeds)")
+        ax.set_title(f"{layer}: H(F={DEFAULT_F}, M={DEFAULT_M})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("entropy H (bits)")
+        ax.set_ylim(0, DEFAULT_M + 0.2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    ax = axes[-1]
+    for k, s in enumerate(s for s in shown if s.policy.get("id") != "lossless"):
+        ep, mean, sd = s.curve("coded_bits")
+        ax.plot(ep, mean, ls=styles[k % len(styles)], label=s.label)
+        ax.fill_between(ep, mean - sd, mean + sd, alpha=0.2)
+    ax.axhspan(*_PAPER_BITS, color="tab:green", alpha=0.25, label="paper 3.55-3.78 (mean)")
+    ax.set_title("coded bits / param per epoch", fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("bits / parameter")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Initialisation {_OLD_INIT} (not in the paper's figures): weight entropy and bit rate "
+        "over training, mean of the seeds"
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 #: file name -> drawing function, in report order.
 FIGURES: dict[str, Callable[[Analysis, Path], Path | None]] = {
     "fig1_fixed_bits.png": fig1_fixed_bits,
@@ -497,6 +564,8 @@ FIGURES: dict[str, Callable[[Analysis, Path], Path | None]] = {
     "fig5_bits.png": fig5_bits,
     "fig6_ablation.png": fig6_ablation,
 }
+# fig7_init_entropy is drawn by the report for the long profile's runs only (the other
+# profiles have no normal-0.01 runs), so it is not in FIGURES, which every profile draws.
 
 
 def draw_all(a: Analysis, out_dir: str | Path) -> dict[str, Path]:

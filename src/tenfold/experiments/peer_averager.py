@@ -140,7 +140,10 @@ class PeerAverager:
                 world_size=k,
                 rank=r,
                 round=round_,
-                bytes_sent=sizes[r],
+                # what rank r puts on the wire around the all-gather ring: its own
+                # packet and every packet it forwards (all but its predecessor's), as
+                # SyncStats.bytes_sent counts for tenfold's own averagers
+                bytes_sent=sum(sizes) - sizes[(r - 1) % k] if k > 1 else 0,
                 bytes_received=sum(sizes) - sizes[r],
                 packet_bytes=sizes,
                 num_values=n_values,

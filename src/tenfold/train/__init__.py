@@ -1,8 +1,9 @@
-"""The paper's experiment: data-parallel SGD with compressed synchronous weight averaging.
+"""One training engine: data-parallel local SGD with compressed synchronisation.
 
-K workers (default 5) each train the 784-392-50-10 tanh network on an exclusive shard of
-an MNIST-format dataset; after every local epoch (or every k steps) they exchange tenfold
-packets and all continue from the same averaged weights.
+K workers (default 5) each train a recipe's model (:mod:`tenfold.train.recipes`: the
+paper's 784-392-50-10 tanh network, a BatchNorm CNN, or a small character transformer) on
+an exclusive shard of its data; after every local epoch (or every k steps) they exchange
+tenfold packets and all continue from the same shared model.
 
 * ``tenfold train`` / :func:`spawn_training` - K processes on this machine (gloo);
 * ``torchrun --nproc_per_node=K -m tenfold train ...`` - the same under torchrun;
@@ -35,9 +36,9 @@ _EXPORTS: dict[str, str] = {
     "launch": "launch",
     "spawn_training": "launch",
     "torchrun_main": "launch",
-    "ConfigMismatchError": "loop",
-    "TrainResult": "loop",
-    "TrainState": "loop",
+    "ConfigMismatchError": "state",
+    "TrainResult": "state",
+    "TrainState": "state",
     "final_weights": "loop",
     "make_workers": "loop",
     "run_rank": "loop",
@@ -45,6 +46,12 @@ _EXPORTS: dict[str, str] = {
     "train_loop": "loop",
     "PaperMLP": "model",
     "init_weights": "model",
+    "CharGPT": "models",
+    "FashionCNN": "models",
+    "ModuleWorker": "module_worker",
+    "RECIPES": "recipes",
+    "get_recipe": "recipes",
+    "load_corpus": "text",
     "RunDir": "rundir",
     "read_metrics": "rundir",
     "EvalSet": "worker",
@@ -81,7 +88,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "RECIPES",
+    "CharGPT",
     "ConfigMismatchError",
+    "FashionCNN",
+    "ModuleWorker",
     "DatasetError",
     "IdxDataset",
     "PaperMLP",
@@ -95,8 +106,10 @@ __all__ = [
     "evaluate",
     "final_weights",
     "find_dataset",
+    "get_recipe",
     "init_weights",
     "launch",
+    "load_corpus",
     "load_dataset",
     "make_policy",
     "make_workers",

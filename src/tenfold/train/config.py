@@ -242,10 +242,11 @@ class TrainConfig:
         1,
         flag="--threads",
         group="sync",
-        help="torch threads per rank (ranks share the cores)",
+        help="torch and codec threads per rank (ranks share the cores)",
     )
-    """torch intra-op threads per rank. 1: the ranks share the machine's cores, and
-    oversubscription slows everyone. Also keeps CPU matmuls deterministic."""
+    """torch intra-op threads per rank, and the codec's threads per rank. 1: the ranks share
+    the machine's cores, and oversubscription slows everyone. Also keeps CPU matmuls
+    deterministic (the packets do not depend on the codec's thread count)."""
 
     # -- the model and its training -------------------------------------------------------
     model: str = _opt(
@@ -498,8 +499,14 @@ class TrainConfig:
         return cls(**{**MODEL_DEFAULTS[model], **fields_, "model": model})
 
     def averager_options(self) -> dict[str, Any]:
-        """Keyword arguments for the averagers: ``transmit`` and ``error_feedback``."""
-        return {"transmit": self.transmit, "error_feedback": self.error_feedback}
+        """Keyword arguments for the averagers: ``transmit``, ``error_feedback`` and
+        ``threads`` (the codec's threads per rank: the ranks of ``tenfold train`` share one
+        machine's cores, so each codes with ``threads``, not with every core)."""
+        return {
+            "transmit": self.transmit,
+            "error_feedback": self.error_feedback,
+            "threads": self.threads,
+        }
 
 
 def options() -> list[tuple[dataclasses.Field[Any], Option]]:

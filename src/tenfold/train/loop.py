@@ -108,7 +108,10 @@ def train_loop(
     ``bytes_received``, ``bytes_all_ranks`` (sum of every rank's packet), ``num_values``,
     ``world_size``, timings in seconds (``train_s``, ``encode_s``, ``comm_s``,
     ``decode_s``, ``eval_s``, ``elapsed_s``) and ``layers``: per tensor ``name``, ``N``,
-    ``H``, ``bits_per_param``, ``nbytes``, ``grad_rms``... (rank 0's packet).
+    ``H``, ``bits_per_param``, ``nbytes``, ``grad_rms``... (rank 0's packet). char-gpt's
+    records add ``val_loss`` (nats/char) and ``val_perplexity`` (``test_accuracy`` and
+    ``test_loss`` are None); models with BatchNorm add ``buffer_bytes_sent`` (the lossless
+    packet of their statistics).
     """
     cfg = state.config
     start = time.perf_counter()
@@ -240,7 +243,7 @@ def _buffer_averager(workers: list[Any], *, simulated: bool) -> Any:
     from tenfold.codec import Lossless
 
     cls = SimulatedAverager if simulated else CompressedAverager
-    return cls(Lossless(), transmit="weights")
+    return cls(Lossless(), transmit="weights", threads=workers[0].config.threads)
 
 
 def _drive(

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tenfold.train.config import TrainConfig
-from tenfold.train.worker import derive_seed
+from tenfold.train.worker import derive_seed, grad_rms
 
 __all__ = [
     "BatchSource",
@@ -206,12 +206,7 @@ class ModuleWorker:
 
     def take_grad_rms(self) -> dict[str, float]:
         """Per-tensor RMS of the data-loss gradient since the last call (then reset)."""
-        if self._grad_steps == 0:
-            return {}
-        out = {
-            name: math.sqrt(float(sq) / (self._grad_steps * p.numel()))
-            for name, p, sq in zip(self.names, self.params, self._grad_sq, strict=True)
-        }
+        out = grad_rms(self.names, self.params, self._grad_sq, self._grad_steps)
         self._grad_sq.zero_()
         self._grad_steps = 0
         return out

@@ -13,7 +13,7 @@ the weight matrices, applied as the subgradient ``l1 * sign(w)`` added to the gr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "Worker",
     "derive_seed",
     "evaluate",
+    "grad_rms",
     "one_hot",
     "shard_indices",
     "to_inputs",
@@ -53,6 +54,19 @@ def one_hot(labels: np.ndarray, classes: int = 10) -> torch.Tensor:
     """``(n,)`` integer labels -> ``(n, classes)`` float32 one-hot targets (1 / 0)."""
     idx = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return torch.nn.functional.one_hot(idx, classes).to(torch.float32)
+
+
+def grad_rms(
+    names: Sequence[str], params: Sequence[torch.Tensor], grad_sq: torch.Tensor, steps: int
+) -> dict[str, float]:
+    """Per-tensor gradient RMS ``sqrt(sum_steps sum_i g_i^2 / (steps * n))`` by name, from
+    the per-tensor sums of squares ``grad_sq`` (float64, one per tensor); ``{}`` if no step."""
+    if steps == 0:
+        return {}
+    return {
+        name: math.sqrt(float(sq) / (steps * p.numel()))
+        for name, p, sq in zip(names, params, grad_sq, strict=True)
+    }
 
 
 def shard_indices(n: int, workers: int, seed: int) -> list[np.ndarray]:
@@ -215,12 +229,7 @@ class Worker:
         RMS over every element and every step: ``sqrt(sum_steps sum_i g_i^2 / (steps * n))``.
         Resets the accumulators. Empty dict if no step was taken.
         """
-        if self._grad_steps == 0:
-            return {}
-        out = {
-            name: math.sqrt(float(sq) / (self._grad_steps * p.numel()))
-            for name, p, sq in zip(self.names, self.params, self._grad_sq, strict=True)
-        }
+        out = grad_rms(self.names, self.params, self._grad_sq, self._grad_steps)
         self._grad_sq.zero_()
         self._grad_steps = 0
         return out

@@ -3,7 +3,7 @@
     .venv/bin/python tests/codec/golden/regenerate.py [CASE ...]   # default: every case
 
 For each case this writes ``<case>.bin`` (the packet), ``<case>.input.npz`` (the tensors
-compressed), ``<case>.decoded.npz`` (what the packet decodes to) and ``<case>.json`` (the
+compressed; a bfloat16 tensor as its uint16 bit patterns, since npz has no bfloat16), ``<case>.decoded.npz`` (what the packet decodes to) and ``<case>.json`` (the
 policy's config and ``inspect`` output). ``tests/codec/test_golden.py`` compares today's
 codec against these committed bytes: an old packet must keep decoding to the same arrays,
 and the encoder must keep producing the same bytes (change either only with a format
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tenfold.codec import (
+    BFloat16Bits,
     EntropyAdaptive,
     Fixed,
     GradientRMS,
@@ -42,8 +43,14 @@ def _weights(seed: int, shape: tuple[int, ...], dtype: type = np.float32) -> np.
     return x.astype(dtype)
 
 
+def _bf16(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> BFloat16Bits:
+    return BFloat16Bits.from_float(_weights(seed, shape) * scale)
+
+
+Tensors = dict[str, np.ndarray | BFloat16Bits]
+
 #: case name -> (tensors, policy, grad_rms)
-CASES: dict[str, Callable[[], tuple[dict[str, np.ndarray], Policy, dict[str, float] | None]]] = {
+CASES: dict[str, Callable[[], tuple[Tensors, Policy, dict[str, float] | None]]] = {
     "entropy_mlp": lambda: (
         {
             "fc1.weight": _weights(1, (24, 40)),
@@ -91,10 +98,32 @@ CASES: dict[str, Callable[[], tuple[dict[str, np.ndarray], Policy, dict[str, flo
         RelativeStep(alpha=1.0, coder="huffman"),
         None,
     ),
+    # version 2: the bfloat16 dtype (raw values as 16-bit patterns; decoded values rounded
+    # to bfloat16), beside a float32 tensor
+    "v2_bfloat16_lossless": lambda: (
+        {
+            "w": _bf16(15, (3, 4)),
+            "scalar": _bf16(16, ()),
+            "empty": BFloat16Bits(np.zeros((2, 0), np.uint16)),
+            "f": _weights(17, (3,)),
+        },
+        Lossless(),
+        None,
+    ),
+    "v2_bfloat16_fixed": lambda: (
+        {"w": _bf16(18, (20, 12)), "c": BFloat16Bits(np.full(4, 0x3F80, np.uint16))},
+        Fixed(5),
+        None,
+    ),
+    "v2_bfloat16_target_rate_ans": lambda: (
+        {"delta": _bf16(19, (60, 40), 0.01), "f": _weights(20, (30,)) * 0.01},
+        TargetRate(bits_per_param=1.0, seed=0),
+        None,
+    ),
 }
 
 
-def build(name: str) -> tuple[dict[str, np.ndarray], Policy, dict[str, float] | None, bytes]:
+def build(name: str) -> tuple[Tensors, Policy, dict[str, float] | None, bytes]:
     """The case's inputs, policy, grad_rms and the packet today's codec makes from them."""
     tensors, policy, grad_rms = CASES[name]()
     return tensors, policy, grad_rms, compress(tensors, policy, grad_rms=grad_rms)
@@ -109,7 +138,8 @@ def main() -> None:
     for name in sys.argv[1:] or CASES:
         tensors, policy, grad_rms, blob = build(name)
         (HERE / f"{name}.bin").write_bytes(blob)
-        np.savez(HERE / f"{name}.input.npz", **tensors)
+        arrays = {k: v.bits if isinstance(v, BFloat16Bits) else v for k, v in tensors.items()}
+        np.savez(HERE / f"{name}.input.npz", **arrays)
         np.savez(HERE / f"{name}.decoded.npz", **decompress(blob))
         meta = {
             "policy": policy.get_config(),

@@ -1,0 +1,158 @@
+"""Threads for the codec: the ``threads=`` setting and an ordered, deterministic map.
+
+The codec parallelises over *records* (one per tensor): each tensor's policy decision,
+quantization and entropy coding (or its decoding) is independent of every other tensor's,
+and its numba kernels release the GIL (``nogil=True``), so threads run them on several
+cores at once. Results are assembled in packet order, so the bytes (and the decoded or
+accumulated values) never depend on the thread count:
+
+* a tensor's sampling seed depends on its position in the packet only
+  (:func:`tenfold.codec.quantize.sample_seed`), never on how many tensors were coded
+  before it, so no random state is shared between tensors;
+* nothing else is shared: policies are frozen, kernels write only their own outputs.
+
+Threads the tensors leave idle (fewer tensors than threads) split each tensor's
+element-wise passes - its range, quantization and per-stream histograms - into chunks
+(:func:`chunk_bounds`; exact: min/max and integer counts do not depend on the split). The
+rest of a tensor runs in one thread: the policy's decision (a sample, small), and the
+entropy coder and decoder, whose four Huffman streams / ANS lanes are interleaved in one
+kernel for instruction-level parallelism. So one huge tensor gains only on its
+element-wise share (about half of ``compress``; nothing on ``decompress`` and
+``accumulate``); coding its four streams or lanes on four threads would need per-stream
+kernels (the format allows it: the streams are independent), not a format change.
+
+``threads=1`` runs the tasks one after the other in the calling thread, exactly as before
+threads existed. Errors are those of the serial path: the first failing task *in packet
+order* raises, as it would have serially (a later task's failure is only seen when every
+earlier one succeeded).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+__all__ = [
+    "MIN_CHUNK",
+    "available_cores",
+    "chunk_bounds",
+    "resolve_threads",
+    "run_in_order",
+    "useful_threads",
+]
+
+#: the work one thread is given at least (values): a tensor's element-wise passes are split
+#: into chunks of about this many or more, and a packet uses one thread per this many
+#: values at most. Below it, starting and waking threads (tens of microseconds on an idle
+#: machine, milliseconds on a loaded one) costs more than it saves: the paper's model
+#: (318k values) is accumulated in about 2 ms, and took twice that with two threads on a
+#: loaded 2-core machine.
+MIN_CHUNK = 1 << 18
+
+T = TypeVar("T")
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what ``taskset``, cgroups'
+    cpusets and torchrun's ``--local-ranks-filter``-style pinning leave it), else
+    ``os.cpu_count()``, else 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """``threads`` checked: None means :func:`available_cores`; otherwise an int >= 1.
+
+    Raises:
+        ValueError: anything else (bools, floats, 0, negatives), saying what is allowed.
+
+    Example:
+        >>> resolve_threads(3)
+        3
+        >>> resolve_threads(None) >= 1
+        True
+    """
+    if threads is None:
+        return available_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(
+            f"threads must be None (all available cores) or an int >= 1, got {threads!r}"
+        )
+    return threads
+
+
+def useful_threads(threads: int, values: int) -> int:
+    """``threads``, but at most one per :data:`MIN_CHUNK` values of work (at least 1).
+
+    Example:
+        >>> useful_threads(8, 10_000_000), useful_threads(8, 300_000), useful_threads(8, 10)
+        (8, 1, 1)
+    """
+    return max(1, min(threads, values // MIN_CHUNK))
+
+
+def run_in_order(
+    tasks: Sequence[Callable[[], T]],
+    threads: int,
+    weights: Sequence[int] | None = None,
+) -> list[T]:
+    """Run ``tasks`` on up to ``threads`` threads; their results, in the tasks' order.
+
+    Args:
+        tasks: zero-argument callables, independent of each other.
+        threads: the most threads to use (already resolved, >= 1). With 1, or a single
+            task, the tasks run in the calling thread, in order.
+        weights: an estimate of each task's cost (e.g. its value count). The heaviest are
+            started first (longest processing time first), so one big tensor submitted last
+            does not leave the other threads idle at the end; results keep the tasks' order.
+
+    Raises:
+        The exception of the first task, in the tasks' order, that raised. Tasks not yet
+        started are then cancelled; running ones are waited for.
+    """
+    workers = min(threads, len(tasks))
+    if workers <= 1:
+        return [task() for task in tasks]
+    order = list(range(len(tasks)))
+    if weights is not None:
+        order = sorted(order, key=lambda i: -weights[i])  # stable: ties keep packet order
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenfold-codec")
+    try:
+        futures: list[Future[T] | None] = [None] * len(tasks)
+        for i in order:
+            futures[i] = pool.submit(tasks[i])
+        results = []
+        for fut in futures:
+            assert fut is not None
+            results.append(fut.result())
+        return results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def chunk_bounds(n: int, threads: int, min_chunk: int | None = None) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into ``min(threads, n // min_chunk)`` contiguous chunks (at least
+    one; ``min_chunk`` defaults to :data:`MIN_CHUNK`), every boundary a multiple of 4;
+    the chunks are equal but for the last, which takes the remainder.
+
+    Multiples of 4 because value ``j`` of a tensor belongs to Huffman stream / ANS lane
+    ``j % 4``: a chunk starting at a multiple of 4 sees its values in the same rows of the
+    per-stream histogram as the whole tensor would, so per-chunk histograms add up exactly.
+
+    Example:
+        >>> chunk_bounds(10, 3, min_chunk=4)
+        [(0, 4), (4, 10)]
+        >>> chunk_bounds(10, 1)
+        [(0, 10)]
+    """
+    least = MIN_CHUNK if min_chunk is None else min_chunk  # read now: tests lower it
+    count = max(1, min(threads, n // max(1, least)))
+    step = max(4, (n // count) & ~3)  # a multiple of 4; the last chunk takes the rest
+    count = min(count, max(1, n // step))
+    bounds = [(c * step, (c + 1) * step) for c in range(count - 1)]
+    bounds.append(((count - 1) * step, n))
+    return bounds
