@@ -52,7 +52,9 @@ hashes the new reference); a rank whose reference differs (resumed from another 
 that missed a sync) makes every rank raise :class:`ReferenceMismatchError` naming it at
 that collective, before anything is averaged.
 
-**Two collectives: ``collective="all-gather"`` (the default) or ``"reduce-scatter"``.**
+**Two collectives: ``collective="all-gather"`` or ``"reduce-scatter"``, and ``"auto"``
+(the default), which picks reduce-scatter from 3 ranks and 8M values up
+(:func:`tenfold.distributed.collectives.resolve_collective`, measurements below).**
 The protocol above is the all-gather: every rank decodes all P packets (P n values) and
 each link carries every packet. The reduce-scatter (:mod:`tenfold.distributed.collectives`)
 cuts the flat model into P contiguous shards (named pieces ``"fc1.weight[lo:hi]"`` of the
@@ -78,9 +80,11 @@ two cores under a busy load; median of 5 syncs, rank 0, two runs): P = 3, all-ga
 0.76 / 0.54 s, reduce-scatter 1.07 / 0.89 s; P = 4, 1.05 / 0.77 s vs 1.14 / 0.77 s (a first
 run of 3 syncs: 0.65 vs 1.22 s and 0.90 vs 0.60 s). With all ranks on two cores the total
 CPU work decides, and the
-reduce-scatter codes more (coding costs more than decoding), so **all-gather is the
-default**; reduce-scatter sends 2/3 of the bytes at P = 3 and 1/2 at P = 4 and
-decodes less per rank, which favours it with a machine per rank, larger P or slower links.
+reduce-scatter codes more (coding costs more than decoding). At 25M values and P = 4
+(``benchmarks/sync.py``, 1 Gbit/s) reduce-scatter was faster on both topologies, delta and
+weights (switch, delta: 1.43 s against 1.60 s): it sends 1/2 of the bytes at P = 4 and
+decodes less per rank. Hence **"auto"**: reduce-scatter from 3 ranks and 8M values up,
+all-gather below (at P = 2 all-gather always measured faster).
 
 **The contribution guard** (``max_contribution_ratio=``, off by default): each rank's
 decoded contribution's RMS over the whole model, from sums of squares every rank computes
@@ -119,6 +123,7 @@ from tenfold.codec.parallel import resolve_threads
 from tenfold.codec.policy import rms
 from tenfold.distributed.collectives import (
     DEFAULT_COLLECTIVE,
+    PROTOCOLS,
     VERDICT_CORRUPT,
     VERDICT_MISMATCH,
     VERDICT_OK,
@@ -133,6 +138,7 @@ from tenfold.distributed.collectives import (
     exchange_verdicts,
     layout_difference,
     layout_tag,
+    resolve_collective,
     shard_named,
     shard_plan,
     shard_views,
@@ -1054,7 +1060,9 @@ class _SharedModel:
         self.policy = policy
         self.transmit = transmit
         self.error_feedback = error_feedback
+        #: as asked: a protocol, or "auto" (resolved at the first sync, then fixed)
         self.collective = check_collective(collective)
+        self._protocol: str | None = None if collective == "auto" else collective
         self.max_contribution_ratio = check_ratio(max_contribution_ratio)
         self.round = 0
         self._pool = BufferPool()
@@ -1062,12 +1070,21 @@ class _SharedModel:
         self._reference: dict[str, np.ndarray] | None = None
         self._tag = 0
 
+    def _protocol_for(self, arrays: Mapping[str, Any], world_size: int) -> str:
+        """The protocol of this sync: ``collective``, or what ``"auto"`` resolves to for
+        this model and group (fixed from the first sync on: the residuals belong to it)."""
+        if self._protocol is None:
+            # numpy arrays (a rank's host copies) or torch tensors (a simulated worker's)
+            n = sum(int(a.numel() if hasattr(a, "numel") else a.size) for a in arrays.values())
+            self._protocol = resolve_collective(self.collective, n, world_size)
+        return self._protocol
+
     def _shared_state(self) -> dict[str, Any]:
         return {
             "round": self.round,
             "transmit": self.transmit,
             "tag": self._tag,
-            "collective": self.collective,
+            "collective": self._protocol or self.collective,
             "reference": _tensor_dict(self._reference),
         }
 
@@ -1077,11 +1094,13 @@ class _SharedModel:
                 f"state is for transmit={state['transmit']!r}, this averager sends "
                 f"{self.transmit!r}"
             )
-        if state.get("collective", self.collective) != self.collective:
+        saved = state.get("collective", self._protocol or self.collective)
+        if self.collective == "auto" and saved in PROTOCOLS:
+            self._protocol = saved  # what "auto" resolved to in the saved run
+        elif saved != (self._protocol or self.collective):
             # the second-stage residuals belong to one protocol (and world size)
             raise ValueError(
-                f"state is for collective={state['collective']!r}, this averager uses "
-                f"{self.collective!r}"
+                f"state is for collective={saved!r}, this averager uses {self.collective!r}"
             )
         self.round = int(state["round"])
         self._tag = int(state.get("tag", 0))
@@ -1101,9 +1120,11 @@ class CompressedAverager(_SharedModel):
         error_feedback: in delta mode, keep what each packet failed to carry and add it to
             the next delta (ignored in weights mode); with reduce-scatter, each reducer
             also keeps what its re-coded shard failed to carry (the second stage).
-        collective: ``"reduce-scatter"`` (the default, measured faster at P >= 3: module
-            docstring) or ``"all-gather"`` (every rank decodes every rank's packet).
-            Every rank must use the same.
+        collective: ``"auto"`` (the default: whichever protocol measured faster here for
+            this model and group, resolved at the first sync: reduce-scatter from 3 ranks
+            and 8M values, else all-gather; module docstring), ``"all-gather"`` (every rank
+            decodes every rank's packet) or ``"reduce-scatter"``. Every rank must use
+            the same.
         max_contribution_ratio: None (off, the default), or a number > 1: a rank whose
             decoded contribution's RMS exceeds this multiple of the median rank's makes
             every rank raise :class:`ContributionRatioError` naming it, at the same
@@ -1333,7 +1354,8 @@ class CompressedAverager(_SharedModel):
         Returns this rank's stats, the mean (pool arrays: give them back) and the packets
         every rank decoded, in rank order (the reference hash chains their CRCs).
         """
-        if self.collective == "all-gather":
+        world = dist.get_world_size(self.process_group)
+        if self._protocol_for(arrays, world) == "all-gather":
             rank = dist.get_rank(self.process_group)
             policy = round_policy(base_policy, rank=rank, round=round_)
             return self._exchange(named, arrays, policy, grad_rms, scale, tag, round_, keep_own)
@@ -1887,7 +1909,8 @@ class SimulatedAverager(_SharedModel):
             raise NonFiniteWeightsError(
                 {r: STATUS_NONFINITE for r in bad}, [f"worker {first}: {n}" for n in bad[first]]
             )
-        if self.collective == "reduce-scatter":
+        protocol = self._protocol_for(dict(named[0]), k)
+        if protocol == "reduce-scatter":
             # flat shards cannot tell a reshaped tensor: check the layouts (as the ranks do)
             layout0 = _layout_of(named[0])
             for r, worker in enumerate(named[1:], start=1):
@@ -1902,7 +1925,7 @@ class SimulatedAverager(_SharedModel):
                 self._reference = _aligned(worker, self._reference)
             if len(self._ranks) != k:
                 raise ValueError(f"the averager holds {len(self._ranks)} workers' state, got {k}")
-        if self.collective == "reduce-scatter":
+        if protocol == "reduce-scatter":
             acc, packets, stats = self._reduce_scatter(named, hosts, delta, rms_, round_)
         else:
             acc, packets, stats = self._all_gather(named, hosts, delta, rms_, round_)

@@ -53,13 +53,17 @@ from tenfold.distributed.exchange import (
 )
 
 __all__ = [
+    "AUTO_MIN_RANKS",
+    "AUTO_MIN_VALUES",
     "COLLECTIVES",
+    "PROTOCOLS",
     "DEFAULT_COLLECTIVE",
     "ContributionRatioError",
     "Piece",
     "ShardTransfer",
     "check_contributions",
     "layout_difference",
+    "resolve_collective",
     "exchange_size_matrix",
     "exchange_verdicts",
     "shard_plan",
@@ -68,13 +72,42 @@ __all__ = [
 ]
 
 #: The protocols of one synchronisation (see :mod:`tenfold.distributed.averaging`).
-COLLECTIVES = ("all-gather", "reduce-scatter")
+PROTOCOLS = ("all-gather", "reduce-scatter")
+#: What ``collective=`` accepts: a protocol, or ``"auto"`` (:func:`resolve_collective`).
+COLLECTIVES = ("auto", *PROTOCOLS)
 
-#: The default: all-gather measured faster on the 2-core build machine at P = 3 and 4
-#: (every rank on the same two cores, so total CPU work decides, and reduce-scatter codes
-#: more; see the module docstring). Reduce-scatter sends half the bytes at P = 3 and
-#: decodes less per rank: prefer it with one rank per machine, larger P, or slow links.
-DEFAULT_COLLECTIVE = "all-gather"
+#: ``"auto"`` picks reduce-scatter from this many ranks and this many values up. Measured
+#: on the 2-core build machine (every rank on the same two cores): at 4.2M values and
+#: P = 3-4 all-gather was as fast or faster (``benchmarks/collectives.py``: reduce-scatter
+#: codes ~1.3n values per rank, all-gather n, and total CPU work decides); at 25M values
+#: and P = 4 reduce-scatter was faster on both 1 Gbit/s topologies, delta and weights
+#: (``benchmarks/sync.py``: 1.43 s against 1.60 s, switch, delta). 8M lies between the
+#: two measured sizes; at P = 2 all-gather always measured faster (the shards save
+#: nothing when there is one peer).
+AUTO_MIN_RANKS = 3
+AUTO_MIN_VALUES = 8_000_000
+
+#: The default: ``"auto"``, i.e. whichever protocol measured faster here for the model's
+#: size and the number of ranks (see :data:`AUTO_MIN_VALUES`).
+DEFAULT_COLLECTIVE = "auto"
+
+
+def resolve_collective(collective: str, num_values: int, world_size: int) -> str:
+    """The protocol ``collective`` means for ``num_values`` values among ``world_size``
+    ranks: itself, or for ``"auto"`` reduce-scatter when ``world_size >= AUTO_MIN_RANKS``
+    and ``num_values >= AUTO_MIN_VALUES``, else all-gather. Every rank computes the same
+    answer (same model, same group), so the ranks always agree on the protocol.
+
+    Example:
+        >>> resolve_collective("auto", 25_000_000, 4), resolve_collective("auto", 318_010, 5)
+        ('reduce-scatter', 'all-gather')
+    """
+    check_collective(collective)
+    if collective != "auto":
+        return collective
+    big = world_size >= AUTO_MIN_RANKS and num_values >= AUTO_MIN_VALUES
+    return "reduce-scatter" if big else "all-gather"
+
 
 #: Tag of the shard messages of step 2 (distinct from the ring's, so the two never mix).
 SHARD_TAG = PACKET_TAG + 1

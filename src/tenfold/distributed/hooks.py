@@ -119,7 +119,11 @@ from tenfold.distributed.averaging import (
     _uses_scale,
     round_policy,
 )
-from tenfold.distributed.collectives import DEFAULT_COLLECTIVE, check_collective
+from tenfold.distributed.collectives import (
+    DEFAULT_COLLECTIVE,
+    check_collective,
+    resolve_collective,
+)
 from tenfold.distributed.exchange import (
     STATUS_NONFINITE,
     PacketTransfer,
@@ -320,7 +324,7 @@ class CompressionState:
             ``process_group`` must be the same).
         error_feedback: keep what each packet failed to carry and add it to the next
             step's gradient of the same bucket (lossy policies; Lossless has none).
-        collective: ``"reduce-scatter"`` or ``"all-gather"``, as for
+        collective: ``"auto"`` (per bucket), ``"reduce-scatter"`` or ``"all-gather"``, as for
             :class:`~tenfold.distributed.averaging.CompressedAverager` (the bucket is one
             flat tensor, cut into P shards; each reducer keeps a second-stage residual for
             its shard of each bucket, dropped when DDP moves parameters between buckets).
@@ -518,7 +522,8 @@ class CompressionState:
         # The step's unit is the fresh gradient's RMS, not that of g + e (module docstring).
         scale = {_NAME: rms(g) if g.size else 0.0} if _uses_scale(policy) else None
         x = g if residual is None else np.add(g, residual)
-        if self.collective == "reduce-scatter":
+        # "auto" per bucket (the same bucket sizes on every rank: the same answer)
+        if resolve_collective(self.collective, x.size, world) == "reduce-scatter":
             return self._run_reduce_scatter(
                 bucket, layout, x, scale, feedback, t0, wire, world, group
             )
