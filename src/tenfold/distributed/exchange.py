@@ -58,6 +58,7 @@ __all__ = [
     "PacketTransfer",
     "PeerStatusError",
     "all_gather_bytes",
+    "broadcast_bytes",
     "exchange_sizes_and_tags",
     "comm_device",
     "exchange_sizes",
@@ -517,3 +518,52 @@ def all_gather_bytes(
         sizes=sizes,
         seconds=time.perf_counter() - t0,
     )
+
+
+def broadcast_bytes(
+    blob: bytes | None,
+    *,
+    status: int = 0,
+    group: dist.ProcessGroup | None = None,
+    max_bytes: int = 1 << 31,
+    what: str = "a payload",
+) -> tuple[int, bytes]:
+    """Rank 0 sends ``(status, blob)`` to every rank of ``group`` as int64/uint8 tensors.
+
+    Two broadcasts: an int64 header ``[status, size]``, then (if ``size > 0``) the bytes.
+    ``status`` lets rank 0 say what the bytes mean, or that it failed (every rank then
+    learns it at once instead of waiting for a timeout).
+
+    Args:
+        blob: rank 0's bytes (None: none); other ranks' arguments are ignored.
+        status: rank 0's status word.
+        group: the group (None: the default group).
+        max_bytes: a larger announced size is refused before any buffer is allocated.
+        what: what the bytes are, for error messages (e.g. "the checkpoint").
+
+    Returns:
+        ``(status, bytes)`` on every rank: rank 0's arguments.
+
+    Raises:
+        ValueError: the announced size exceeds ``max_bytes``.
+        CommunicationError: a peer died or the group's timeout expired.
+    """
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    mine = dist.get_rank() == src
+    size = len(blob) if (mine and blob is not None) else 0
+    header = torch.tensor([status, size] if mine else [0, 0], dtype=torch.int64)
+    with translate_comm_errors(f"receiving {what} from rank 0"):
+        dist.broadcast(header, src=src, group=group)
+    status, size = int(header[0]), int(header[1])
+    if size == 0:
+        return status, b""
+    if not 0 < size <= max_bytes:  # checked before allocating the buffer
+        raise ValueError(f"rank 0 announced {what} of {size} bytes: refused")
+    buf = (
+        torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        if mine and blob is not None
+        else torch.empty(size, dtype=torch.uint8)
+    )
+    with translate_comm_errors(f"receiving {what} from rank 0"):
+        dist.broadcast(buf, src=src, group=group)
+    return status, buf.numpy().tobytes()

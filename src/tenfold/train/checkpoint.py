@@ -480,34 +480,20 @@ def remove_checkpoint(run_dir: str | os.PathLike[str]) -> None:
 def broadcast_bytes(
     blob: bytes | None, *, status: int = 0, group: dist.ProcessGroup | None = None
 ) -> tuple[int, bytes]:
-    """Rank 0 sends ``(status, blob)`` to every rank of ``group`` as int64/uint8 tensors.
+    """:func:`tenfold.distributed.exchange.broadcast_bytes` of a checkpoint (rank 0's
+    ``(status, blob)`` on every rank), an absurd announced size a :class:`CheckpointError`.
 
-    Returns:
-        ``(status, bytes)`` on every rank (rank 0's arguments). Other ranks' arguments are
-        ignored. Used on resume to hand every rank the checkpoint, and to agree on whether
-        checkpoints are written at all.
+    Used on resume to hand every rank the checkpoint, and to agree on whether checkpoints
+    are written at all.
     """
-    from tenfold.distributed.exchange import translate_comm_errors
+    from tenfold.distributed.exchange import broadcast_bytes as broadcast
 
-    src = dist.get_global_rank(group, 0) if group is not None else 0
-    mine = dist.get_rank() == src
-    size = len(blob) if (mine and blob is not None) else 0
-    header = torch.tensor([status, size] if mine else [0, 0], dtype=torch.int64)
-    with translate_comm_errors("receiving the checkpoint from rank 0"):
-        dist.broadcast(header, src=src, group=group)
-    status, size = int(header[0]), int(header[1])
-    if size == 0:
-        return status, b""
-    if not 0 < size <= _MAX_BROADCAST_BYTES:  # checked before allocating the buffer
-        raise CheckpointError(f"rank 0 announced a {size}-byte checkpoint: refused")
-    buf = (
-        torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-        if mine and blob is not None
-        else torch.empty(size, dtype=torch.uint8)
-    )
-    with translate_comm_errors("receiving the checkpoint from rank 0"):
-        dist.broadcast(buf, src=src, group=group)
-    return status, buf.numpy().tobytes()
+    try:
+        return broadcast(
+            blob, status=status, group=group, max_bytes=_MAX_BROADCAST_BYTES, what="the checkpoint"
+        )
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 # ---- restoring a TrainState ----------------------------------------------------------------------
