@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tenfold.train.config import TrainConfig
-from tenfold.train.worker import derive_seed, grad_rms
+from tenfold.train.worker import derive_seed, grad_rms, to_inputs
 
 __all__ = [
     "BatchSource",
@@ -267,12 +267,6 @@ def _as_tensors(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def set_torch_seed_for_init(seed: int) -> torch.Generator:
-    """The generator every worker initialises its model from: equal on every worker."""
-    return torch.Generator().manual_seed(derive_seed(seed, 1))
-
-
 def stack_inputs(images: np.ndarray) -> torch.Tensor:
     """``(n, 28, 28)`` uint8 -> ``(n, 1, 28, 28)`` float32 in [0, 1] (conv nets' layout)."""
-    flat = torch.from_numpy(np.ascontiguousarray(images))
-    return flat.to(torch.float32).div_(255.0).unsqueeze(1)
+    return to_inputs(images).view(len(images), 1, 28, 28)

@@ -40,10 +40,17 @@ from tenfold.train.module_worker import (
     ModuleWorker,
     ShuffledShard,
     cross_entropy_loss,
-    set_torch_seed_for_init,
     stack_inputs,
 )
-from tenfold.train.worker import EvalSet, Worker, evaluate, one_hot, shard_indices, to_inputs
+from tenfold.train.worker import (
+    EvalSet,
+    Worker,
+    evaluate,
+    init_generator,
+    one_hot,
+    shard_indices,
+    to_inputs,
+)
 
 __all__ = [
     "CHAR_GPT_CONTEXT",
@@ -189,7 +196,7 @@ class CNNRecipe(_ImageRecipe):
         shards = shard_indices(len(data.train_labels), config.workers, config.seed)
         out = []
         for r in ranks:
-            model = FashionCNN(set_torch_seed_for_init(config.seed))
+            model = FashionCNN(init_generator(config.seed))
             batches = ShuffledShard(
                 stack_inputs(data.train_images[shards[r]]),
                 torch.from_numpy(data.train_labels[shards[r]].astype(np.int64)),
@@ -276,7 +283,7 @@ class CharGPTRecipe:
         )
         out = []
         for r in ranks:
-            model = CharGPT(shape, set_torch_seed_for_init(config.seed))
+            model = CharGPT(shape, init_generator(config.seed))
             shard = data.train[r * per_rank : (r + 1) * per_rank]
             batches = _TextBatches(shard, config, r)
             out.append(ModuleWorker(config, r, model, batches, cross_entropy_loss, _adamw))

@@ -29,6 +29,7 @@ __all__ = [
     "derive_seed",
     "evaluate",
     "grad_rms",
+    "init_generator",
     "one_hot",
     "shard_indices",
     "to_inputs",
@@ -42,6 +43,12 @@ def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed for the stream ``(seed, *keys)`` (numpy SeedSequence mixing)."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def init_generator(seed: int) -> torch.Generator:
+    """The generator every worker initialises its model from (stream ``(seed, 1)``): the
+    same on every worker, so all start from the same weights."""
+    return torch.Generator().manual_seed(derive_seed(seed, _INIT))
 
 
 def to_inputs(images: np.ndarray) -> torch.Tensor:
@@ -150,9 +157,7 @@ class Worker:
         self.inputs = inputs
         self.targets = targets
         self.model = PaperMLP()
-        init_weights(
-            self.model, config.init, torch.Generator().manual_seed(derive_seed(config.seed, _INIT))
-        )
+        init_weights(self.model, config.init, init_generator(config.seed))
         self.params = list(self.model.parameters())
         self.names = [name for name, _ in self.model.named_parameters()]
         self.weights = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
