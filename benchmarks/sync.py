@@ -26,8 +26,9 @@ JIT compile is excluded (tiny models are averaged first) and reported separately
 
 CPU: each rank records its process CPU time (all threads, user + system) per repetition,
 and the thread CPU time spent inside the codec's ``compress`` (encode) and
-``accumulate``/``decompress`` (decode) calls of ``tenfold.distributed.averaging`` (the
-module's names are wrapped in the rank process; src/ is not modified). "other" = process
+``accumulate``/``decompress`` (decode) calls of ``tenfold.distributed.packets`` and
+``.reduce_scatter`` (the modules' names are wrapped in the rank process; src/ is not
+modified). "other" = process
 CPU - encode - decode (gloo's threads, copies, division). With P ranks on fewer cores the
 CPU-bound phases are starved: compare a phase's CPU seconds with its wall seconds.
 
@@ -371,9 +372,10 @@ def worker_main(config_path: Path, rank: int) -> int:
 
 
 class _CodecClock:
-    """Thread CPU seconds spent inside the codec calls of ``tenfold.distributed.averaging``.
+    """Thread CPU seconds spent inside the averager's codec calls.
 
-    Wraps the module's ``compress`` (encode) and ``accumulate``/``decompress`` (decode) names
+    Wraps the ``compress`` (encode) and ``accumulate``/``decompress`` (decode) names of the
+    modules that call the codec (``tenfold.distributed.packets`` and ``.reduce_scatter``)
     in this rank process only, so each phase's CPU time can be put beside its wall time
     (the averager's SyncStats has wall times only). With ``threads=1`` the codec runs in
     the calling thread, so ``time.thread_time`` is its whole CPU cost.
@@ -385,12 +387,14 @@ class _CodecClock:
         self.seconds = {"encode": 0.0, "decode": 0.0}
         self.installed = False
 
-    def install(self, module: Any) -> None:
-        """Wrap the names (all or none: a partial install would mislabel the phases)."""
-        if not all(callable(getattr(module, n, None)) for n in self._NAMES):
+    def install(self, *modules: Any) -> None:
+        """Wrap the names each module has (all or none: unless the modules together have
+        every name, nothing is wrapped, since a partial install would mislabel the phases)."""
+        found = [(m, n) for m in modules for n in self._NAMES if callable(getattr(m, n, None))]
+        if {n for _, n in found} != set(self._NAMES):
             return
-        for name, phase in self._NAMES.items():
-            setattr(module, name, self._wrap(getattr(module, name), phase))
+        for module, name in found:
+            setattr(module, name, self._wrap(getattr(module, name), self._NAMES[name]))
         self.installed = True
 
     def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
@@ -510,7 +514,8 @@ class _Rank:
         t0 = time.perf_counter()
         try:
             import tenfold
-            import tenfold.distributed.averaging as averaging
+            import tenfold.distributed.packets as packets
+            import tenfold.distributed.reduce_scatter as reduce_scatter
             from tenfold.distributed import CompressedAverager
             from tenfold.train.config import DEFAULT_RATE
 
@@ -520,7 +525,7 @@ class _Rank:
             }
             self.tenfold = tenfold
             self.CompressedAverager = CompressedAverager
-            self.clock.install(averaging)
+            self.clock.install(packets, reduce_scatter)
         except Exception as exc:  # any failure: the tenfold path is reported unavailable
             error = f"{type(exc).__name__}: {exc}"
         import_s = time.perf_counter() - t0

@@ -372,10 +372,10 @@ def test_half_and_double_tensors_keep_their_dtype() -> None:
 
 def test_absurd_announced_packet_sizes_are_refused_before_allocation() -> None:
     from tenfold.codec import CorruptPacketError
-    from tenfold.distributed.averaging import _check_announced_sizes
+    from tenfold.distributed.packets import check_announced_sizes
 
     named = [("w", torch.zeros(100, 10)), ("b", torch.zeros(10))]
     honest = len(tenfold.compress(dict(named), tenfold.Lossless()))
-    _check_announced_sizes([honest, honest, 0], named)  # a Lossless packet always fits
+    check_announced_sizes([honest, honest, 0], named)  # a Lossless packet always fits
     with pytest.raises(CorruptPacketError, match=r"rank 1 announced a packet of 1099511627776"):
-        _check_announced_sizes([honest, 2**40, honest], named)
+        check_announced_sizes([honest, 2**40, honest], named)

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import tenfold
 from tenfold.codec.errors import CorruptPacketError
 from tenfold.distributed import CompressedAverager, LocalSGD, SimulatedAverager
-from tenfold.distributed import averaging as averaging_module
+from tenfold.distributed import reduce_scatter as rs_module
 from tenfold.distributed.collectives import (
     ContributionRatioError,
     Piece,
@@ -152,7 +152,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         b = start(rank)
         broken.initialize(b)
         local_step(b, rank, 0)
-        real = averaging_module.compress
+        real = rs_module.compress
         if rank == 1:
 
             def flipped(*args: Any, **kwargs: Any) -> bytes:
@@ -160,23 +160,23 @@ def _job(rank: int, rdzv: str, out: str) -> None:
                 blob[len(blob) // 2] ^= 0x40
                 return bytes(blob)
 
-            averaging_module.compress = flipped  # type: ignore[assignment]
+            rs_module.compress = flipped  # type: ignore[assignment]
         try:
             broken.average(b)
             results["corrupt"] = "no error"
         except CorruptPacketError as exc:
             results["corrupt"] = str(exc)
         finally:
-            averaging_module.compress = real
+            rs_module.compress = real
 
         # 5b. an absurd announced shard size (rank 1): refused on every rank, naming it
-        real_sizes = averaging_module.exchange_size_matrix
+        real_sizes = rs_module.exchange_size_matrix
         if rank == 1:
 
             def inflated(sizes: list[int], *args: Any, **kwargs: Any) -> Any:
                 return real_sizes([s * 1000 for s in sizes], *args, **kwargs)
 
-            averaging_module.exchange_size_matrix = inflated  # type: ignore[assignment]
+            rs_module.exchange_size_matrix = inflated  # type: ignore[assignment]
         try:
             CompressedAverager(tenfold.Fixed(8), transmit="weights", collective=RS).average(
                 start(rank)
@@ -185,7 +185,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         except CorruptPacketError as exc:
             results["oversized"] = str(exc)
         finally:
-            averaging_module.exchange_size_matrix = real_sizes
+            rs_module.exchange_size_matrix = real_sizes
 
         # 6. the guard: rank 2 sends 100x its delta, for both collectives
         for collective in ("all-gather", RS):
@@ -243,7 +243,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             def die(*args: Any, **kwargs: Any) -> Any:
                 os._exit(3)
 
-            averaging_module.exchange_verdicts = die  # type: ignore[assignment]
+            rs_module.exchange_verdicts = die  # type: ignore[assignment]
         t0 = time.monotonic()
         try:
             dying.average(start(rank))

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
 import tenfold
-from tenfold.distributed import CompressedAverager, SimulatedAverager
-from tenfold.distributed.averaging import ReferenceMismatchError
+from tenfold.distributed import CompressedAverager, ReferenceMismatchError, SimulatedAverager
 
 WORLD = 3
 ROUNDS = 3

@@ -24,13 +24,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tenfold
 from tenfold.codec.policy import rms
-from tenfold.distributed.averaging import round_policy
 from tenfold.distributed.hooks import (
     CompressionState,
     StepCost,
     _Residual,
     compressed_allreduce_hook,
 )
+from tenfold.distributed.params import round_policy
 
 WORLD = 3
 STEPS = 3

@@ -26,9 +26,9 @@ from tenfold.distributed import (
     BufferMismatchError,
     CompressedAverager,
     LocalSGD,
+    ReferenceMismatchError,
     SyncStats,
 )
-from tenfold.distributed.averaging import ReferenceMismatchError
 
 WORLD = 2
 

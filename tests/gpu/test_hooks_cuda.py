@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 
 import tenfold
 from tenfold.codec.policy import rms
-from tenfold.distributed.averaging import round_policy
 from tenfold.distributed.hooks import CompressionState, compressed_allreduce_hook
+from tenfold.distributed.params import round_policy
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not dist.is_nccl_available(),

@@ -25,8 +25,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tenfold.distributed import AllReduceAverager, LocalSGD
-from tenfold.distributed.averaging import _align_ranks, _broadcast_exact
 from tenfold.distributed.local_sgd import _check_equal
+from tenfold.distributed.shared_model import align_ranks, broadcast_exact
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -93,8 +93,8 @@ def _job(rank: int, world: int, backend: str, rdzv: str, out: str) -> None:
         _check_equal([(n, b) for n, b in named if not b.dtype.is_floating_point], None, device)
         half = torch.randn(17, device=device).to(torch.bfloat16)
         half_before = half.clone()
-        _broadcast_exact(half, src=0, group=None)
-        info["aligned_received"] = _align_ranks(list(net.named_parameters()), None)
+        broadcast_exact(half, src=0, group=None)
+        info["aligned_received"] = align_ranks(list(net.named_parameters()), None)
         after = _snap(net)
         if world == 1:  # a mean over one rank and a broadcast from oneself change nothing
             info["unchanged"] = all(before[n].tobytes() == after[n].tobytes() for n in before)

@@ -2,8 +2,10 @@
 
 * :class:`CompressedAverager` - average parameters across ranks through tenfold packets;
   every rank ends with bit-identical weights, whatever the policy; ``collective=``
-  ``"all-gather"`` (default) or ``"reduce-scatter"`` (:mod:`tenfold.distributed.collectives`),
-  and an optional guard against an outsized rank (:class:`ContributionRatioError`).
+  ``"auto"`` (default), ``"all-gather"`` or ``"reduce-scatter"``
+  (:mod:`tenfold.distributed.collectives`), and an optional guard against an outsized rank
+  (:class:`ContributionRatioError`); ranks holding different shared models raise
+  :class:`ReferenceMismatchError`, NaN/Inf weights :class:`NonFiniteWeightsError`.
 * :class:`AllReduceAverager` - the uncompressed baseline: the exact fp32 mean, one
   ``all_reduce``; a drop-in for :class:`CompressedAverager`.
 * :class:`Averager` - the protocol both follow (``initialize``, ``average``,
@@ -18,6 +20,13 @@
   and :func:`~tenfold.distributed.hooks.compressed_allreduce_hook`, a DDP communication hook
   (``ddp_model.register_comm_hook(state, compressed_allreduce_hook)``) with error feedback.
 * :func:`all_gather_bytes` - variable-length byte payloads between ranks as uint8 tensors.
+
+The modules, lowest first: ``exchange`` (bytes between ranks), ``errors``, ``params`` (the
+tensors an averager takes), ``packets``, ``rank_order`` (the bit-identical sum),
+``reference`` (delta mode's shared model and residuals), ``stats``, ``collectives`` and
+``reduce_scatter`` (the sharded protocol), ``shared_model``, then the averagers:
+``averaging`` (the protocol, :class:`CompressedAverager`), ``simulated``, ``allreduce``;
+``local_sgd`` and ``hooks`` drive them.
 
 Example (each rank, after ``torch.distributed.init_process_group("gloo", ...)``)::
 
@@ -34,19 +43,10 @@ Example (each rank, after ``torch.distributed.init_process_group("gloo", ...)``)
 
 from __future__ import annotations
 
-from tenfold.distributed.averaging import (
-    AllReduceAverager,
-    Averager,
-    CompressedAverager,
-    ContributionRatioError,
-    NonFiniteWeightsError,
-    ParamsLike,
-    SimulatedAverager,
-    SyncStats,
-    TensorStats,
-    named_tensors,
-    round_policy,
-)
+from tenfold.distributed.allreduce import AllReduceAverager
+from tenfold.distributed.averaging import Averager, CompressedAverager
+from tenfold.distributed.collectives import ContributionRatioError
+from tenfold.distributed.errors import NonFiniteWeightsError, ReferenceMismatchError
 from tenfold.distributed.exchange import (
     CommunicationError,
     Exchanged,
@@ -54,6 +54,9 @@ from tenfold.distributed.exchange import (
     all_gather_bytes,
 )
 from tenfold.distributed.local_sgd import BufferMismatchError, LocalSGD
+from tenfold.distributed.params import ParamsLike, named_tensors, round_policy
+from tenfold.distributed.simulated import SimulatedAverager
+from tenfold.distributed.stats import SyncStats, TensorStats
 
 __all__ = [
     "AllReduceAverager",
@@ -67,6 +70,7 @@ __all__ = [
     "NonFiniteWeightsError",
     "ParamsLike",
     "PeerStatusError",
+    "ReferenceMismatchError",
     "SimulatedAverager",
     "SyncStats",
     "TensorStats",

@@ -15,7 +15,7 @@ of P ranks:
    sizes fail on every rank at once; then packet j goes to rank j, exact sizes
    (:class:`ShardTransfer`, isend/irecv of uint8 tensors, all posted at once);
 3. **reduce**: rank j decodes the P packets of shard j as they arrive and sums them in
-   rank order 0..P-1 (:class:`tenfold.distributed.averaging.RankOrderSum`), then every
+   rank order 0..P-1 (:class:`tenfold.distributed.rank_order.RankOrderSum`), then every
    rank all-gathers ``P + 2`` float64 (:func:`exchange_verdicts`): whether its decode
    failed and whose packet it was, and the sums of squares of each rank's contribution
    (the :class:`ContributionRatioError` guard), so every rank raises the same error at the
@@ -48,6 +48,7 @@ from tenfold.distributed.exchange import (
     PACKET_TAG,
     CommunicationError,
     PeerStatusError,
+    all_gather_row,
     comm_device,
     translate_comm_errors,
 )
@@ -341,11 +342,7 @@ def exchange_size_matrix(
     if len(sizes) != world and status == 0:
         raise ValueError(f"sizes: {len(sizes)} entries for {world} ranks")
     row = [status, tag, layout, *([0] * world if status < 0 else sizes)]
-    mine = torch.tensor(row, dtype=torch.int64, device=comm_device(group))
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    with translate_comm_errors("exchanging shard sizes"):
-        dist.all_gather(gathered, mine, group=group)
-    rows = torch.stack(gathered).cpu().tolist()
+    rows = all_gather_row(row, group=group, what="exchanging shard sizes")
     failed = {r: int(v[0]) for r, v in enumerate(rows) if v[0] < 0}
     if failed:
         raise PeerStatusError(failed)
@@ -366,11 +363,10 @@ def exchange_verdicts(
     row = [float(verdict), float(culprit), *(float(s) for s in sumsq)]
     if len(row) != world + 2:
         raise ValueError(f"sumsq: {len(sumsq)} entries for {world} ranks")
-    mine = torch.tensor(row, dtype=torch.float64, device=comm_device(group))
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    with translate_comm_errors("exchanging the shards' verdicts"):
-        dist.all_gather(gathered, mine, group=group)
-    return [[float(v) for v in g.cpu().tolist()] for g in gathered]
+    rows = all_gather_row(
+        row, dtype=torch.float64, group=group, what="exchanging the shards' verdicts"
+    )
+    return [[float(v) for v in r] for r in rows]
 
 
 # ---- the scatter ---------------------------------------------------------------------------

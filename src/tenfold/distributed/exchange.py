@@ -45,6 +45,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,10 +59,13 @@ __all__ = [
     "PacketTransfer",
     "PeerStatusError",
     "all_gather_bytes",
+    "all_gather_row",
     "broadcast_bytes",
     "exchange_sizes_and_tags",
     "comm_device",
     "exchange_sizes",
+    "is_distributed",
+    "local_rank_or_zero",
     "receive_order",
     "translate_comm_errors",
 ]
@@ -120,11 +124,49 @@ def translate_comm_errors(what: str) -> Iterator[None]:
         ) from exc
 
 
+def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
+    """Whether there is anyone to talk to: torch.distributed is available, initialised,
+    and ``group`` (None: the default group) has more than one rank. The averagers do
+    nothing (and send nothing) otherwise."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def local_rank_or_zero() -> int:
+    """This process's rank in the default group, or 0 without one (for the stats of a
+    sync that did nothing)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def comm_device(group: dist.ProcessGroup | None = None) -> torch.device:
     """The device collectives of ``group`` need: CUDA for NCCL, else the CPU."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def all_gather_row(
+    row: Sequence[int | float],
+    *,
+    dtype: torch.dtype = torch.int64,
+    group: dist.ProcessGroup | None = None,
+    what: str = "exchanging a few numbers",
+) -> list[list[Any]]:
+    """Every rank's ``row`` (the same length on every rank), in group rank order.
+
+    The small agreement messages (sizes, hashes, digests, verdicts) all take this path:
+    one ``all_gather`` of an int64 (or float64) tensor on the group's device
+    (:func:`comm_device`: NCCL needs CUDA tensors), failures translated into
+    :class:`CommunicationError` saying ``what`` was being done. Collective.
+
+    Example::
+
+        rows = all_gather_row([len(blob), tag])   # [[size_0, tag_0], [size_1, tag_1], ...]
+    """
+    mine = torch.tensor(list(row), dtype=dtype, device=comm_device(group))
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    with translate_comm_errors(what):
+        dist.all_gather(gathered, mine, group=group)
+    return [g.cpu().tolist() for g in gathered]
 
 
 def exchange_sizes(
@@ -165,13 +207,9 @@ def exchange_sizes_and_tags(
         raise ValueError(f"status must be 0 or negative, got {status}")
     if status == 0 and size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
-    world = dist.get_world_size(group)
-    device = comm_device(group)
-    mine = torch.tensor([status if status < 0 else size, tag], dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    with translate_comm_errors("exchanging packet sizes"):
-        dist.all_gather(gathered, mine, group=group)
-    pairs = torch.stack(gathered).cpu().tolist()
+    pairs = all_gather_row(
+        [status if status < 0 else size, tag], group=group, what="exchanging packet sizes"
+    )
     sizes = tuple(int(p[0]) for p in pairs)
     failed = {r: s for r, s in enumerate(sizes) if s < 0}
     if failed:

@@ -6,7 +6,7 @@ hook, on each of K ranks and for each bucket:
 
 1. adds this rank's error-feedback residual for the bucket, ``x = g + e``, and codes
    ``x`` into one packet with :func:`tenfold.compress`, using this rank's policy for this
-   step and bucket (:func:`~tenfold.distributed.averaging.round_policy`: per-rank,
+   step and bucket (:func:`~tenfold.distributed.params.round_policy`: per-rank,
    per-round sampling seeds); keeps ``e' = x - decoded(x)`` (what the packet failed to
    carry, sent with the next step's gradient);
 2. exchanges packet sizes (one collective; a rank whose gradient holds NaN/Inf sends a
@@ -14,7 +14,7 @@ hook, on each of K ranks and for each bucket:
    the healthy ones waiting for the timeout), then the exact packets as uint8 tensors
    (:class:`~tenfold.distributed.exchange.PacketTransfer`, no pickle, no padding);
 3. decodes every rank's packet and sums them in RANK ORDER 0..K-1 into a float32
-   accumulator (:class:`~tenfold.distributed.averaging.RankOrderSum`, overlapped with the
+   accumulator (:class:`~tenfold.distributed.rank_order.RankOrderSum`, overlapped with the
    transfers), divides by K, writes the mean into the bucket and returns a completed
    ``torch.futures.Future`` holding it.
 
@@ -108,28 +108,23 @@ import torch.distributed as dist
 
 from tenfold.codec import PacketInfo, compress, decompress, inspect
 from tenfold.codec.policy import rms
-from tenfold.distributed.averaging import (
-    BufferPool,
-    NonFiniteWeightsError,
-    RankOrderSum,
-    ReferenceMismatchError,
-    _check_announced_sizes,
-    _DeltaRank,
-    _reduce_scatter,
-    _uses_scale,
-    round_policy,
-)
 from tenfold.distributed.collectives import (
     DEFAULT_COLLECTIVE,
     check_collective,
     resolve_collective,
 )
+from tenfold.distributed.errors import NonFiniteWeightsError, ReferenceMismatchError
 from tenfold.distributed.exchange import (
     STATUS_NONFINITE,
     PacketTransfer,
     PeerStatusError,
     exchange_sizes_and_tags,
 )
+from tenfold.distributed.packets import check_announced_sizes
+from tenfold.distributed.params import round_policy, uses_scale
+from tenfold.distributed.rank_order import BufferPool, RankOrderSum
+from tenfold.distributed.reduce_scatter import reduce_scatter_sync
+from tenfold.distributed.reference import DeltaRank
 
 __all__ = [
     "BucketMismatchError",
@@ -209,6 +204,7 @@ class StepCost:
 
     @property
     def bits_per_param(self) -> float:
+        """Bytes sent as bits per gradient value (0 when nothing was coded)."""
         return 8.0 * self.bytes_sent / self.num_values if self.num_values else 0.0
 
     def __add__(self, other: "StepCost") -> "StepCost":
@@ -259,6 +255,7 @@ class HookStats:
         return self.total.calls
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the step count and the three :class:`StepCost` totals."""
         return {
             "steps": self.steps,
             "calls": self.calls,
@@ -372,6 +369,7 @@ class CompressionState:
 
     @property
     def stats(self) -> HookStats:
+        """What the hook has cost so far: totals, the last full step, the step in progress."""
         return HookStats(
             steps=self._steps_done, total=self._total, last_step=self._last, current=self._current
         )
@@ -520,7 +518,7 @@ class CompressionState:
         feedback = self.error_feedback and not policy.lossless
         residual = self._residual_for(index, layout, dtype) if feedback else None
         # The step's unit is the fresh gradient's RMS, not that of g + e (module docstring).
-        scale = {_NAME: rms(g) if g.size else 0.0} if _uses_scale(policy) else None
+        scale = {_NAME: rms(g) if g.size else 0.0} if uses_scale(policy) else None
         x = g if residual is None else np.add(g, residual)
         # "auto" per bucket (the same bucket sizes on every rank: the same answer)
         if resolve_collective(self.collective, x.size, world) == "reduce-scatter":
@@ -558,7 +556,7 @@ class CompressionState:
                 "must resume from the same checkpoint and bucket the model the same way"
             )
         named = [(_NAME, torch.empty(g.shape, dtype=wire, device="meta"))]
-        _check_announced_sizes(packet_sizes, named)
+        check_announced_sizes(packet_sizes, named)
         summer = RankOrderSum(named, world)
         if own is None:
             summer.offer(rank, blob)
@@ -621,7 +619,7 @@ class CompressionState:
         named = [(_NAME, torch.empty(x.shape, dtype=wire, device="meta"))]
         key = (layout.params, layout.sizes, world)
         second = self._residuals2.get(index)
-        holder = _DeltaRank(None, second[1] if feedback and second and second[0] == key else None)
+        holder = DeltaRank(None, second[1] if feedback and second and second[0] == key else None)
         kept: list[np.ndarray] = []
 
         def keep(own: dict[str, np.ndarray]) -> None:
@@ -629,7 +627,7 @@ class CompressionState:
 
         t_prep = time.perf_counter() - t0
         try:
-            stats, acc, _ = _reduce_scatter(
+            stats, acc, _ = reduce_scatter_sync(
                 named, {_NAME: x}, self.policy, None, scale,
                 _layout_tag(layout, x.dtype, step), step * _ROUND_STRIDE + index,
                 keep if feedback else None, feedback,

@@ -81,15 +81,15 @@ import torch.distributed as dist
 from torch import nn
 
 from tenfold.codec import TargetRate
-from tenfold.distributed.averaging import (
-    Averager,
-    CompressedAverager,
-    Policy,
-    SyncStats,
-    _wire_dtype,
-)
+from tenfold.distributed.averaging import Averager, CompressedAverager
 from tenfold.distributed.collectives import DEFAULT_COLLECTIVE
-from tenfold.distributed.exchange import comm_device
+from tenfold.distributed.exchange import (
+    all_gather_row,
+    comm_device,
+    is_distributed,
+)
+from tenfold.distributed.params import Policy, wire_dtype
+from tenfold.distributed.stats import SyncStats
 
 __all__ = ["BUFFER_MODES", "BufferMismatchError", "LocalSGD"]
 
@@ -291,11 +291,7 @@ class LocalSGD:
     # -- buffers ----------------------------------------------------------------------------
 
     def _distributed(self) -> bool:
-        return (
-            dist.is_available()
-            and dist.is_initialized()
-            and dist.get_world_size(self.process_group) > 1
-        )
+        return is_distributed(self.process_group)
 
     def _named_buffers(self) -> list[tuple[str, torch.Tensor]]:
         return list(self.model.named_buffers())
@@ -328,10 +324,10 @@ class LocalSGD:
         floating = [(n, b) for n, b in named if b.dtype.is_floating_point]
         others = [(n, b) for n, b in named if not b.dtype.is_floating_point]
         if others:
-            _check_equal(others, group, device)
+            _check_equal(others, group)
         by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
         for name, b in floating:
-            by_dtype.setdefault(_wire_dtype(b.dtype), []).append((name, b))
+            by_dtype.setdefault(wire_dtype(b.dtype), []).append((name, b))
         with torch.no_grad():
             for dtype, bufs in by_dtype.items():
                 flat = torch.cat([b.detach().reshape(-1).to(device, dtype) for _, b in bufs])
@@ -426,20 +422,15 @@ def _check_outer(
 
 
 def _check_equal(
-    named: Sequence[tuple[str, torch.Tensor]],
-    group: dist.ProcessGroup | None,
-    device: torch.device,
+    named: Sequence[tuple[str, torch.Tensor]], group: dist.ProcessGroup | None
 ) -> None:
     """All-gather one CRC-32 per buffer; raise on every rank if any rank's differs."""
     crcs = [
         zlib.crc32(b.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().data)
         for _, b in named
     ]
-    mine = torch.tensor(crcs, dtype=torch.int64, device=device)
-    world = dist.get_world_size(group)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    rows = [g.cpu().tolist() for g in gathered]
+    rows = all_gather_row(crcs, group=group, what="comparing integer buffers")
+    world = len(rows)
     bad = {
         name: [r for r in range(1, world) if rows[r][i] != rows[0][i]]
         for i, (name, _) in enumerate(named)

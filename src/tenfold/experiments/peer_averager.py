@@ -24,13 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tenfold.distributed.averaging import (
-    NonFiniteWeightsError,
-    ParamsLike,
-    SyncStats,
-    TensorStats,
-    named_tensors,
-)
+from tenfold.distributed.errors import NonFiniteWeightsError
+from tenfold.distributed.params import ParamsLike, named_tensors
+from tenfold.distributed.stats import SyncStats, TensorStats
 from tenfold.experiments.peers import GroupCodec
 
 __all__ = ["PeerAverager"]

@@ -1642,7 +1642,7 @@ def _bits_emerge_sentence(s: SettingStats) -> str:
     avg, last = s.coded_bits.mean, float(mean[-1])
     first_in = next((int(e) for e, m in zip(ep, mean, strict=True) if lo <= m <= hi), None)
     head = (
-        f"`{s.name}` ({len(s.runs)} seeds): {avg:.2f} bits/param averaged over the syncs, "
+        f"`{s.name}` ({len(s.runs)} seed{'s' if len(s.runs) != 1 else ''}): {avg:.2f} bits/param averaged over the syncs, "
         f"{last:.2f} at the last sync (epoch {int(ep[-1])}); the paper's "
         f"{PAPER_BITS_RANGE[0]}-{PAPER_BITS_RANGE[1]} (with {PAPER_REL_TOL:.0%} tolerance: "
         f"{lo:.2f}-{hi:.2f}) "

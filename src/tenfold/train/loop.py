@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from tenfold.distributed import CompressedAverager, SimulatedAverager, SyncStats
-from tenfold.distributed.exchange import translate_comm_errors
+from tenfold.distributed.exchange import all_gather_row, is_distributed
 from tenfold.train.config import TrainConfig
 from tenfold.train.recipes import Evaluator, get_recipe
 from tenfold.train.state import ConfigMismatchError, Record, TrainResult, TrainState
@@ -315,12 +315,7 @@ def _drive(
 
 
 def _is_distributed(state: TrainState) -> bool:
-    return (
-        isinstance(state.averager, CompressedAverager)
-        and dist.is_available()
-        and dist.is_initialized()
-        and dist.get_world_size() > 1
-    )
+    return isinstance(state.averager, CompressedAverager) and is_distributed()
 
 
 # Status rank 0 broadcasts before training: what every rank does about checkpoints.
@@ -407,12 +402,9 @@ def check_same_config(config: TrainConfig, group: dist.ProcessGroup | None = Non
     Raises:
         ConfigMismatchError: naming the ranks whose configuration differs from rank 0's.
     """
-    mine = torch.tensor([int.from_bytes(config.digest(), "big", signed=True)], dtype=torch.int64)
-    world = dist.get_world_size(group)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    with translate_comm_errors("comparing configurations"):
-        dist.all_gather(every, mine, group=group)
-    digests = [int(t.item()) for t in every]
+    mine = int.from_bytes(config.digest(), "big", signed=True)
+    rows = all_gather_row([mine], group=group, what="comparing configurations")
+    digests = [int(r[0]) for r in rows]
     differ = [r for r, d in enumerate(digests) if d != digests[0]]
     if differ:
         raise ConfigMismatchError(

@@ -10,7 +10,7 @@ import torch
 
 import tenfold
 from tenfold.codec.errors import PacketMismatchError
-from tenfold.distributed.averaging import BufferPool, RankOrderSum, _decode_mean
+from tenfold.distributed.rank_order import BufferPool, RankOrderSum, decode_mean
 
 K = 4
 
@@ -47,7 +47,7 @@ def drain(s: RankOrderSum) -> None:
 )
 def test_every_arrival_order_gives_the_rank_order_sum_bit_for_bit(policy: object) -> None:
     blobs = packets(policy)
-    ref_acc, ref_infos = _decode_mean(blobs, worker_tensors(0))
+    ref_acc, ref_infos = decode_mean(blobs, worker_tensors(0))
     for order in itertools.permutations(range(K)):
         # Work done as soon as possible after each arrival (spares used for early ones)...
         eager = RankOrderSum(worker_tensors(0), K)
@@ -76,7 +76,7 @@ def test_signed_zeros_survive_the_spare_path() -> None:
         drain(s)
     # -0.0 added four times to a +0.0 accumulator: +0.0, as in rank order
     assert np.signbit(s.acc["z"]).sum() == 0
-    ref, _ = _decode_mean(blobs, worker_tensors(0))
+    ref, _ = decode_mean(blobs, worker_tensors(0))
     assert (s.acc["z"] / np.float32(K)).tobytes() == ref["z"].tobytes()
 
 
@@ -158,7 +158,7 @@ def test_a_shared_pool_across_rounds_changes_no_bit() -> None:
     pool = BufferPool()
     for policy in (tenfold.Fixed(5), tenfold.Lossless()):
         blobs = packets(policy)
-        ref, _ = _decode_mean(blobs, worker_tensors(0))
+        ref, _ = decode_mean(blobs, worker_tensors(0))
         for order in ((3, 2, 1, 0), (1, 2, 3, 0), (2, 0, 3, 1)):
             s = RankOrderSum(worker_tensors(0), K, pool=pool)
             for r in order:

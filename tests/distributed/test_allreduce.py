@@ -21,9 +21,9 @@ from tenfold.distributed import (
     AllReduceAverager,
     Averager,
     CompressedAverager,
+    ReferenceMismatchError,
     SimulatedAverager,
 )
-from tenfold.distributed.averaging import ReferenceMismatchError
 
 WORLD = 3
 
