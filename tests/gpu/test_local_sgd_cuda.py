@@ -90,7 +90,7 @@ def _job(rank: int, world: int, backend: str, rdzv: str, out: str) -> None:
         before = _snap(net)
         named = list(net.named_buffers())
         sync._average_buffers(named)
-        _check_equal([(n, b) for n, b in named if not b.dtype.is_floating_point], None, device)
+        _check_equal([(n, b) for n, b in named if not b.dtype.is_floating_point], None)
         half = torch.randn(17, device=device).to(torch.bfloat16)
         half_before = half.clone()
         broadcast_exact(half, src=0, group=None)
