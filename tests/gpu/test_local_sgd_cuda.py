@@ -25,8 +25,11 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tenfold.distributed import AllReduceAverager, LocalSGD
+from tenfold.distributed.exchange import all_gather_row
 from tenfold.distributed.local_sgd import _check_equal
 from tenfold.distributed.shared_model import align_ranks, broadcast_exact
+from tenfold.train.config import TrainConfig
+from tenfold.train.loop import check_same_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -95,6 +98,9 @@ def _job(rank: int, world: int, backend: str, rdzv: str, out: str) -> None:
         half_before = half.clone()
         broadcast_exact(half, src=0, group=None)
         info["aligned_received"] = align_ranks(list(net.named_parameters()), None)
+        # the small agreement messages (sizes, digests) on the group's device
+        info["rows"] = all_gather_row([rank, 7], group=None)
+        check_same_config(TrainConfig(), None)  # every rank the same: no error
         after = _snap(net)
         if world == 1:  # a mean over one rank and a broadcast from oneself change nothing
             info["unchanged"] = all(before[n].tobytes() == after[n].tobytes() for n in before)
@@ -133,6 +139,7 @@ def test_nccl_local_sgd_on_cuda(tmp_path: Path) -> None:
         if world == 1:
             assert info["unchanged"] and info["half_unchanged"]
         assert info["aligned_received"] == 0  # already aligned
+        assert info["rows"] == [[r, 7] for r in range(world)]
 
 
 def test_gloo_with_cuda_tensors_on_one_gpu(tmp_path: Path) -> None:
