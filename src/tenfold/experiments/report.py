@@ -464,9 +464,10 @@ def _censoring_sentence(a: Analysis, rows: Sequence[dict[str, Any]]) -> str:
     majority = n_cens / len(runs) >= CENSORED_MAJORITY
     txt = (
         f"**Convergence is {'censored' if majority else 'partly censored'}.** {n_cens} of "
-        f"{len(runs)} {_epochs_txt(runs)}runs{base_txt} peaked at their last epoch: for those, test accuracy was "
-        "still rising when the budget ended, and their epoch of peak accuracy is a lower "
-        "bound."
+        f"{len(runs)} {_epochs_txt(runs)}runs{base_txt} peaked at their last epoch: "
+        + ("for that run" if n_cens == 1 else "for those")
+        + ", test accuracy was still rising when the budget ended, and the epoch of peak "
+        "accuracy is a lower bound."
     )
     if majority:
         txt += " With most runs censored, 'the epoch of peak accuracy' mostly measures the budget"
@@ -1529,12 +1530,13 @@ def _convergence_long_sentence(la: Analysis, n_epochs: int) -> str:
         f"`{s.name}` {s.censored}/{len(s.runs)}" for s in la.settings.values() if s.censored
     )
     return (
-        f"{cens} of the {len(runs)} finished {n_epochs}-epoch runs still peak at their last "
-        f"epoch ({which}): "
+        f"{cens} of the {len(runs)} finished {n_epochs}-epoch runs still "
+        f"{'peaks at its' if cens == 1 else 'peak at their'} last epoch ({which}): "
         + (
             "for most runs the budget still bounds the convergence epoch."
             if cens / len(runs) >= CENSORED_MAJORITY
-            else "for those the convergence epoch is a lower bound; the others are measured."
+            else f"for {'that run' if cens == 1 else 'those'} the convergence epoch is a lower "
+            "bound; the others are measured."
         )
     )
 
