@@ -6,7 +6,6 @@ One spawned job (3 ranks) runs every multi-rank check; the test functions read i
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo, load_arrays, save_arrays
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
 import tenfold
@@ -47,23 +47,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _save(out: Path, key: str, named: list[tuple[str, torch.Tensor]]) -> None:
-    np.savez(out / f"{key}.npz", **{n: _np(t) for n, t in named})
-
-
-def _load(out: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{key}.npz") as f:
-        return {k: f[k] for k in f.files}
+    save_arrays(out, key, {n: _np(t) for n, t in named})
 
 
 def _job(rank: int, rdzv: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=30),
-    )
+    join_gloo(rank, WORLD, rdzv)
     out_dir = Path(out)
     info: dict[str, object] = {}
     try:
@@ -130,15 +118,15 @@ def _info(run: Path, rank: int) -> dict:
 
 
 def test_every_rank_holds_the_bit_identical_mean(run: Path) -> None:
-    r0 = _load(run, "mean-r0")
+    r0 = load_arrays(run, "mean-r0")
     for rank in range(1, WORLD):
-        other = _load(run, f"mean-r{rank}")
+        other = load_arrays(run, f"mean-r{rank}")
         assert all(r0[n].tobytes() == other[n].tobytes() for n in r0), rank
 
 
 def test_the_mean_is_the_exact_mean(run: Path) -> None:
     want = {n: np.mean([_np(t) for t in ts], axis=0) for n, *ts in _columns()}
-    ours, torchs = _load(run, "mean-r0"), _load(run, "torch-r0")
+    ours, torchs = load_arrays(run, "mean-r0"), load_arrays(run, "torch-r0")
     for n, w in want.items():
         # values are O(1): float32 sums are good to ~1e-7 absolute; half dtypes are
         # rounded to their own precision when copied back
@@ -171,13 +159,13 @@ def test_stats_count_the_ring_traffic_and_32_bits(run: Path) -> None:
 def test_initialize_takes_rank_0s_tensors_exactly(run: Path) -> None:
     want = {n: _np(t) for n, t in rank_tensors(0)}
     for rank in range(WORLD):
-        got = _load(run, f"init-r{rank}")
+        got = load_arrays(run, f"init-r{rank}")
         assert all(got[n].tobytes() == want[n].tobytes() for n in want), rank
         assert _info(run, rank)["received_again"] == 0
     assert _info(run, 0)["received"] == 0 and _info(run, 2)["received"] > 0
-    half0 = _load(run, "init-half-r0")["h"]
+    half0 = load_arrays(run, "init-half-r0")["h"]
     for rank in range(1, WORLD):
-        assert _load(run, f"init-half-r{rank}")["h"].tobytes() == half0.tobytes()
+        assert load_arrays(run, f"init-half-r{rank}")["h"].tobytes() == half0.tobytes()
 
 
 def test_set_reference_moves_the_shared_model_on_every_rank(run: Path) -> None:
@@ -185,9 +173,9 @@ def test_set_reference_moves_the_shared_model_on_every_rank(run: Path) -> None:
     assert len(tags) == 1
     # the deltas were taken from the halved model: the mean is ~ half + mean offset
     base = {n: _np(t) * 0.5 for n, t in rank_tensors(0) if t.dtype == torch.float32}
-    r0 = _load(run, "setref-r0")
+    r0 = load_arrays(run, "setref-r0")
     for rank in range(1, WORLD):
-        other = _load(run, f"setref-r{rank}")
+        other = load_arrays(run, f"setref-r{rank}")
         assert all(r0[n].tobytes() == other[n].tobytes() for n in r0)
     for n, b in base.items():
         # TargetRate(2.0) codes a constant shift of 0.01..0.03 almost exactly

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo, load_arrays, save_tensors
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
 import tenfold
@@ -52,48 +52,28 @@ def grad_rms_of(rank: int) -> dict[str, float]:
     return {"fc1.weight": 0.01 * (rank + 1), "fc1.bias": 0.0, "fc2.weight": 0.5, "fc2.bias": 3.0}
 
 
-def _init(rank: int, world: int, rdzv: str, timeout_s: float = 30.0) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=timeout_s),
-    )
-
-
-def _save(out: Path, key: str, named: list[tuple[str, torch.Tensor]]) -> None:
-    np.savez(out / f"{key}.npz", **{n: t.detach().numpy() for n, t in named})
-
-
-def _load(out: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{key}.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
 # ---- job 1: every policy, 3 ranks ------------------------------------------------------------
 
 
 def _policies_job(rank: int, world: int, rdzv: str, out: str) -> None:
-    _init(rank, world, rdzv)
+    join_gloo(rank, world, rdzv)
     out_dir = Path(out)
     try:
         for i, policy in enumerate(POLICIES):
             avg = CompressedAverager(policy, transmit="weights")
             named = rank_tensors(rank)
             stats = avg.average(named, grad_rms=grad_rms_of(rank))
-            _save(out_dir, f"p{i}-r{rank}", named)
+            save_tensors(out_dir, f"p{i}-r{rank}", named)
             # a second round on the same averager: new derived seeds, still identical ranks
             stats2 = avg.average(named, grad_rms=grad_rms_of(rank))
-            _save(out_dir, f"p{i}-r{rank}-round2", named)
+            save_tensors(out_dir, f"p{i}-r{rank}-round2", named)
             (out_dir / f"p{i}-r{rank}.json").write_text(
                 json.dumps([stats.as_dict(), stats2.as_dict()])
             )
         # the torch reference for the plain mean
         ref = rank_tensors(rank)
         average_parameters(iter([t for _, t in ref]), dist.group.WORLD)
-        _save(out_dir, f"ref-r{rank}", ref)
+        save_tensors(out_dir, f"ref-r{rank}", ref)
         # plain tensors (not pairs) are accepted too, and named by position
         plain = [t for _, t in rank_tensors(rank)]
         s = CompressedAverager(tenfold.Lossless(), transmit="weights").average(plain)
@@ -112,9 +92,9 @@ def policies_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("i", range(len(POLICIES)), ids=[p.get_config()["id"] for p in POLICIES])
 def test_every_rank_holds_bit_identical_weights(policies_run: Path, i: int) -> None:
     for suffix in ("", "-round2"):
-        r0 = _load(policies_run, f"p{i}-r0{suffix}")
+        r0 = load_arrays(policies_run, f"p{i}-r0{suffix}")
         for rank in (1, 2):
-            other = _load(policies_run, f"p{i}-r{rank}{suffix}")
+            other = load_arrays(policies_run, f"p{i}-r{rank}{suffix}")
             assert list(other) == list(r0)
             for name in r0:
                 assert r0[name].tobytes() == other[name].tobytes(), (POLICIES[i], name, rank)
@@ -126,7 +106,7 @@ def test_distributed_equals_simulated_and_decoded_mean(policies_run: Path, i: in
     workers = [rank_tensors(r) for r in range(3)]
     rms = [grad_rms_of(r) for r in range(3)]
     SimulatedAverager(policy, transmit="weights").average(workers, grad_rms=rms)
-    got = _load(policies_run, f"p{i}-r1")
+    got = load_arrays(policies_run, f"p{i}-r1")
     for name, t in workers[0]:
         assert t.numpy().tobytes() == got[name].tobytes(), name
     # and what that is: the float32 mean of every rank's decoded packet, summed in rank order
@@ -201,8 +181,8 @@ def test_lossless_equals_torch_average_parameters(policies_run: Path) -> None:
     in rank order. Both are within a few float32 ulps of the exact mean: we allow
     1e-6 relative + 1e-7 absolute (float32 eps is 1.2e-7; values here are O(1)).
     """
-    ref = _load(policies_run, "ref-r0")
-    lossless = _load(policies_run, f"p{len(POLICIES) - 1}-r0")
+    ref = load_arrays(policies_run, "ref-r0")
+    lossless = load_arrays(policies_run, f"p{len(POLICIES) - 1}-r0")
     exact = {
         n: np.stack([dict(rank_tensors(r))[n].double().numpy() for r in range(3)]).mean(axis=0)
         for n in ref
@@ -216,7 +196,7 @@ def test_lossless_equals_torch_average_parameters(policies_run: Path) -> None:
 
 
 def _failures_job(rank: int, world: int, rdzv: str, out: str) -> None:
-    _init(rank, world, rdzv, timeout_s=20.0)
+    join_gloo(rank, world, rdzv, timeout_s=20.0)
     out_dir = Path(out)
     results: dict[str, str] = {}
     try:

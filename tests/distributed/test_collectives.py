@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo, load_arrays, save_tensors
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tenfold
@@ -61,26 +61,6 @@ def local_step(
             t.add_(torch.randn(t.shape, generator=g) * 0.01 * gain)
 
 
-def _init(rank: int, rdzv: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=20),
-    )
-
-
-def _save(out: Path, key: str, named: list[tuple[str, torch.Tensor]]) -> None:
-    np.savez(out / f"{key}.npz", **{n: t.detach().numpy().copy() for n, t in named})
-
-
-def _load(out: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{key}.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
 class _CountSends:
     """Counts the bytes of every point-to-point send (the packets on the wire)."""
 
@@ -101,7 +81,7 @@ class _CountSends:
 
 
 def _job(rank: int, rdzv: str, out: str) -> None:
-    _init(rank, rdzv)
+    join_gloo(rank, WORLD, rdzv, timeout_s=20)
     out_dir = Path(out)
     results: dict[str, Any] = {}
     try:
@@ -118,7 +98,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             with _CountSends() as counter:
                 stats.append(avg.average(named).as_dict())
             sent.append(counter.bytes)
-            _save(out_dir, f"delta-r{rank}-round{r}", named)
+            save_tensors(out_dir, f"delta-r{rank}-round{r}", named)
         results["stats"] = stats
         results["sent"] = sent
 
@@ -129,7 +109,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         for r in (2, 3):
             local_step(again, rank, r)
             resumed.average(again)
-        _save(out_dir, f"resumed-r{rank}", again)
+        save_tensors(out_dir, f"resumed-r{rank}", again)
 
         # 3. weights mode with the paper's policy (seeded sampling)
         paper = CompressedAverager(
@@ -139,13 +119,13 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         for r in range(2):
             local_step(w, rank, r)
             paper.average(w)
-            _save(out_dir, f"weights-r{rank}-round{r}", w)
+            save_tensors(out_dir, f"weights-r{rank}-round{r}", w)
 
         # 4. Lossless weights: the exact mean (up to float32 rounding)
         exact = start(rank)
-        _save(out_dir, f"before-lossless-r{rank}", exact)
+        save_tensors(out_dir, f"before-lossless-r{rank}", exact)
         CompressedAverager(tenfold.Lossless(), transmit="weights", collective=RS).average(exact)
-        _save(out_dir, f"lossless-r{rank}", exact)
+        save_tensors(out_dir, f"lossless-r{rank}", exact)
 
         # 5. a corrupt shard (a byte flipped after compress, on rank 1): named everywhere
         broken = CompressedAverager(tenfold.TargetRate(bits_per_param=1.0), collective=RS)
@@ -223,7 +203,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             opt.zero_grad()
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
             opt.step()
-        _save(out_dir, f"hook-r{rank}", list(model.named_parameters()))
+        save_tensors(out_dir, f"hook-r{rank}", list(model.named_parameters()))
         results["hook_residual2"] = sorted(hook_state.state_dict()["residual2"])
         torch.manual_seed(8)
         net = torch.nn.Linear(7, 3)
@@ -231,7 +211,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         for s in range(2):
             local_step(list(net.named_parameters()), rank, s)
             sync.step()
-        _save(out_dir, f"localsgd-r{rank}", list(net.named_parameters()))
+        save_tensors(out_dir, f"localsgd-r{rank}", list(net.named_parameters()))
         results["localsgd_collective"] = getattr(sync.averager, "collective", None)
         (out_dir / f"r{rank}.json").write_text(json.dumps(results))
 
@@ -298,22 +278,22 @@ def test_the_plan_handles_fewer_values_than_ranks_and_empty_tensors() -> None:
 
 def test_ranks_are_bit_identical_in_delta_mode(run: Path) -> None:
     for r in range(ROUNDS + 1):
-        r0 = _load(run, f"delta-r0-round{r}")
+        r0 = load_arrays(run, f"delta-r0-round{r}")
         for rank in range(1, WORLD):
-            assert _same(r0, _load(run, f"delta-r{rank}-round{r}")), (rank, r)
+            assert _same(r0, load_arrays(run, f"delta-r{rank}-round{r}")), (rank, r)
 
 
 def test_ranks_are_bit_identical_in_weights_mode(run: Path) -> None:
     for r in range(2):
-        r0 = _load(run, f"weights-r0-round{r}")
+        r0 = load_arrays(run, f"weights-r0-round{r}")
         for rank in range(1, WORLD):
-            assert _same(r0, _load(run, f"weights-r{rank}-round{r}")), (rank, r)
+            assert _same(r0, load_arrays(run, f"weights-r{rank}-round{r}")), (rank, r)
 
 
 def test_lossless_reduce_scatter_is_the_exact_mean(run: Path) -> None:
-    before = [_load(run, f"before-lossless-r{r}") for r in range(WORLD)]
+    before = [load_arrays(run, f"before-lossless-r{r}") for r in range(WORLD)]
     for rank in range(WORLD):
-        got = _load(run, f"lossless-r{rank}")
+        got = load_arrays(run, f"lossless-r{rank}")
         for n in got:
             want = np.mean([b[n].astype(np.float64) for b in before], axis=0)
             np.testing.assert_allclose(got[n], want, rtol=1e-6, atol=1e-7)
@@ -335,7 +315,9 @@ def test_bytes_sent_is_every_byte_on_the_wire(run: Path) -> None:
 
 def test_a_resumed_averager_continues_bit_for_bit(run: Path) -> None:
     for rank in range(WORLD):
-        assert _same(_load(run, f"resumed-r{rank}"), _load(run, f"delta-r{rank}-round3"))
+        assert _same(
+            load_arrays(run, f"resumed-r{rank}"), load_arrays(run, f"delta-r{rank}-round3")
+        )
 
 
 def test_a_corrupt_shard_names_its_sender_on_every_rank(run: Path) -> None:
@@ -377,9 +359,9 @@ def test_the_guard_names_the_100x_rank_on_every_rank(run: Path) -> None:
 
 def test_the_hook_and_local_sgd_keep_ranks_bit_identical(run: Path) -> None:
     for key in ("hook", "localsgd"):
-        r0 = _load(run, f"{key}-r0")
+        r0 = load_arrays(run, f"{key}-r0")
         for rank in range(1, WORLD):
-            assert _same(r0, _load(run, f"{key}-r{rank}")), (key, rank)
+            assert _same(r0, load_arrays(run, f"{key}-r{rank}")), (key, rank)
     got = _results(run, 0)
     assert got["hook_residual2"] and got["localsgd_collective"] == RS
 
@@ -410,7 +392,7 @@ def test_simulated_reduce_scatter_equals_the_gloo_ranks(run: Path) -> None:
         for rank, named in enumerate(workers):
             local_step(named, rank, r)
         stats = sim.average(workers)
-        assert _same({n: t.numpy() for n, t in workers[0]}, _load(run, f"delta-r0-round{r}"))
+        assert _same({n: t.numpy() for n, t in workers[0]}, load_arrays(run, f"delta-r0-round{r}"))
         real = [_results(run, rank)["stats"][r] for rank in range(WORLD)]
         assert [s.bytes_sent for s in stats] == [s["bytes_sent"] for s in real]
         assert [s.packet_bytes for s in stats] == [tuple(s["packet_bytes"]) for s in real]
@@ -420,7 +402,9 @@ def test_simulated_reduce_scatter_equals_the_gloo_ranks(run: Path) -> None:
         for rank, named in enumerate(workers):
             local_step(named, rank, r)
         paper.average(workers)
-        assert _same({n: t.numpy() for n, t in workers[1]}, _load(run, f"weights-r0-round{r}"))
+        assert _same(
+            {n: t.numpy() for n, t in workers[1]}, load_arrays(run, f"weights-r0-round{r}")
+        )
 
 
 def test_simulated_state_dict_resumes_bit_for_bit() -> None:

@@ -6,7 +6,6 @@ One spawned job runs several checks so that few processes are launched (each imp
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo, load_arrays, save_tensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
@@ -43,40 +43,20 @@ def local_step(named: list[tuple[str, torch.Tensor]], rank: int, round_: int) ->
             t.add_(torch.randn(t.shape, generator=g) * 0.01)
 
 
-def _init(rank: int, rdzv: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=30),
-    )
-
-
-def _save(out: Path, key: str, named: list[tuple[str, torch.Tensor]]) -> None:
-    np.savez(out / f"{key}.npz", **{n: t.detach().numpy().copy() for n, t in named})
-
-
-def _load(out: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{key}.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
 def _delta_job(rank: int, rdzv: str, out: str) -> None:
-    _init(rank, rdzv)
+    join_gloo(rank, WORLD, rdzv)
     out_dir = Path(out)
     try:
         # 1. rate-controlled deltas: initialize aligns the ranks, then every round agrees
         avg = CompressedAverager(tenfold.TargetRate(bits_per_param=1.0))
         named = start(rank)
         received = avg.initialize(named)
-        _save(out_dir, f"init-r{rank}", named)
+        save_tensors(out_dir, f"init-r{rank}", named)
         stats = []
         for r in range(ROUNDS):
             local_step(named, rank, r)
             stats.append(avg.average(named).as_dict())
-            _save(out_dir, f"rate-r{rank}-round{r}", named)
+            save_tensors(out_dir, f"rate-r{rank}-round{r}", named)
         (out_dir / f"stats-r{rank}.json").write_text(json.dumps({"received": received, "s": stats}))
         stale = avg.state_dict()  # after round 3
 
@@ -88,8 +68,8 @@ def _delta_job(rank: int, rdzv: str, out: str) -> None:
         reference = [(n, t.clone()) for n, t in same]
         lossless.average(same)
         average_parameters(iter([t for _, t in reference]), dist.group.WORLD)
-        _save(out_dir, f"lossless-r{rank}", same)
-        _save(out_dir, f"allreduce-r{rank}", reference)
+        save_tensors(out_dir, f"lossless-r{rank}", same)
+        save_tensors(out_dir, f"allreduce-r{rank}", reference)
 
         # 3. a rank resumed from a stale state is caught, on every rank, naming it
         local_step(named, rank, 9)
@@ -120,7 +100,7 @@ def delta_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_initialize_aligns_the_ranks_on_rank_0s_weights(delta_run: Path) -> None:
     want = {n: t.numpy() for n, t in start(0)}
     for rank in range(WORLD):
-        got = _load(delta_run, f"init-r{rank}")
+        got = load_arrays(delta_run, f"init-r{rank}")
         assert all(got[n].tobytes() == want[n].tobytes() for n in want)
     stats = [json.loads((delta_run / f"stats-r{r}.json").read_text()) for r in range(WORLD)]
     assert stats[0]["received"] == 0 and stats[1]["received"] > 0
@@ -128,9 +108,9 @@ def test_initialize_aligns_the_ranks_on_rank_0s_weights(delta_run: Path) -> None
 
 def test_every_rank_holds_bit_identical_weights_in_delta_mode(delta_run: Path) -> None:
     for r in range(ROUNDS):
-        r0 = _load(delta_run, f"rate-r0-round{r}")
+        r0 = load_arrays(delta_run, f"rate-r0-round{r}")
         for rank in range(1, WORLD):
-            other = _load(delta_run, f"rate-r{rank}-round{r}")
+            other = load_arrays(delta_run, f"rate-r{rank}-round{r}")
             assert all(r0[n].tobytes() == other[n].tobytes() for n in r0), (rank, r)
 
 
@@ -144,8 +124,8 @@ def test_delta_packets_cost_about_the_target(delta_run: Path) -> None:
 
 def test_lossless_deltas_equal_weight_averaging(delta_run: Path) -> None:
     for rank in range(WORLD):
-        ours = _load(delta_run, f"lossless-r{rank}")
-        ref = _load(delta_run, f"allreduce-r{rank}")
+        ours = load_arrays(delta_run, f"lossless-r{rank}")
+        ref = load_arrays(delta_run, f"allreduce-r{rank}")
         for n in ours:
             np.testing.assert_allclose(ours[n], ref[n], rtol=1e-6, atol=1e-7)
 
@@ -168,7 +148,7 @@ def test_simulated_delta_equals_the_gloo_ranks(delta_run: Path) -> None:
         for rank, named in enumerate(workers):
             local_step(named, rank, r)
         sim.average(workers)
-        real = _load(delta_run, f"rate-r0-round{r}")
+        real = load_arrays(delta_run, f"rate-r0-round{r}")
         for n, t in workers[0]:
             assert t.numpy().tobytes() == real[n].tobytes(), (r, n)
 

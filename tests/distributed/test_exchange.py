@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo
 
 from tenfold.distributed import CommunicationError, PeerStatusError, all_gather_bytes
 from tenfold.distributed.exchange import (
@@ -28,14 +27,7 @@ def payload(rank: int) -> bytes:
 
 
 def _job(rank: int, world: int, rdzv: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=30),
-    )
+    join_gloo(rank, world, rdzv)
     res: dict[str, object] = {}
     try:
         got = all_gather_bytes(payload(rank))
@@ -136,14 +128,7 @@ TIMEOUT_S = 2.0
 
 
 def _silent_peer_job(rank: int, world: int, rdzv: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=TIMEOUT_S),
-    )
+    join_gloo(rank, world, rdzv, timeout_s=TIMEOUT_S)
     res: dict[str, object] = {}
     try:
         sizes = exchange_sizes(1000)

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo, load_arrays, save_arrays
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tenfold
@@ -69,26 +69,6 @@ def grads_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def _init(rank: int, rdzv: str, world: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=30),
-    )
-
-
-def _save(out: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(out / f"{key}.npz", **arrays)
-
-
-def _load(out: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{key}.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
 def recorder(calls: list[list[Any]]) -> Any:
     """The hook, recording ``[step, bucket index, parameter sizes, input, output]`` per call
     (input/output: the bucket before and after, as lists, at step 0 only)."""
@@ -113,7 +93,7 @@ def _hooked(state: CompressionState, calls: list[list[Any]] | None = None) -> tu
 
 
 def _hook_job(rank: int, rdzv: str, out: str) -> None:
-    _init(rank, rdzv, WORLD)
+    join_gloo(rank, WORLD, rdzv)
     out_dir = Path(out)
     report: dict[str, Any] = {}
     try:
@@ -124,7 +104,7 @@ def _hook_job(rank: int, rdzv: str, out: str) -> None:
         ddp, opt = _hooked(state, calls)
         for step in range(STEPS):
             train_step(ddp, opt, rank, step)
-            _save(out_dir, f"rate-r{rank}-s{step}", params_of(ddp.module))
+            save_arrays(out_dir, f"rate-r{rank}-s{step}", params_of(ddp.module))
         report["stats"] = state.stats.as_dict()
         report["first_call"] = calls[0]
         report["residual_buckets"] = sorted(state.state_dict()["residual"])
@@ -136,7 +116,7 @@ def _hook_job(rank: int, rdzv: str, out: str) -> None:
         saved_model = copy.deepcopy(ddp.module.state_dict())
         saved_opt = copy.deepcopy(opt.state_dict())
         train_step(ddp, opt, rank, STEPS)
-        _save(out_dir, f"resume-continued-r{rank}", params_of(ddp.module))
+        save_arrays(out_dir, f"resume-continued-r{rank}", params_of(ddp.module))
         for variant in ("resumed", "zeroed"):
             buf.seek(0)
             hook_state = torch.load(buf, weights_only=True)
@@ -150,7 +130,7 @@ def _hook_job(rank: int, rdzv: str, out: str) -> None:
             ddp2.module.load_state_dict(saved_model)
             opt2.load_state_dict(saved_opt)
             train_step(ddp2, opt2, rank, STEPS)
-            _save(out_dir, f"resume-{variant}-r{rank}", params_of(ddp2.module))
+            save_arrays(out_dir, f"resume-{variant}-r{rank}", params_of(ddp2.module))
         report["residual_norm"] = float(
             sum(float(v.norm()) for v in state.state_dict()["residual"].values())
         )
@@ -164,8 +144,8 @@ def _hook_job(rank: int, rdzv: str, out: str) -> None:
         for p in plain.parameters():
             dist.all_reduce(p.grad)
             p.grad /= WORLD
-        _save(out_dir, f"lossless-r{rank}", grads_of(ddp3.module))
-        _save(out_dir, f"allreduce-r{rank}", grads_of(plain))
+        save_arrays(out_dir, f"lossless-r{rank}", grads_of(ddp3.module))
+        save_arrays(out_dir, f"allreduce-r{rank}", grads_of(plain))
 
         # 4. several buckets, rebuilt by DDP after the first step: residuals follow the
         #    parameters to their new buckets, and the ranks still agree
@@ -177,7 +157,7 @@ def _hook_job(rank: int, rdzv: str, out: str) -> None:
         opt4 = torch.optim.SGD(ddp4.parameters(), lr=0.1)
         for step in range(STEPS):
             train_step(ddp4, opt4, rank, step)
-            _save(out_dir, f"buckets-r{rank}-s{step}", params_of(ddp4.module))
+            save_arrays(out_dir, f"buckets-r{rank}-s{step}", params_of(ddp4.module))
         report["layouts"] = layouts
         report["loose_after"] = len(rel._loose)
         sd = rel.state_dict()
@@ -231,12 +211,12 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 def test_every_rank_holds_bit_identical_parameters_after_each_step(hook_run: Path) -> None:
     for prefix in ("rate", "buckets"):
         for step in range(STEPS):
-            r0 = _load(hook_run, f"{prefix}-r0-s{step}")
+            r0 = load_arrays(hook_run, f"{prefix}-r0-s{step}")
             for rank in range(1, WORLD):
-                assert _same(r0, _load(hook_run, f"{prefix}-r{rank}-s{step}")), (prefix, step)
+                assert _same(r0, load_arrays(hook_run, f"{prefix}-r{rank}-s{step}")), (prefix, step)
     # and training moved them
     start = {n: p.detach().numpy() for n, p in make_model().named_parameters()}
-    assert not _same(start, _load(hook_run, "rate-r0-s0"))
+    assert not _same(start, load_arrays(hook_run, "rate-r0-s0"))
 
 
 def test_stats_are_populated_and_near_the_target_rate(hook_run: Path) -> None:
@@ -275,17 +255,17 @@ def test_state_dict_resumes_bit_for_bit_and_the_residual_matters(hook_run: Path)
     for rank in range(WORLD):
         report = _report(hook_run, rank)
         assert report["residual_buckets"] == ["0"] and report["residual_norm"] > 0
-        continued = _load(hook_run, f"resume-continued-r{rank}")
-        assert _same(continued, _load(hook_run, f"resume-resumed-r{rank}"))
-        assert not _same(continued, _load(hook_run, f"resume-zeroed-r{rank}"))
+        continued = load_arrays(hook_run, f"resume-continued-r{rank}")
+        assert _same(continued, load_arrays(hook_run, f"resume-resumed-r{rank}"))
+        assert not _same(continued, load_arrays(hook_run, f"resume-zeroed-r{rank}"))
 
 
 def test_lossless_equals_a_plain_allreduce_mean(hook_run: Path) -> None:
-    r0 = _load(hook_run, "lossless-r0")
+    r0 = load_arrays(hook_run, "lossless-r0")
     for rank in range(WORLD):
-        ours = _load(hook_run, f"lossless-r{rank}")
+        ours = load_arrays(hook_run, f"lossless-r{rank}")
         assert _same(ours, r0)
-        ref = _load(hook_run, f"allreduce-r{rank}")
+        ref = load_arrays(hook_run, f"allreduce-r{rank}")
         for n in ours:
             np.testing.assert_allclose(ours[n], ref[n], rtol=1e-6, atol=1e-7)
 
@@ -326,7 +306,7 @@ def test_ranks_out_of_step_raise_on_every_rank(hook_run: Path) -> None:
 
 
 def _dead_peer_job(rank: int, rdzv: str, out: str) -> None:
-    _init(rank, rdzv, 2)
+    join_gloo(rank, 2, rdzv)
     ddp, _ = _hooked(CompressionState(tenfold.TargetRate(bits_per_param=1.0)))
     dist.barrier()
     if rank == 1:

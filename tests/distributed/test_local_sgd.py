@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import join_gloo, load_arrays, save_arrays
 from torch import nn
 
 import tenfold
@@ -100,15 +100,6 @@ def snap(net: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def _save(out: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(out / f"{key}.npz", **arrays)
-
-
-def _load(out: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{key}.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
 def _sgd(net: nn.Module, **kw: Any) -> torch.optim.SGD:
     return torch.optim.SGD([p for p in net.parameters() if p.requires_grad], **kw)
 
@@ -143,14 +134,7 @@ def _exact(t: torch.Tensor) -> np.ndarray:
 
 
 def _job(rank: int, rdzv: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=Path(rdzv).as_uri(),
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    join_gloo(rank, WORLD, rdzv, timeout_s=60)
     o = Path(out)
     info: dict[str, Any] = {}
     try:
@@ -158,12 +142,12 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         net = make_net(rank)
         emb_start = net.emb.weight.detach().clone()
         sync = LocalSGD(net, sync_every=3)
-        _save(o, f"start-r{rank}", snap(net))
+        save_arrays(o, f"start-r{rank}", snap(net))
         stats_seen: list[dict[str, Any]] = []
 
         def keep(step: int, stats: SyncStats) -> None:
             stats_seen.append(stats.as_dict())
-            _save(o, f"local-r{rank}-s{step}", snap(net))
+            save_arrays(o, f"local-r{rank}-s{step}", snap(net))
 
         info["synced"] = train(net, _sgd(net, lr=0.1), sync, rank, range(7), keep)
         info["stats"] = stats_seen
@@ -171,9 +155,9 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         info["policy"] = type(sync.averager).__name__
         # the buffers' sync in isolation: rank-specific BatchNorm statistics, then a sync
         net(*batch(rank, 50, torch.float32)[:2])
-        _save(o, f"bn-before-r{rank}", {n: b.numpy().copy() for n, b in net.named_buffers()})
+        save_arrays(o, f"bn-before-r{rank}", {n: b.numpy().copy() for n, b in net.named_buffers()})
         sync.sync()
-        _save(o, f"bn-after-r{rank}", {n: b.numpy().copy() for n, b in net.named_buffers()})
+        save_arrays(o, f"bn-after-r{rank}", {n: b.numpy().copy() for n, b in net.named_buffers()})
 
         # 2. Lossless LocalSGD == LocalSGD over the plain fp32 all_reduce
         for key, kw in (
@@ -183,14 +167,14 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             net = make_net(rank)
             sync = LocalSGD(net, sync_every=2, **kw)
             train(net, _sgd(net, lr=0.1), sync, rank, range(6))
-            _save(o, f"{key}-r{rank}", snap(net))
+            save_arrays(o, f"{key}-r{rank}", snap(net))
 
         # 3. DiLoCo with outer SGD(lr=1, momentum=0) == Local SGD (the sign convention)
         for key, outer in (("plain", None), ("diloco1", lambda n: _sgd(n, lr=1.0))):
             net = make_net(rank)
             sync = LocalSGD(net, sync_every=2, outer_optimizer=outer and outer(net))
             train(net, _sgd(net, lr=0.1), sync, rank, range(4))
-            _save(o, f"{key}-r{rank}", snap(net))
+            save_arrays(o, f"{key}-r{rank}", snap(net))
 
         # 4. DiLoCo (Nesterov outer): bit-identical; the averager's reference follows
         net = make_net(rank)
@@ -198,7 +182,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         ref_ok = []
 
         def check_ref(step: int, stats: SyncStats) -> None:
-            _save(o, f"diloco-r{rank}-s{step}", snap(net))
+            save_arrays(o, f"diloco-r{rank}-s{step}", snap(net))
             ref = sync.averager.state_dict()["reference"]
             ref_ok.append(all(torch.equal(ref[n], p.detach()) for n, p in sync._params))
 
@@ -211,7 +195,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         inner = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         sync = LocalSGD(net, sync_every=2, outer_optimizer=_nesterov(net))
         train(net, inner, sync, rank, range(8))
-        _save(o, f"straight-r{rank}", snap(net))
+        save_arrays(o, f"straight-r{rank}", snap(net))
         net = make_net(rank)
         inner = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         sync = LocalSGD(net, sync_every=2, outer_optimizer=_nesterov(net))
@@ -228,7 +212,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         sync.load_state_dict(ckpt["sync"])
         info["resumed_steps"] = sync.num_steps
         train(net, inner, sync, rank, range(4, 8))
-        _save(o, f"resumed-r{rank}", snap(net))
+        save_arrays(o, f"resumed-r{rank}", snap(net))
 
         # 6. half precision: bfloat16 Local SGD and float16 DiLoCo end bit-identical
         for key, dtype, outer in (
@@ -238,7 +222,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             net = make_net(rank, dtype)
             sync = LocalSGD(net, sync_every=2, outer_optimizer=outer and outer(net))
             train(net, _sgd(net, lr=0.1), sync, rank, range(4))
-            _save(o, f"{key}-r{rank}", snap(net))
+            save_arrays(o, f"{key}-r{rank}", snap(net))
             info[f"{key}_dtype"] = str(net.fc1.weight.dtype)
 
         # 7. a rank whose outer optimizer differs is named at the next sync
@@ -266,13 +250,13 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             net(*batch(rank, 98, torch.float32)[:2])
         before0 = {n: b.clone() for n, b in net.named_buffers()}
         sync.sync()
-        _save(o, f"broadcast-r{rank}", snap(net))
-        _save(o, f"broadcast-before-r{rank}", {n: b.numpy() for n, b in before0.items()})
+        save_arrays(o, f"broadcast-r{rank}", snap(net))
+        save_arrays(o, f"broadcast-before-r{rank}", {n: b.numpy() for n, b in before0.items()})
 
         # 9. buffers of odd dtypes and sizes (packed at odd byte offsets) broadcast exactly
         odd = odd_module(rank)
         LocalSGD(odd, sync_every=1, buffers="broadcast")
-        _save(o, f"odd-r{rank}", {n: _exact(b) for n, b in odd.named_buffers()})
+        save_arrays(o, f"odd-r{rank}", {n: _exact(b) for n, b in odd.named_buffers()})
         (o / f"info-r{rank}.json").write_text(json.dumps(info))
     finally:
         dist.destroy_process_group()
@@ -295,9 +279,9 @@ def _identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 
 
 def _assert_ranks_identical(run: Path, key: str) -> dict[str, np.ndarray]:
-    r0 = _load(run, key.format(rank=0))
+    r0 = load_arrays(run, key.format(rank=0))
     for rank in range(1, WORLD):
-        assert _identical(r0, _load(run, key.format(rank=rank))), (key, rank)
+        assert _identical(r0, load_arrays(run, key.format(rank=rank))), (key, rank)
     return r0
 
 
@@ -310,7 +294,7 @@ def _assert_close(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: float
 def test_construction_aligns_the_ranks_on_rank_0s_model(run: Path) -> None:
     want = {n: v for n, v in snap(make_net(0)).items()}
     for rank in range(WORLD):
-        assert _identical(_load(run, f"start-r{rank}"), want)
+        assert _identical(load_arrays(run, f"start-r{rank}"), want)
 
 
 def test_step_returns_stats_only_when_it_synchronised(run: Path) -> None:
@@ -333,7 +317,7 @@ def test_params_and_buffers_are_bit_identical_after_every_sync(run: Path) -> Non
 
 
 def test_floating_buffers_are_the_exact_float32_mean(run: Path) -> None:
-    before = [_load(run, f"bn-before-r{rank}") for rank in range(WORLD)]
+    before = [load_arrays(run, f"bn-before-r{rank}") for rank in range(WORLD)]
     after = _assert_ranks_identical(run, "bn-after-r{rank}")
     for n in ("bn.running_mean", "bn.running_var"):
         assert before[0][n].tobytes() != before[1][n].tobytes()  # different data per rank
@@ -348,17 +332,21 @@ def test_frozen_parameters_are_never_touched(run: Path) -> None:
     for rank in range(WORLD):
         assert _info(run, rank)["emb_untouched"]
         for key in ("local-r{rank}-s5", "diloco-r{rank}-s5", "resumed-r{rank}"):
-            assert _load(run, key.format(rank=rank))["emb.weight"].tobytes() == start.tobytes()
+            assert (
+                load_arrays(run, key.format(rank=rank))["emb.weight"].tobytes() == start.tobytes()
+            )
 
 
 def test_lossless_local_sgd_equals_plain_averaging(run: Path) -> None:
     for rank in range(WORLD):
-        _assert_close(_load(run, f"lossless-r{rank}"), _load(run, f"allreduce-r{rank}"), 1e-6)
+        _assert_close(
+            load_arrays(run, f"lossless-r{rank}"), load_arrays(run, f"allreduce-r{rank}"), 1e-6
+        )
     _assert_ranks_identical(run, "allreduce-r{rank}")
 
 
 def test_diloco_with_unit_outer_sgd_is_local_sgd(run: Path) -> None:
-    plain, diloco = _load(run, "plain-r0"), _load(run, "diloco1-r0")
+    plain, diloco = load_arrays(run, "plain-r0"), load_arrays(run, "diloco1-r0")
     _assert_close(plain, diloco, 1e-5)
     # not trivially: the runs did move away from the start
     assert not np.allclose(plain["fc1.weight"], snap(make_net(0))["fc1.weight"], atol=1e-3)
@@ -373,7 +361,9 @@ def test_diloco_keeps_the_averagers_reference_on_the_outer_steps_result(run: Pat
 def test_a_checkpoint_resumes_bit_for_bit(run: Path) -> None:
     for rank in range(WORLD):
         assert _info(run, rank)["resumed_steps"] == 4
-        assert _identical(_load(run, f"straight-r{rank}"), _load(run, f"resumed-r{rank}"))
+        assert _identical(
+            load_arrays(run, f"straight-r{rank}"), load_arrays(run, f"resumed-r{rank}")
+        )
 
 
 def test_half_precision_models_end_bit_identical(run: Path) -> None:
@@ -397,7 +387,7 @@ def test_an_integer_buffer_mismatch_names_the_buffer_and_the_rank(run: Path) -> 
 
 
 def test_broadcast_buffers_take_rank_0s(run: Path) -> None:
-    before0 = _load(run, "broadcast-before-r0")
+    before0 = load_arrays(run, "broadcast-before-r0")
     model = _assert_ranks_identical(run, "broadcast-r{rank}")
     for n, v in before0.items():
         assert model[n].tobytes() == v.tobytes(), n
@@ -406,7 +396,7 @@ def test_broadcast_buffers_take_rank_0s(run: Path) -> None:
 def test_buffers_of_any_dtype_are_broadcast_exactly(run: Path) -> None:
     want = {n: _exact(b) for n, b in odd_module(0).named_buffers()}
     for rank in range(WORLD):
-        got = _load(run, f"odd-r{rank}")
+        got = load_arrays(run, f"odd-r{rank}")
         assert _identical(got, want), rank
     assert _exact(odd_module(1).flag).tobytes() != want["flag"].tobytes()  # they did differ
 

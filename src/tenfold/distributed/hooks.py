@@ -122,7 +122,7 @@ from tenfold.distributed.exchange import (
 )
 from tenfold.distributed.packets import check_announced_sizes
 from tenfold.distributed.params import round_policy, uses_scale
-from tenfold.distributed.rank_order import BufferPool, RankOrderSum
+from tenfold.distributed.rank_order import BufferPool, RankOrderSum, divide_in_place
 from tenfold.distributed.reduce_scatter import reduce_scatter_sync
 from tenfold.distributed.reference import DeltaRank
 
@@ -303,6 +303,15 @@ class _Layout:
         for s, n in zip(self.starts, self.sizes, strict=True):
             out[s : s + n] = x[pos : pos + n]
             pos += n
+
+    def copy_into(self, x: np.ndarray, buffer: torch.Tensor) -> None:
+        """Write ``x`` (coding order) into the bucket's ``buffer`` tensor (bucket order)."""
+        if not self.identity:
+            scattered = np.empty_like(x)
+            self.scatter(x, scattered)
+            x = scattered
+        with torch.no_grad():
+            buffer.copy_(torch.from_numpy(x))
 
 
 def _layout_tag(layout: _Layout, dtype: np.dtype, step: int) -> int:
@@ -571,15 +580,8 @@ class CompressionState:
                     item = transfer.get()
                 if item is not None:
                     summer.offer(*item)
-        mean = summer.acc[_NAME].reshape(-1)
-        # In place, in the accumulator's dtype: the same rounding on every rank.
-        np.divide(mean, mean.dtype.type(world), out=mean)
-        if not layout.identity:
-            scattered = np.empty_like(mean)
-            layout.scatter(mean, scattered)
-            mean = scattered
-        with torch.no_grad():
-            buffer.copy_(torch.from_numpy(mean))
+        divide_in_place(summer.acc, world)
+        layout.copy_into(summer.acc[_NAME].reshape(-1), buffer)
         t_comm = t_sizes + transfer.wait_seconds
         t_rest = max(0.0, time.perf_counter() - t1 - t_comm)
 
@@ -644,13 +646,7 @@ class CompressionState:
                 f"the step counter (rank(s) {', '.join(map(str, exc.ranks))} differ): every "
                 "rank must resume from the same checkpoint and bucket the model the same way"
             ) from None
-        mean = acc[_NAME].reshape(-1)
-        if not layout.identity:
-            scattered = np.empty_like(mean)
-            layout.scatter(mean, scattered)
-            mean = scattered
-        with torch.no_grad():
-            buffer.copy_(torch.from_numpy(mean))
+        layout.copy_into(acc[_NAME].reshape(-1), buffer)
         if kept:
             self._residuals[index] = _Residual(layout.params, layout.sizes, kept[0])
         if feedback and holder.residual2 is not None:
