@@ -20,6 +20,15 @@ users pass the ``torch.bfloat16`` tensor itself (torch is never imported here).
 :func:`tenfold.codec.decompress` returns a bfloat16 record as float32 (exact values):
 ``torch.from_numpy(a).to(torch.bfloat16)`` or ``BFloat16Bits.from_float(a)`` recovers the
 bfloat16 tensor exactly.
+
+Why by hand and not ``ml_dtypes`` (the numpy bfloat16 dtype JAX uses): the codec depends on
+numpy and numba only (docs/DESIGN.md), and what it needs is three integer operations on
+the float32 bit pattern. Measured once on the 2-core build machine against ml_dtypes 0.7.0
+(25M float32 values, N(0, 0.05^2) plus inf, -inf, overflow and a subnormal; median of 5):
+the same bits as ``x.astype(ml_dtypes.bfloat16)`` and as torch (NaN payloads aside), in
+0.120 s against 0.056 s; from float64, ml_dtypes rounds once where torch (and this module)
+round through float32, so it differed from torch on 9 of 1M values. A bfloat16 tensor is
+rounded once per sync, a small part of its coding time: not worth a compiled dependency.
 """
 
 from __future__ import annotations
