@@ -7,12 +7,12 @@ TORCH_SPEC  ?= torch==2.13.0
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.tenfold-installed
 
-.PHONY: setup train test test-slow bench lint data clean
+.PHONY: setup train reproduce test test-slow bench lint data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned to the small CPU build; the package's own `torch>=2.2` then installs nothing more.
+	# torch first, pinned to the small CPU build; the extras' own `torch>=2.2` then install nothing more.
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
@@ -23,25 +23,36 @@ data:
 	bash scripts/ensure-data.sh
 
 ## The main job: 5 workers train the paper's network on Fashion-MNIST with compressed weight averaging.
+## An earlier run is never replaced: `make train` writes runs/quickstart (and refuses, saying how
+## to continue or replace it, if that holds a run: ARGS=--overwrite replaces it); with other ARGS
+## the run goes to a fresh runs/train-<date>-<time> unless ARGS has --out or --resume.
+TRAIN_OUT = $(if $(filter-out --overwrite --quiet,$(ARGS)),,--out runs/quickstart)
 train: setup data
-	$(VENV)/bin/tenfold train --out runs/quickstart --overwrite $(ARGS)
+	$(VENV)/bin/tenfold train $(TRAIN_OUT) $(ARGS)
 
-## The test suite, as CI runs it: lint and types over src/ tests/ benchmarks/, then every test not marked slow.
+## The paper's reproduction (paper/, not installed): e.g. ARGS="--profile quick --out DIR";
+## --profile full|long|beyond, --report-only, --jobs N, --estimate (python -m paper --help).
+reproduce: setup data
+	$(PY) -m paper $(ARGS)
+
+## The test suite, as CI runs it: lint and types over src/ paper/ tests/ benchmarks/ examples/, then every test not marked slow.
 test: setup data
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src paper tests benchmarks examples
+	$(VENV)/bin/ruff format --check src paper tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q $(ARGS)
 
+## The codec benchmark (benchmarks/codec.py): a short table; ARGS="--json" for every figure,
+## "--out FILE" writes them to FILE; e.g. ARGS="--quick" or ARGS="--threads 1 2".
 bench: setup
-	$(VENV)/bin/tenfold bench $(ARGS)
+	$(PY) benchmarks/codec.py $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src paper tests benchmarks examples
+	$(VENV)/bin/ruff format src paper tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -76,6 +76,10 @@ DEFAULT_TARGET_P = (64, 1024)
 DEFAULT_RATES_GBIT = (1.0, 10.0, 100.0)
 GPU_SPEEDUPS = (10.0, 100.0)
 SYNC_EVERY = (1, 10, 100)
+#: The link sweep (issue 19's figure): P, the rates drawn, and the GPU node's free cores.
+SWEEP_P = 2
+SWEEP_RATES_GBIT = (0.1, 1.0, 10.0, 100.0)
+DEFAULT_FREE_CORES = 8
 
 
 # ---- the model ---------------------------------------------------------------------------
@@ -240,6 +244,93 @@ def predict(
     return {"codec_s": codec, "link_s": link, "latency_s": lat, "total_s": codec + link + lat}
 
 
+def predict_gpu_node(
+    fit: Fit, p: int, n: float, rate_bytes_per_s: float, *, free_cores: int
+) -> dict[str, float]:
+    """One sync on a GPU node whose CPU cores are free (an ASSUMPTION, labelled so).
+
+    The GPUs compute; each rank's coding runs on ``free_cores`` otherwise idle cores
+    (codec term / free_cores: the coding is assumed to scale over them), and the pipelined
+    sync overlaps coding with the wire, so tenfold's total is ``max(codec, link) +
+    latency`` instead of their sum. The baselines are unchanged (their reduction is
+    memory-bound and already overlapped by gloo).
+    """
+    t = predict(fit, p, n, rate_bytes_per_s)
+    if fit.method in BASELINES:
+        return t
+    codec = t["codec_s"] / max(1, free_cores)
+    total = max(codec, t["link_s"]) + t["latency_s"]
+    return {"codec_s": codec, "link_s": t["link_s"], "latency_s": t["latency_s"], "total_s": total}
+
+
+def link_sweep(
+    fits: dict[str, Fit],
+    rows: Sequence[dict[str, Any]],
+    *,
+    params: float,
+    free_cores: int,
+    p: int = SWEEP_P,
+    rates_gbit: Sequence[float] = SWEEP_RATES_GBIT,
+) -> dict[str, Any]:
+    """Sync time against the link rate at P = ``p``: measured (switch) and the model's.
+
+    Per rate: each method's measured median (sync.py's summary rows, switch, ``params``),
+    the model on this machine's cores (terms added), and the GPU-node prediction of
+    :func:`predict_gpu_node`. ``stops_paying_gbit``: per tenfold method, the rate above which
+    it is slower than the float32 all_reduce (scanned on a log grid, 0.01-1000 Gbit/s).
+    """
+    tenfold = sorted(m for m in fits if m not in BASELINES)
+    measured: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["network"] != "switch" or r["world_size"] != p or r["num_params"] != int(params):
+            continue
+        rate = parse_rate(r.get("rate"))
+        if rate is None:
+            continue
+        g = f"{rate * 8 / 1e9:g}"
+        for key, name in (("float32_s", "float32_all_reduce"), ("float16_s", "float16_all_reduce"),
+                          ("powersgd_s", "torch_powersgd"), ("tenfold_s", r["method"])):  # fmt: skip
+            if r.get(key):
+                measured.setdefault(name, {}).setdefault(g, r[key])
+    grid = np.logspace(-2, 3, 121)
+    stops: dict[str, Any] = {}
+    for m in tenfold:
+        for label, fn in (
+            ("cpu_model", lambda f, R: predict(f, p, params, R)),
+            ("gpu_node", lambda f, R: predict_gpu_node(f, p, params, R, free_cores=free_cores)),
+        ):
+            slower = [
+                g
+                for g in grid
+                if "float32_all_reduce" in fits
+                and fn(fits[m], g * 1e9 / 8)["total_s"]
+                > fn(fits["float32_all_reduce"], g * 1e9 / 8)["total_s"]
+            ]
+            stops.setdefault(m, {})[label] = float(min(slower)) if slower else None
+    return {
+        "P": p,
+        "params": params,
+        "free_cores": free_cores,
+        "what": "seconds of one sync against the link rate: measured (switch, sync.py), the "
+        "model on this machine (terms added), and a GPU node (ASSUMPTION: the codec on "
+        f"{free_cores} free cores per rank, pipelined: max(codec, link) + latency)",
+        "measured_s": measured,
+        "model_s": {
+            f"{g:g}": {
+                m: {
+                    "cpu_model": predict(fits[m], p, params, g * 1e9 / 8)["total_s"],
+                    "gpu_node": predict_gpu_node(
+                        fits[m], p, params, g * 1e9 / 8, free_cores=free_cores
+                    )["total_s"],
+                }
+                for m in fits
+            }
+            for g in rates_gbit
+        },
+        "stops_paying_gbit": stops,
+    }
+
+
 def break_even_rate(
     tf: Fit, base: Fit, p: int, n: float, *, num_tensors: int = 1, codec_speedup: float = 1.0
 ) -> dict[str, Any]:
@@ -376,6 +467,7 @@ def analyse(
     step_seconds: float,
     fit_to: str,
     codec: str = "cpu",
+    free_cores: int = DEFAULT_FREE_CORES,
 ) -> dict[str, Any]:
     """Fits, extrapolation, break-even rates and what-ifs (JSON-ready)."""
     points = read_points(report, fit_to=fit_to)
@@ -494,6 +586,9 @@ def analyse(
         "extrapolation": extrap,
         "break_even": breaks,
         "fewer_syncs": fewer,
+        "link_sweep": link_sweep(
+            fits, report.get("summary", []), params=params, free_cores=free_cores
+        ),
     }
 
 
@@ -641,6 +736,29 @@ def markdown(result: dict[str, Any], command: str) -> str:
             + " | ".join(_fmt(speedups[k], 2) for k in SYNC_EVERY)
             + " |"
         )
+    sw = result.get("link_sweep")
+    if sw:
+        lines += ["", f"**Against the link rate** (P = {sw['P']}, n = {sw['params']:,.0f}; "
+                  "seconds per sync: measured on the switch where run / model on this CPU / "
+                  f"GPU node with {sw['free_cores']} free cores per rank, pipelined, an "
+                  "assumption):", "",
+                  "| method | " + " | ".join(f"{g} Gbit/s" for g in sw["model_s"]) + " |",
+                  "|---|" + "---|" * len(sw["model_s"])]  # fmt: skip
+        for m in sorted({m for v in sw["model_s"].values() for m in v}):
+            cells = []
+            for g, v in sw["model_s"].items():
+                meas = sw["measured_s"].get(m, {}).get(g)
+                cells.append(f"{_fmt(meas)} / {_fmt(v[m]['cpu_model'])} / {_fmt(v[m]['gpu_node'])}"
+                             if m in v else "")  # fmt: skip
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        psgd = sw["measured_s"].get("torch_powersgd")
+        if psgd:
+            lines.append("| torch_powersgd (measured) | " + " | ".join(
+                _fmt(psgd.get(g)) for g in sw["model_s"]) + " |")  # fmt: skip
+        lines += ["", "Compression stops paying above (Gbit/s, vs float32 all_reduce): "
+                  + "; ".join(f"{m}: this CPU {_fmt(v['cpu_model'])}, GPU node "
+                              f"{_fmt(v['gpu_node'])}" for m, v in sw["stops_paying_gbit"].items())
+                  + " (None: slower at every rate from 0.01 to 1000 Gbit/s, or never slower)."]  # fmt: skip
     lines += [
         "",
         "Assumptions: " + "; ".join(f"{k}: {v}" for k, v in result["assumptions"].items()),
@@ -732,7 +850,48 @@ def figures(
     f2 = out_dir / "scaling_break_even.png"
     fig.savefig(f2, dpi=120)
     plt.close(fig)
-    return [str(f1), str(f2)]
+    return [str(f1), str(f2), sweep_figure(result, fits, out_dir)]
+
+
+def sweep_figure(result: dict[str, Any], fits: dict[str, Fit], out_dir: Path) -> str:
+    """Sync time vs link rate at P = 2: measured points, model lines, the GPU node's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sw = result["link_sweep"]
+    p, n, cores = sw["P"], sw["params"], sw["free_cores"]
+    grid = np.logspace(-2, 2, 80)
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    names = [*[b for b in BASELINES if b in fits], *sorted(m for m in fits if m not in BASELINES)]
+    for i, m in enumerate(names):
+        color = f"C{i}"
+        ax.plot(grid, [predict(fits[m], p, n, g * 1e9 / 8)["total_s"] for g in grid], "-",
+                color=color, lw=1, label=f"{m} (model, this CPU)")  # fmt: skip
+        if m not in BASELINES:
+            ys = [predict_gpu_node(fits[m], p, n, g * 1e9 / 8, free_cores=cores)["total_s"]
+                  for g in grid]  # fmt: skip
+            ax.plot(grid, ys, ":", color=color, lw=1.5,
+                    label=f"{m} (GPU node, {cores} free cores, pipelined)")  # fmt: skip
+        pts = sw["measured_s"].get(m, {})
+        if pts:
+            ax.plot([float(g) for g in pts], list(pts.values()), "o", color=color, ms=5)
+    psgd = sw["measured_s"].get("torch_powersgd", {})
+    if psgd:
+        ax.plot([float(g) for g in psgd], list(psgd.values()), "s", color="k", ms=5,
+                label="torch PowerSGD (measured)")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="link rate per rank (Gbit/s)",
+           ylabel="seconds per sync")  # fmt: skip
+    ax.set_title(f"P = {p}, n = {n:,.0f}: dots measured (switch); compression pays while "
+                 "its line is below float32's", fontsize=9)  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    f = out_dir / "sync_vs_link.png"
+    fig.savefig(f, dpi=120)
+    plt.close(fig)
+    return str(f)
 
 
 def write_doc(path: Path, block: str) -> None:
@@ -776,6 +935,12 @@ def build_parser() -> argparse.ArgumentParser:
         "to sync.py's per-phase model for one core per rank",
     )
     p.add_argument(
+        "--free-cores",
+        type=int,
+        default=DEFAULT_FREE_CORES,
+        help="GPU-node prediction: CPU cores free for coding per rank (an assumption; 8)",
+    )
+    p.add_argument(
         "--codec",
         choices=("cpu", "fit"),
         default="cpu",
@@ -800,6 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             step_seconds=args.step_seconds,
             fit_to=args.fit_to,
             codec=args.codec,
+            free_cores=args.free_cores,
         )
     except (OSError, ValueError, KeyError) as exc:
         print(f"scaling.py: error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -26,8 +26,8 @@ JIT compile is excluded (tiny models are averaged first) and reported separately
 
 CPU: each rank records its process CPU time (all threads, user + system) per repetition,
 and the thread CPU time spent inside the codec's ``compress`` (encode) and
-``accumulate``/``decompress`` (decode) calls of ``tenfold.distributed.packets`` and
-``.reduce_scatter`` (the modules' names are wrapped in the rank process; src/ is not
+``accumulate``/``decompress`` (decode) calls of ``tenfold.distributed.protocol.packets``
+(every codec call of the protocol; its names are wrapped in the rank process; src/ is not
 modified). "other" = process
 CPU - encode - decode (gloo's threads, copies, division). With P ranks on fewer cores the
 CPU-bound phases are starved: compare a phase's CPU seconds with its wall seconds.
@@ -61,11 +61,21 @@ size first, the layout the target is judged on first (bus: ``single``, others:
 ``model``), delta before weights. Each (network, P) launch gets a share of the remaining
 budget proportional to P; the ranks skip what they predict would overrun it.
 
+Issue 19 additions: rank r is pinned to usable core ``r mod cores`` (``--no-pin`` to
+disallow; every run's ``cores.label`` says "CPU-SHARED" when P > cores); ``--rates`` runs
+the shaped networks at several link rates (keys ``switch@1gbit/P2``); ``torch_powersgd``
+(torch's PowerSGD hook on the same deltas, ``torch_baselines.py``) is timed with the
+baselines; ``--layouts transformer`` is a GPT-2-shaped model; ``--memory`` adds RSS
+(``sync_memory.py``); ``--resume-dir`` makes a cut run resumable; per-phase CPU comes from
+``SyncStats`` fields when the library reports them (no wrapping of its internals). The
+per-phase MODEL below is off unless ``--model``.
+
 Usage (root is needed for the shaped networks; JSON on stdout, progress on stderr)::
 
-    .venv/bin/python benchmarks/sync.py --smoke               # tiny, loopback, P=2,3 (CI)
-    .venv/bin/python benchmarks/sync.py --networks switch,bus --sizes 25M,1M \\
-        --world-sizes 2,4,8 --reps 3 --max-seconds 1200 --out benchmarks/results/sync.json
+    .venv/bin/python benchmarks/sync.py --quick               # tiny, loopback, P=2,3 (CI)
+    .venv/bin/python benchmarks/sync.py --networks switch --rates 1gbit,100mbit,10gbit \\
+        --world-sizes 2,4 --sizes 25M --layouts transformer --transmit delta --reps 3 \\
+        --memory --resume-dir benchmarks/results/sync_runs --out benchmarks/results/sync.json
 
 The cost model of ``docs/SCALING.md`` is fitted to this JSON by ``benchmarks/scaling.py``.
 
@@ -100,20 +110,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netns  # noqa: E402  (sibling module; the path line above makes it importable)
+import sync_memory  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 BASELINES = ("float32_all_reduce", "float16_all_reduce")
+#: torch's PowerSGD hook on the same tensors (see torch_baselines.py); timed with BASELINES.
+POWERSGD = "torch_powersgd"
 COLLECTIVES = ("all-gather", "reduce-scatter")
 TRANSMITS = ("delta", "weights")
-LAYOUTS = ("model", "single")
+LAYOUTS = ("transformer", "model", "single")
 NETWORKS = ("loopback", "switch", "bus")
 DEFAULT_SIZES = (25_000_000, 1_000_000)
-DEFAULT_WORLD_SIZES = (2, 4, 8)
+DEFAULT_WORLD_SIZES = (2, 4)
+DEFAULT_RATES = ("1gbit",)
 SMOKE_SIZES = (20_000, 100_000)
 SMOKE_WORLD_SIZES = (2, 3)
-HEADLINE_P = 4
+SMOKE_LAYOUTS = ("transformer", "single")
+HEADLINE_P = 2
 HEADLINE_SIZE = 25_000_000
+HEADLINE_RATE = "1gbit"
 
 # Layer layout and value scales of the synthetic models (see the module docstring).
 _LAYER_FRACTIONS = (0.45, 0.30, 0.15, 0.10)
@@ -160,7 +176,16 @@ class BenchConfig:
             each network's raw throughput (0: skip).
         seed: seed of the synthetic models.
         model: also measure the per-phase model (see module docstring).
-        shape: the tbf shaping of the ``switch`` and ``bus`` networks.
+        shape: the tbf shaping of the ``switch`` and ``bus`` networks (its burst and
+            latency; the rate of each launch comes from ``rates``).
+        rates: link rates of the shaped networks in tc syntax (one launch per rate).
+        pin: pin rank r to usable core ``r mod cores`` (``os.sched_setaffinity``).
+        powersgd_rank: PowerSGD's matrix_approximation_rank (0: no PowerSGD baseline).
+        memory: also measure host memory (``sync_memory.py``) on loopback.
+        memory_size: parameters of the memory measurement's model.
+        memory_world_size: ranks of the memory measurement.
+        resume_dir: keep each launch's report here and reuse complete ones of the same
+            configuration (a cut run resumes where it stopped); None: no resume.
     """
 
     world_sizes: tuple[int, ...] = DEFAULT_WORLD_SIZES
@@ -174,8 +199,15 @@ class BenchConfig:
     max_seconds: float = 1800.0
     link_check_bytes: int = 100_000_000
     seed: int = 0
-    model: bool = True
+    model: bool = False
     shape: netns.LinkShape = netns.LinkShape()
+    rates: tuple[str, ...] = DEFAULT_RATES
+    pin: bool = True
+    powersgd_rank: int = 4
+    memory: bool = False
+    memory_size: int = HEADLINE_SIZE
+    memory_world_size: int = 2
+    resume_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.world_sizes or any(not 2 <= p <= 64 for p in self.world_sizes):
@@ -196,11 +228,52 @@ class BenchConfig:
             raise ValueError(f"max_seconds: {self.max_seconds} <= {_TEARDOWN_MARGIN_S}")
         if self.link_check_bytes < 0:
             raise ValueError(f"link_check_bytes: {self.link_check_bytes} < 0")
+        if not self.rates or len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates: need distinct tc rates, got {self.rates}")
+        for rate in self.rates:
+            netns.LinkShape(rate=rate)  # validates the tc syntax
+        if self.powersgd_rank < 0:
+            raise ValueError(f"powersgd_rank: {self.powersgd_rank} < 0")
+        if self.memory_size < 1000 or self.memory_world_size < 2:
+            raise ValueError("memory_size: need >= 1000; memory_world_size: need >= 2")
 
-    def launches(self) -> list[tuple[str, int]]:
-        """(network, P) in run order: the headline P first, then the others ascending."""
+    def launches(self) -> list[tuple[str, str | None, int]]:
+        """(network, rate, P) in run order: the headline P first, then the others ascending;
+        per P the networks in order, the headline rate first (loopback: rate None, once)."""
         ps = sorted(self.world_sizes, key=lambda p: (p != HEADLINE_P, p))
-        return [(net, p) for p in ps for net in self.networks]
+        rates = sorted(self.rates, key=lambda r: r.lower() != HEADLINE_RATE)
+        out: list[tuple[str, str | None, int]] = []
+        for p in ps:
+            for net in self.networks:
+                out += [(net, None, p)] if net == "loopback" else [(net, r, p) for r in rates]
+        return out
+
+    def shape_for(self, rate: str) -> netns.LinkShape:
+        """The tbf shape of a link of ``rate``: the burst grows to 2 ms of it above 1 Gbit/s
+        (a 256 kB bucket empties in 0.2 ms at 10 Gbit/s, too short for smooth shaping)."""
+        burst = self.shape.burst
+        per_s = _rate_bytes_per_s(rate)
+        if per_s is not None and per_s * 0.002 > _size_bytes(burst):
+            burst = f"{int(per_s * 0.002 / 1024)}kb"
+        return netns.LinkShape(rate=rate, burst=burst, latency=self.shape.latency)
+
+
+def _rate_bytes_per_s(rate: str) -> float | None:
+    """A tc rate (``100mbit``, ``1gbit``) in bytes per second (None if not understood)."""
+    import re
+
+    m = re.fullmatch(r"([0-9.]+)([kmgt]?)(bit|bps)", rate.strip().lower())
+    if not m:
+        return None
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2)]
+    return value / 8 if m.group(3) == "bit" else value
+
+
+def _size_bytes(size: str) -> float:
+    """A tc size (``256kb``, ``1mb``, ``4096``) in bytes."""
+    t = size.strip().lower().rstrip("b")
+    mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(t[-1:], 1)
+    return float(t[:-1] if mult > 1 else t) * mult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +296,8 @@ class WorkerConfig:
     timeout_s: float  # process-group timeout (every collective is bounded by it)
     ifnames: tuple[str, ...]  # per rank: interface whose tx counter is read
     out_dir: str
+    cpus: tuple[int, ...] = ()  # per rank: the core it is pinned to (empty: not pinned)
+    powersgd_rank: int = 0  # 0: no PowerSGD baseline
 
 
 def plan_order(network: str, sizes: Sequence[int], layouts: Sequence[str]) -> list[tuple[int, str]]:
@@ -231,7 +306,9 @@ def plan_order(network: str, sizes: Sequence[int], layouts: Sequence[str]) -> li
     >>> plan_order("bus", [1_000_000, 25_000_000], ["model", "single"])[0]
     (25000000, 'single')
     """
-    first_layout = "single" if network == "bus" else "model"
+    first_layout = (
+        "transformer" if "transformer" in layouts else "single" if network == "bus" else "model"
+    )
     ordered_sizes = sorted(sizes, key=lambda s: s != HEADLINE_SIZE)
     ordered_layouts = sorted(layouts, key=lambda lay: lay != first_layout)
     return [(s, lay) for s in ordered_sizes for lay in ordered_layouts]
@@ -260,6 +337,72 @@ def model_layout(num_params: int) -> list[tuple[str, tuple[int, ...]]]:
     return layout
 
 
+def transformer_layout(num_params: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and shapes of a GPT-2-shaped model of about ``num_params`` values.
+
+    Width d (512 from 5M parameters, 128 from 200k, else 32), L blocks of ``12 d^2 + 13 d``
+    values (qkv, projection, 4x MLP, two layer norms) holding ~80% of the values, position
+    embeddings (1024, 256 or 64 x d), a final layer norm, and a token embedding whose
+    vocabulary takes the rest: the total is within d of ``num_params`` (25M: 6 blocks, a
+    10,860-token vocabulary, 24,999,936 values in 76 tensors).
+
+    >>> abs(sum(int(__import__("math").prod(s)) for _, s in transformer_layout(25_000_000))
+    ...     - 25_000_000) < 512
+    True
+    """
+    d = 512 if num_params >= 5_000_000 else 128 if num_params >= 200_000 else 32
+    ctx = {512: 1024, 128: 256, 32: 64}[d]
+    block = 12 * d * d + 13 * d
+    blocks = max(1, int(0.8 * num_params) // block)
+    vocab = max(1, (num_params - blocks * block - ctx * d - 2 * d) // d)
+    layout: list[tuple[str, tuple[int, ...]]] = [
+        ("wte.weight", (vocab, d)),
+        ("wpe.weight", (ctx, d)),
+    ]
+    for i in range(blocks):
+        b = f"h{i}."
+        layout += [
+            (b + "ln_1.weight", (d,)),
+            (b + "ln_1.bias", (d,)),
+            (b + "attn.c_attn.weight", (3 * d, d)),
+            (b + "attn.c_attn.bias", (3 * d,)),
+            (b + "attn.c_proj.weight", (d, d)),
+            (b + "attn.c_proj.bias", (d,)),
+            (b + "ln_2.weight", (d,)),
+            (b + "ln_2.bias", (d,)),
+            (b + "mlp.c_fc.weight", (4 * d, d)),
+            (b + "mlp.c_fc.bias", (4 * d,)),
+            (b + "mlp.c_proj.weight", (d, 4 * d)),
+            (b + "mlp.c_proj.bias", (d,)),
+        ]
+    return layout + [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
+
+
+def _transformer_weights(
+    num_params: int, *, rank: int, seed: int, drift: bool
+) -> list[tuple[str, Any]]:
+    """GPT-like values: matrices Laplace(0, 0.02) with 1e-4 outliers (8x), biases Laplace(0,
+    0.01), layer-norm gains 1 + Laplace(0, 0.01); each rank's drift is 10% of the scale."""
+    import numpy as np
+
+    out: list[tuple[str, Any]] = []
+    for i, (name, shape) in enumerate(transformer_layout(num_params)):
+        shared = np.random.default_rng([seed, 7, i])
+        own = np.random.default_rng([seed, 7, i, 1 + rank])
+        scale = 0.02 if len(shape) == 2 else 0.01
+        w = shared.laplace(0.0, scale, shape)
+        if len(shape) == 2:
+            n_out = max(1, int(_OUTLIER_RATE * w.size))
+            idx = shared.choice(w.size, size=n_out, replace=False)
+            w.reshape(-1)[idx] = shared.laplace(0.0, _OUTLIER_FACTOR * scale, n_out)
+        if ".ln_" in name or name.startswith("ln_f") and name.endswith(".weight"):
+            w = w + (1.0 if name.endswith(".weight") else 0.0)
+        if drift:
+            w += own.laplace(0.0, _DRIFT_FACTOR * scale, shape)
+        out.append((name, w.astype(np.float32)))
+    return out
+
+
 def make_weights(
     num_params: int, *, rank: int, seed: int, drift: bool = True, layout: str = "model"
 ) -> list[tuple[str, Any]]:
@@ -267,12 +410,15 @@ def make_weights(
 
     ``drift=False`` gives the shared model (identical on every rank): the same bulk and
     outliers without the rank's own drift. ``layout="single"`` returns the same values
-    concatenated into one flat tensor named ``"flat"``.
+    concatenated into one flat tensor named ``"flat"``; ``"transformer"`` the GPT-shaped
+    tensors of :func:`transformer_layout`.
     """
     import numpy as np
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout: {layout!r} not in {LAYOUTS}")
+    if layout == "transformer":
+        return _transformer_weights(num_params, rank=rank, seed=seed, drift=drift)
     out: list[tuple[str, Any]] = []
     for i, (name, shape) in enumerate(model_layout(num_params)):
         layer = i // 2
@@ -339,6 +485,8 @@ def worker_main(config_path: Path, rank: int) -> int:
     raw: dict[str, Any] = json.loads(config_path.read_text())
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     cfg = WorkerConfig(**fields)
+    if cfg.cpus:  # before torch/gloo start threads: they inherit the affinity
+        os.sched_setaffinity(0, {cfg.cpus[rank]})
     import datetime
 
     import torch
@@ -361,6 +509,7 @@ def worker_main(config_path: Path, rank: int) -> int:
             torch_threads=torch.get_num_threads(),
             numba_threads=os.environ.get("NUMBA_NUM_THREADS"),
             gloo_ifname=os.environ.get("GLOO_SOCKET_IFNAME"),
+            affinity=sorted(os.sched_getaffinity(0)),
         )
         _Rank(cfg, rank, rec).run()
         rec("done")
@@ -371,47 +520,17 @@ def worker_main(config_path: Path, rank: int) -> int:
     return 0
 
 
-class _CodecClock:
-    """Thread CPU seconds spent inside the averager's codec calls.
+def _stats_cpu(stats: dict[str, Any]) -> dict[str, float] | None:
+    """Encode and decode CPU seconds from SyncStats, when it has them (else None).
 
-    Wraps the ``compress`` (encode) and ``accumulate``/``decompress`` (decode) names of the
-    modules that call the codec (``tenfold.distributed.packets`` and ``.reduce_scatter``)
-    in this rank process only, so each phase's CPU time can be put beside its wall time
-    (the averager's SyncStats has wall times only). With ``threads=1`` the codec runs in
-    the calling thread, so ``time.thread_time`` is its whole CPU cost.
+    Read by name with defaults, so it works before and after SyncStats gains per-phase CPU
+    fields (``encode_cpu_seconds``, ``decode_cpu_seconds``; the pipelined sync codes in
+    worker threads, which only the library itself can clock).
     """
-
-    _NAMES = {"compress": "encode", "accumulate": "decode", "decompress": "decode"}
-
-    def __init__(self) -> None:
-        self.seconds = {"encode": 0.0, "decode": 0.0}
-        self.installed = False
-
-    def install(self, *modules: Any) -> None:
-        """Wrap the names each module has (all or none: unless the modules together have
-        every name, nothing is wrapped, since a partial install would mislabel the phases)."""
-        found = [(m, n) for m in modules for n in self._NAMES if callable(getattr(m, n, None))]
-        if {n for _, n in found} != set(self._NAMES):
-            return
-        for module, name in found:
-            setattr(module, name, self._wrap(getattr(module, name), self._NAMES[name]))
-        self.installed = True
-
-    def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[phase] += time.thread_time() - t0
-
-        return wrapped
-
-    def take(self) -> dict[str, float] | None:
-        """The seconds since the last take (None when not installed), then reset."""
-        out = dict(self.seconds) if self.installed else None
-        self.seconds = {"encode": 0.0, "decode": 0.0}
-        return out
+    enc, dec = stats.get("encode_cpu_seconds"), stats.get("decode_cpu_seconds")
+    if enc is None or dec is None:
+        return None
+    return {"encode": float(enc), "decode": float(dec)}
 
 
 class _Rank:
@@ -428,7 +547,6 @@ class _Rank:
         self.tenfold: Any = None  # the tenfold module, once importable
         self.policies: dict[str, Any] = {}  # transmit -> policy
         self.CompressedAverager: Any = None
-        self.clock = _CodecClock()
         self.last_cpu_seconds = 0.0  # CPU time of the latest timed() operation (s)
         self.rate: dict[str, float] = {}  # method -> seconds per parameter (budget guesses)
         self.last_stats_by_method: dict[str, dict[str, Any]] = {}  # for the phase model
@@ -451,10 +569,9 @@ class _Rank:
         """Barrier, then this rank's wall time of ``op()`` and the bytes it put on its link.
 
         Also sets ``self.last_cpu_seconds``: this process's CPU time (user + system, all its
-        threads, gloo's included) during ``op()``, and resets the codec clock.
+        threads, gloo's included) during ``op()``.
         """
         self.dist.barrier()
-        self.clock.take()
         tx0 = _tx_bytes(self.ifname)
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -514,8 +631,6 @@ class _Rank:
         t0 = time.perf_counter()
         try:
             import tenfold
-            import tenfold.distributed.packets as packets
-            import tenfold.distributed.reduce_scatter as reduce_scatter
             from tenfold.distributed import CompressedAverager
             from tenfold.train.config import DEFAULT_RATE
 
@@ -525,7 +640,6 @@ class _Rank:
             }
             self.tenfold = tenfold
             self.CompressedAverager = CompressedAverager
-            self.clock.install(packets, reduce_scatter)
         except Exception as exc:  # any failure: the tenfold path is reported unavailable
             error = f"{type(exc).__name__}: {exc}"
         import_s = time.perf_counter() - t0
@@ -555,7 +669,7 @@ class _Rank:
             error=None,
             version=getattr(self.tenfold, "__version__", None),
             policies={t: _policy_config(p) for t, p in self.policies.items()},
-            codec_cpu_clock=self.clock.installed,
+            codec_cpu_clock="SyncStats encode_cpu_seconds/decode_cpu_seconds when present",
             import_seconds=import_s,
             first_call_seconds=max(c[0] for c in calls.values()),
             second_call_seconds=max(c[1] for c in calls.values()),
@@ -587,6 +701,8 @@ class _Rank:
             if i == 0:  # the baselines once per (size, layout), with the first transmit
                 ops["float32_all_reduce"] = (lambda: self.allreduce_f32(params), _nothing)
                 ops["float16_all_reduce"] = (lambda: self.allreduce_f16(params), _nothing)
+                if self.cfg.powersgd_rank:
+                    ops[POWERSGD] = (self.powersgd(params, shared), _nothing)
             avgs: dict[str, tuple[Any, dict[str, Any]]] = {}
             if transmit is not None:
                 for collective in self.cfg.collectives:
@@ -662,13 +778,14 @@ class _Rank:
             for method, (op, reset) in ops.items():
                 restore(reset)
                 seconds, result, tx = self.timed(op)
-                codec_cpu = self.clock.take()
                 last[method] = seconds
                 self.rate[method] = seconds / size
                 fields: dict[str, Any] = {}
                 if method.startswith("tenfold"):
                     fields["stats"] = _stats_record(result, with_tensors=rep == 0)
-                    fields["codec_cpu_seconds"] = codec_cpu
+                    fields["codec_cpu_seconds"] = _stats_cpu(fields["stats"])
+                elif method == POWERSGD:
+                    fields["powersgd"] = result
                 self.rec("rep", size=size, layout=layout, method=method, rep=rep, warmup=False,
                          seconds=seconds, cpu_seconds=self.last_cpu_seconds, tx_bytes=tx,
                          **fields)  # fmt: skip
@@ -680,6 +797,22 @@ class _Rank:
                     if method.startswith("tenfold"):
                         self.last_stats_by_method[method] = fields["stats"]
         return True
+
+    def powersgd(
+        self, params: Sequence[tuple[str, Any]], shared: Sequence[tuple[str, Any]]
+    ) -> Callable[[], Any]:
+        """torch's PowerSGD hook on the deltas against ``shared`` (torch_baselines.py),
+        primed past its plain all-reduce iterations (untimed; ``params`` restored after)."""
+        import torch_baselines
+
+        op = torch_baselines.PowerSGDSync(
+            [p for _, p in params], [s for _, s in shared], rank=self.cfg.powersgd_rank
+        )
+        saved = [p.clone() for _, p in params]
+        op.prime()
+        for (_, p), s in zip(params, saved, strict=True):
+            p.copy_(s)
+        return op
 
     def allreduce_f32(self, params: Sequence[tuple[str, Any]]) -> None:
         """In-place float32 all_reduce of each tensor, then / P (the zero-copy baseline)."""
@@ -1094,27 +1227,44 @@ def _tenfold_fields(reps: dict[int, list[dict]], method: str, k: int, n: int) ->
     m["quantized_bits_per_param"] = statistics.median(
         s["quantized_bits_per_param"] for r in stats for s in r
     )
-    phases = ("encode", "comm", "decode")
+    # Every numeric SyncStats field named *_seconds is a phase: wall (encode, comm, decode,
+    # and whatever the library adds) or CPU (*_cpu_seconds); found by name, never assumed.
+    timed = [
+        k
+        for k, v in stats[0][0].items()
+        if k.endswith("_seconds") and isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    phases = [k.removesuffix("_seconds") for k in timed if "cpu" not in k]
+    cpu_phases = [k.removesuffix("_seconds") for k in timed if "cpu" in k]
     m["phases_seconds"] = {
         "what": "wall time, SyncStats: per rep the max over ranks of each phase, then over "
         "reps; per_rank: each rank's median",
         **{ph: _summary([max(s[f"{ph}_seconds"] for s in rep) for rep in stats]) for ph in phases},
         "per_rank": {ph: _per_rank_medians(reps, _phase_of(ph)) for ph in phases},
     }
+    if cpu_phases:
+        m["phases_cpu_seconds_syncstats"] = {
+            "what": "CPU seconds per phase as SyncStats reports them (all the library's "
+            "threads); per rep the max over ranks, then median over reps; per_rank: medians",
+            **{
+                ph: _summary([max(s[f"{ph}_seconds"] for s in rep) for rep in stats])
+                for ph in cpu_phases
+            },
+            "per_rank": {ph: _per_rank_medians(reps, _phase_of(ph)) for ph in cpu_phases},
+        }
     medians = {ph: m["phases_seconds"][ph]["median"] for ph in phases}
     total = sum(medians.values())
     m["phase_shares"] = {ph: v / total for ph, v in medians.items()} if total else None
-    m["dominant_phase"] = max(medians, key=lambda ph: medians[ph])
+    m["dominant_phase"] = max(medians, key=lambda ph: medians[ph]) if medians else None
     if all(r.get("codec_cpu_seconds") for rs in reps.values() for r in rs):
         cpu_enc = _per_rank_medians(reps, lambda r: r["codec_cpu_seconds"]["encode"])
         cpu_dec = _per_rank_medians(reps, lambda r: r["codec_cpu_seconds"]["decode"])
         cpu_all = _per_rank_medians(reps, lambda r: r["cpu_seconds"])
         m["phases_cpu_seconds_per_rank"] = {
-            "what": "CPU seconds per rank (median over reps): encode/decode = thread CPU "
-            "inside the codec's compress / accumulate+decompress calls; other = process CPU "
-            "of the sync - both (gloo's threads, copies, division). Compare with "
-            "phases_seconds.per_rank: wall >> CPU means the rank waited (for the network, "
-            "or, oversubscribed, for a core)",
+            "what": "CPU seconds per rank (median over reps): encode/decode = SyncStats' "
+            "encode_cpu_seconds / decode_cpu_seconds; other = process CPU of the sync - both "
+            "(gloo's threads, copies, division). Compare with phases_seconds.per_rank: wall "
+            ">> CPU means the rank waited (for the network, or, oversubscribed, for a core)",
             "encode": cpu_enc,
             "decode": cpu_dec,
             "other": [a - e - d for a, e, d in zip(cpu_all, cpu_enc, cpu_dec, strict=True)],
@@ -1173,6 +1323,7 @@ def aggregate_network(
     results = []
     methods = [
         *BASELINES,
+        POWERSGD,
         *(tenfold_method(c, t) for t in cfg.transmits for c in cfg.collectives),
     ]
     for size, layout in plan_order(network, cfg.sizes, cfg.layouts):
@@ -1203,6 +1354,27 @@ def aggregate_network(
             m: dict[str, Any] = {"seconds": _summary(secs)}
             if method.startswith("tenfold"):
                 m.update(_tenfold_fields(reps, method, k, n))
+            elif method == POWERSGD:
+                sent = statistics.median(
+                    max(r["powersgd"]["values_allreduced"] for r in rs) for rs in reps.values()
+                )
+                first_rec = next(iter(reps.values()))[0]["powersgd"]
+                m["bytes_sent_per_rank"] = {
+                    "max": 2 * (k - 1) / k * 4 * sent,
+                    "mean": 2 * (k - 1) / k * 4 * sent,
+                    "what": "computed: a ring all_reduce of the float32 values PowerSGD sends "
+                    "(its P and Q factors and the uncompressed tensors, from PowerSGDState's "
+                    "own count)",
+                }
+                m["bits_per_param"] = 32.0 * sent / n
+                m["powersgd"] = {
+                    "matrix_approximation_rank": first_rec["rank"],
+                    "values_allreduced_per_sync": sent,
+                    "how": "torch's powerSGD_hook (error feedback, warm start) on ONE "
+                    "GradBucket-like flat buffer of the deltas against the shared model "
+                    "(torch_baselines.py), primed past start_powerSGD_iter; result = shared "
+                    "+ mean",
+                }
             else:
                 width = 4 if method == "float32_all_reduce" else 2
                 ring = 2 * (k - 1) / k * width * n
@@ -1251,6 +1423,7 @@ def aggregate_network(
             ms.get("float16_all_reduce", {}).get("seconds"),
         )
         entry["ratios"] = {"float32_over_float16": _ratio(f32, f16)}
+        psgd = ms.get(POWERSGD, {}).get("seconds")
         entry["per_phase_model"] = {}
         for method, m in ms.items():
             if not method.startswith("tenfold"):
@@ -1258,6 +1431,7 @@ def aggregate_network(
             entry["ratios"][method] = {
                 "float32_over_tenfold": _ratio(f32, m["seconds"]),
                 "float16_over_tenfold": _ratio(f16, m["seconds"]),
+                "powersgd_over_tenfold": _ratio(psgd, m["seconds"]),
             }
             entry["per_phase_model"][method] = _phase_model(ranks, size, layout, method, f32, f16)
         results.append(entry)
@@ -1381,17 +1555,39 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _build_topology(name: str, world_size: int, cfg: BenchConfig) -> netns.Topology:
+def _build_topology(name: str, world_size: int, shape: netns.LinkShape) -> netns.Topology:
     if name == "loopback":
         return netns.loopback(world_size)
     if name == "switch":
-        return netns.build_switch(world_size=world_size, shape=cfg.shape)
-    return netns.build_bus(world_size=world_size, shape=cfg.shape)
+        return netns.build_switch(world_size=world_size, shape=shape)
+    return netns.build_bus(world_size=world_size, shape=shape)
 
 
-def run_key(network: str, world_size: int) -> str:
-    """The report's key of one launch, e.g. ``switch/P4``."""
-    return f"{network}/P{world_size}"
+def run_key(network: str, world_size: int, rate: str | None = None) -> str:
+    """The report's key of one launch, e.g. ``switch@1gbit/P2`` or ``loopback/P2``."""
+    return f"{network}/P{world_size}" if rate is None else f"{network}@{rate}/P{world_size}"
+
+
+def core_plan(world_size: int, pin: bool) -> tuple[int, ...]:
+    """The core of each rank: rank r on usable core ``r mod cores`` (empty: not pinned)."""
+    if not pin:
+        return ()
+    cores = sorted(os.sched_getaffinity(0))
+    return tuple(cores[r % len(cores)] for r in range(world_size))
+
+
+def _fingerprint(cfg: BenchConfig) -> str:
+    """Hash of what a launch's numbers depend on (resume reuses only matching launches)."""
+    keep = ("sizes", "collectives", "transmits", "layouts", "reps", "warmup", "seed", "model",
+            "pin", "powersgd_rank", "link_check_bytes")  # fmt: skip
+    d = {k: v for k, v in asdict(cfg).items() if k in keep}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resume_path(cfg: BenchConfig, key: str) -> Path | None:
+    if cfg.resume_dir is None:
+        return None
+    return Path(cfg.resume_dir) / (key.replace("/", "_").replace("@", "_") + ".json")
 
 
 def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
@@ -1413,7 +1609,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
                 "delta": "tenfold.TargetRate(bits_per_param=tenfold.train.config.DEFAULT_RATE)",
                 "weights": "tenfold.EntropyAdaptive() (defaults)",
             },
-            "plan_order": [run_key(n, p) for n, p in cfg.launches()],
+            "plan_order": [run_key(n, p, r) for n, r, p in cfg.launches()],
         },
         "method": {
             "timing": "per repetition: dist.barrier(), then each rank's wall time of the "
@@ -1443,11 +1639,18 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
     code = EXIT_OK
     launches = cfg.launches()
     with tempfile.TemporaryDirectory(prefix="tfsync-") as tmp:
-        for i, (name, p) in enumerate(launches):
-            key = run_key(name, p)
+        for i, (name, rate, p) in enumerate(launches):
+            key = run_key(name, p, rate)
+            saved_path = _resume_path(cfg, key)
+            if saved_path is not None and saved_path.exists():
+                saved = json.loads(saved_path.read_text())
+                if saved.get("complete") and saved.get("fingerprint") == _fingerprint(cfg):
+                    _log(f"{key}: reusing {saved_path} (complete, same configuration)")
+                    report["runs"][key] = {**saved, "resumed_from": str(saved_path)}
+                    continue
             remaining = hard_end - time.time() - _TEARDOWN_MARGIN_S
             # A launch's work grows ~linearly with P: its share of what is left is too.
-            share = remaining * p / sum(q for _, q in launches[i:])
+            share = remaining * p / sum(q for _, _, q in launches[i:])
             if share < 10:
                 report["runs"][key] = {
                     "network": name,
@@ -1458,7 +1661,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
                 continue
             _log(f"{key}: building (budget {share:.0f} s)")
             load_before = os.getloadavg()
-            topology = _build_topology(name, p, cfg)
+            topology = _build_topology(name, p, cfg.shape_for(rate or cfg.rates[0]))
             _LIVE_TOPOLOGIES.append(topology)
             try:
                 work = Path(tmp) / key.replace("/", "_")
@@ -1480,6 +1683,8 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
                     timeout_s=max(30.0, min(600.0, share)),
                     ifnames=tuple(pl.ifname for pl in topology.placements),
                     out_dir=str(work),
+                    cpus=core_plan(p, cfg.pin),
+                    powersgd_rank=cfg.powersgd_rank,
                 )
                 hard = min(time.time() + share + 10, hard_end - _TEARDOWN_MARGIN_S / 2)
                 launch = _launch(wcfg, topology, work, hard)
@@ -1499,7 +1704,12 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
                     code = EXIT_FAILED
                 # Other work on the machine inflates CPU-bound phases: record how busy it was.
                 net["loadavg_1_5_15min"] = {"before": load_before, "after": os.getloadavg()}
+                net["cores"] = _core_label(p, cfg.pin)
+                net["fingerprint"] = _fingerprint(cfg)
                 report["runs"][key] = net
+                if saved_path is not None:
+                    saved_path.parent.mkdir(parents=True, exist_ok=True)
+                    saved_path.write_text(json.dumps(net, indent=1) + "\n")
                 _log(f"{key}: done ({'complete' if net['complete'] else 'partial'})")
             finally:
                 _stop(_LIVE_PROCS)  # ranks still inside would keep a deleted namespace alive
@@ -1507,11 +1717,56 @@ def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
                 _LIVE_TOPOLOGIES.remove(topology)
                 for err in netns.teardown(topology):
                     _log(f"teardown: {err}")
+    if cfg.memory and time.time() < hard_end - _TEARDOWN_MARGIN_S - 30:
+        report["memory"] = _memory(cfg, hard_end)
     report["summary"] = _summary_rows(report)
     report["scaling_vs_P"] = _scaling_vs_p(report["summary"])
     report["target"] = _target(report, cfg)
     report["elapsed_seconds"] = time.time() - start
     return report, code
+
+
+def _core_label(p: int, pin: bool) -> dict[str, Any]:
+    """How the P ranks sat on the cores: pinned one per core, or CPU-shared (labelled)."""
+    cores = len(os.sched_getaffinity(0))
+    shared = p > cores
+    return {
+        "usable_cores": cores,
+        "pinned": pin,
+        "core_per_rank": core_plan(p, pin) or None,
+        "cpu_shared": shared,
+        "label": (
+            f"CPU-SHARED: {p} ranks on {cores} cores (CPU-bound phases ~{p / cores:.1f}x slower "
+            "than with a core per rank)"
+            if shared
+            else f"a core per rank ({'pinned' if pin else 'not pinned'})"
+        ),
+    }
+
+
+def _memory(cfg: BenchConfig, hard_end: float) -> dict[str, Any]:
+    """sync_memory.py's measurement on loopback (its own launches), bounded by the budget."""
+    memory_path = _resume_path(cfg, f"memory/{_size_label(cfg.memory_size)}")
+    if memory_path is not None and memory_path.exists():
+        saved = json.loads(memory_path.read_text())
+        if all("error" not in v for v in saved.get("variants", {}).values()):
+            return {**saved, "resumed_from": str(memory_path)}
+    topology = netns.loopback(cfg.memory_world_size)
+    layout = "transformer" if "transformer" in cfg.layouts else cfg.layouts[0]
+    out = sync_memory.measure(
+        launch=_launch,
+        read=_read_records,
+        topology=topology,
+        size=cfg.memory_size,
+        layout=layout,
+        seed=cfg.seed,
+        timeout_s=max(60.0, min(900.0, hard_end - time.time() - _TEARDOWN_MARGIN_S)),
+        log=_log,
+    )
+    if memory_path is not None:
+        memory_path.parent.mkdir(parents=True, exist_ok=True)
+        memory_path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def _summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1546,17 +1801,21 @@ def _summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "transmit": m["transmit"],
                         "float32_s": med("float32_all_reduce"),
                         "float16_s": med("float16_all_reduce"),
+                        "powersgd_s": med(POWERSGD),
                         "tenfold_s": med(method),
                         "float32_over_tenfold": e["ratios"][method]["float32_over_tenfold"],
                         "float16_over_tenfold": e["ratios"][method]["float16_over_tenfold"],
+                        "powersgd_over_tenfold": e["ratios"][method].get("powersgd_over_tenfold"),
+                        "cpu_shared": (net.get("cores") or {}).get("cpu_shared"),
                         "bits_per_param": m["bits_per_param"],
                         "bytes_sent_per_rank_max": m["bytes_sent_per_rank"]["max"],
                         "values_encoded_per_rank_max": m["values_per_rank"]["encoded_max"],
                         "values_decoded_per_rank_max": m["values_per_rank"]["decoded_max"],
                         "values_source": m["values_per_rank"]["source"],
                         "phases_s": {
-                            ph: m["phases_seconds"][ph]["median"]
-                            for ph in ("encode", "comm", "decode")
+                            ph: v["median"]
+                            for ph, v in m["phases_seconds"].items()
+                            if isinstance(v, dict) and "median" in v
                         },
                         "phases_cpu_s_max_over_ranks": {
                             ph: max(v) for ph, v in cpu.items() if isinstance(v, list)
@@ -1613,30 +1872,29 @@ def _scaling_vs_p(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# The issue's targets (P = 4, 25M, 1 Gbit/s, delta at the trainer's default rate).
+# The issue's targets (issue 19: P = 2, 25M, 1 Gbit/s switch, delta at the default rate).
 TARGETS: dict[str, dict[str, Any]] = {
-    "switch": {"layouts": ("model", "single"), "float32": 6.0, "float16": 3.0},
-    "bus": {"layouts": ("single",), "float32": 3.0, "float16": None},
+    "switch": {"layouts": ("transformer", "model", "single"), "float32": 6.0, "float16": 3.0},
 }
 
 
 def _target(report: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
-    """Met/missed per network, layout and collective, with the numbers (never hard-coded)."""
+    """Met/missed per layout and collective, with the numbers (never hard-coded)."""
     out: dict[str, Any] = {
-        "what": "P=4 ranks, 25M parameters, 1 Gbit/s, transmit=delta with "
-        "TargetRate(DEFAULT_RATE): switch: float32/tenfold >= 6 and float16/tenfold >= 3; "
-        "bus (one shared link), single 25M tensor: float32/tenfold >= 3 (median wall times)",
-        "which_network": "bus = ONE link shaped to 1 Gbit/s shared by all ranks (tbf on lo "
-        "in one namespace); switch = one shaped full-duplex 1 Gbit/s link per rank",
+        "what": f"P={HEADLINE_P} ranks, 25M parameters, {HEADLINE_RATE} switch (a shaped "
+        "full-duplex link per rank), transmit=delta with TargetRate(DEFAULT_RATE): "
+        "float32/tenfold >= 6 and float16/tenfold >= 3 (median wall times, same run)",
     }
     if (
-        cfg.shape.rate.lower() != "1gbit"
+        HEADLINE_RATE not in [r.lower() for r in cfg.rates]
         or HEADLINE_SIZE not in cfg.sizes
         or HEADLINE_P not in cfg.world_sizes
         or "delta" not in cfg.transmits
     ):
         out["evaluated"] = False
-        out["why_not"] = "needs --rate 1gbit, 25M in --sizes, 4 in --world-sizes, delta"
+        out["why_not"] = (
+            f"needs {HEADLINE_RATE} in --rates, 25M in --sizes, {HEADLINE_P} in --world-sizes, delta"
+        )
         return out
     out["evaluated"] = True
     for network, want in TARGETS.items():
@@ -1646,6 +1904,7 @@ def _target(report: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
         for r in report["summary"]:
             if (
                 r["network"] != network
+                or (r.get("rate") or "").lower() != HEADLINE_RATE
                 or r["world_size"] != HEADLINE_P
                 or r["size"] != "25M"
                 or r["transmit"] != "delta"
@@ -1662,8 +1921,11 @@ def _target(report: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
                     "tenfold_s": r["tenfold_s"],
                     "float32_s": r["float32_s"],
                     "float16_s": r["float16_s"],
+                    "powersgd_s": r.get("powersgd_s"),
                     "float32_over_tenfold": r32,
                     "float16_over_tenfold": r16,
+                    "powersgd_over_tenfold": r.get("powersgd_over_tenfold"),
+                    "cpu_shared": r.get("cpu_shared"),
                     "met": met32 and met16,
                     "model_one_core_per_rank": {
                         "label": "MODEL (per-phase, one core per rank), not a measurement",
@@ -1704,7 +1966,10 @@ def build_parser() -> argparse.ArgumentParser:
         "1 Gbit/s links in network namespaces. Prints JSON."
     )
     p.add_argument(
-        "--smoke", action="store_true", help="tiny sizes, loopback, P=2,3, 1 rep (for CI)"
+        "--smoke",
+        "--quick",
+        action="store_true",
+        help="tiny sizes, loopback, P=2,3, 1 rep, memory at 100k (for CI; untimed)",
     )
     p.add_argument("--sizes", help="comma-separated parameter counts (default 25M,1M)")
     p.add_argument(
@@ -1720,8 +1985,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-seconds", type=float, help="bound on the whole run (default 1800; smoke 180)"
     )
-    p.add_argument("--rate", default="1gbit", help="tbf rate of shaped links (default 1gbit)")
-    p.add_argument("--burst", default="256kb", help="tbf burst (default 256kb)")
+    p.add_argument("--rate", help="tbf rate of shaped links (one; default 1gbit)")
+    p.add_argument(
+        "--rates", help="comma-separated tbf rates, one launch each (e.g. 100mbit,1gbit,10gbit)"
+    )
+    p.add_argument(
+        "--burst", default="256kb", help="tbf burst (default 256kb; at least 2 ms of the rate)"
+    )
     p.add_argument("--latency", default="20ms", help="tbf queue bound (default 20ms)")
     p.add_argument(
         "--link-check-mb",
@@ -1729,7 +1999,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="MB of the raw rank 0->1 transfer (default 100; smoke 1)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic models")
-    p.add_argument("--no-model", action="store_true", help="skip the per-phase model")
+    p.add_argument(
+        "--model",
+        action="store_true",
+        help="also measure the per-phase MODEL (one rank coding all P models alone); off by "
+        "default since the ranks are pinned to their own cores",
+    )
+    p.add_argument("--no-model", action="store_true", help=argparse.SUPPRESS)  # the default
+    p.add_argument("--no-pin", action="store_true", help="do not pin rank r to core r mod cores")
+    p.add_argument(
+        "--powersgd-rank", type=int, default=4, help="PowerSGD rank (0: no PowerSGD baseline)"
+    )
+    p.add_argument("--memory", action="store_true", help="also measure host memory (RSS)")
+    p.add_argument("--memory-size", help="parameters of the memory model (default 25M)")
+    p.add_argument(
+        "--resume-dir", type=Path, help="keep each launch's JSON here; reuse complete ones"
+    )
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument("--worker-config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-rank", type=int, help=argparse.SUPPRESS)
@@ -1755,20 +2040,36 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     except ValueError:
         raise ValueError(f"world_sizes: not integers: {args.world_sizes!r}") from None
     link_mb = args.link_check_mb if args.link_check_mb is not None else (1 if args.smoke else 100)
+    if args.rate and args.rates:
+        raise ValueError("rates: give --rate or --rates, not both")
+    rates = _csv(args.rates) or ((args.rate,) if args.rate else DEFAULT_RATES)
+    memory_size = (
+        _parse_size(args.memory_size)
+        if args.memory_size
+        else 100_000
+        if args.smoke
+        else HEADLINE_SIZE
+    )
     return BenchConfig(
         world_sizes=world_sizes,
         sizes=sizes,
         networks=networks,
         collectives=_csv(args.collectives) or COLLECTIVES,
         transmits=_csv(args.transmit) or TRANSMITS,
-        layouts=_csv(args.layouts) or LAYOUTS,
+        layouts=_csv(args.layouts) or (SMOKE_LAYOUTS if args.smoke else LAYOUTS),
         reps=args.reps if args.reps is not None else (1 if args.smoke else 3),
         warmup=args.warmup if args.warmup is not None else (0 if args.smoke else 1),
-        max_seconds=args.max_seconds or (180.0 if args.smoke else 1800.0),
+        max_seconds=args.max_seconds or (300.0 if args.smoke else 1800.0),
         link_check_bytes=int(link_mb * 1_000_000),
         seed=args.seed,
-        model=not args.no_model,
-        shape=netns.LinkShape(rate=args.rate, burst=args.burst, latency=args.latency),
+        model=args.model and not args.no_model,
+        shape=netns.LinkShape(rate=rates[0], burst=args.burst, latency=args.latency),
+        rates=rates,
+        pin=not args.no_pin,
+        powersgd_rank=args.powersgd_rank,
+        memory=args.memory or args.smoke,
+        memory_size=memory_size,
+        resume_dir=str(args.resume_dir) if args.resume_dir else None,
     )
 
 

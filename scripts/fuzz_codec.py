@@ -89,10 +89,12 @@ def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
         Lossless(),
         GradientRMS(3.0),
         GradientRMS(0.5, c0=0.1),
-        # version 2: mid-tread steps, rate control, ANS
+        # version 2: mid-tread steps, per-tensor rate control, ANS
+        TargetRate(bits_per_param=3.0, coder="huffman"),
+        # version 3: packet-level rate control, small tensors in the group section
         TargetRate(bits_per_param=1.0),
         TargetRate(bits_per_param=0.2),
-        TargetRate(bits_per_param=3.0, coder="huffman"),
+        TargetRate(bits_per_param=4.0),
         RelativeStep(alpha=0.5),
         RelativeStep(alpha=4.0),
     ]
@@ -108,7 +110,30 @@ def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
         grad = {k: float(rng.uniform(0, 10)) for k in tensors}
         blob = compress(tensors, policy, grad_rms=grad)
         pool.append((blob, {k: (v.shape, v.dtype) for k, v in tensors.items()}))
-    return pool
+    # version 3's ANS over pairs: tensors of 2**16 values or more at a few bits per value
+    for k, rate in enumerate([0.25, 1.0, 2.0]):
+        dtype = [np.float32, np.float16, np.float64][k]  # every decoder kernel is warmed up
+        big = {f"big{k}": rng.laplace(0.0, 0.05, 65_536 + 2 * k + 1).astype(dtype)}
+        blob = compress(big, TargetRate(bits_per_param=rate))
+        pool.append((blob, {n: (v.shape, v.dtype) for n, v in big.items()}))
+    return pool + golden_packets()
+
+
+def golden_packets() -> list[tuple[bytes, dict[str, Any]]]:
+    """The committed golden packets (every format version, bfloat16 and earlier encoders'
+    packets included), when the tests' folder is there."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "tests" / "codec" / "golden"
+    out = []
+    for path in sorted(folder.glob("*.bin")):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        targets = {  # bfloat16 decodes to float32
+            t["name"]: (tuple(t["shape"]), np.dtype(t["dtype"].replace("bfloat16", "float32")))
+            for t in meta["info"]["tensors"]
+        }
+        out.append((path.read_bytes(), targets))
+    return out
 
 
 # ---- mutations -----------------------------------------------------------------------------
@@ -147,8 +172,11 @@ _FIELDS = ["name", "dtype", "ndim", "dims", "mode", "bits", "entropy", "range"]
 _FIELDS += ["table", "streams", "payload"]
 
 
-def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
+def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
     """One record from random header fields: all plausible but (usually) one hostile field.
+
+    Returns the record and a tag: 1 if it needs version 2, 0 if not, ``-1 - n`` for a
+    group member of ``n`` values (version 3; :func:`forge` appends the group section).
 
     Plausible fields get the forged packet past the header checks to the payload decoders
     (random Huffman streams and bit-packed data under a valid header); the hostile one
@@ -157,6 +185,8 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
     from tenfold.codec import ans, huffman
 
     bad = rnd.choice([None, None, None, None, *_FIELDS])
+    if rnd.random() < 0.2:
+        return _forge_member(rnd, bad)
     quant = 1 if rnd.random() < 0.35 else 0  # version 2: the mid-tread (step) quantizer
     name = rnd.choice([b"w", b"", "é".encode(), b"a" * rnd.randint(0, 40)])
     if bad == "name":
@@ -180,9 +210,11 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
     n = 1
     for d in dims:
         n *= d
-    mode = rnd.choice([1, 1, 4, 4, 2, 2, 0, 3]) if bad != "mode" else rnd.choice([5, 7, 255])
+    mode = rnd.choice([1, 1, 4, 4, 2, 2, 0, 3, 6]) if bad != "mode" else rnd.choice([5, 7, 255])
     if quant and mode == 3:
         mode = 4
+    if mode == 6:  # version 3: ANS over pairs, a step record
+        quant = 1
     if n == 0 and bad is None:
         mode, quant = 3, 0
     top = 24 if not quant else 16
@@ -192,6 +224,7 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
         2: rnd.randint(1, min(top, width - 1)),
         3: width,
         4: rnd.randint(1, 16),
+        6: rnd.randint(1, 5),
     }.get(mode, 8)
     if bad == "bits":
         bits = rnd.choice([0, 17, 24, 25, 32, 64, 255])
@@ -215,8 +248,8 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
         out.append(_varint(rnd.choice([0, 1, 2, 7, 65534, 65535, 65536]) if bad else 0))
         out.append(_varint(rnd.choice([0, 0, 1, n, n + 1])))
     payload_len = 0
-    if mode == 4:  # ANS: a valid (or random) frequency table, plausible (or not) lane sizes
-        k = 1 << min(max(bits, 1), 16)
+    if mode in (4, 6):  # ANS: a valid (or random) table, plausible (or not) lane sizes
+        k = 1 << min(max(bits, 1) * (2 if mode == 6 else 1), 16)
         scale = rnd.choice([12, 12, 14, 16]) if bad != "table" else rnd.choice([0, 1, 17, 255])
         out.append(bytes([scale]))
         if bad != "table" and 1 <= scale <= 16:
@@ -230,8 +263,9 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
         else:
             table = rnd.randbytes(rnd.randint(0, 64))
         out += [_varint(len(table)), table]
+        symbols = (n + 1) // 2 if mode == 6 else n
         for lane in range(4):
-            ns = (n - lane + 3) // 4 if n > lane else 0
+            ns = (symbols - lane + 3) // 4 if symbols > lane else 0
             size = 4 + 2 * rnd.randint(0, ns)
             if bad == "streams" and rnd.random() < 0.5:
                 size = rnd.choice([*_EXTREME_INTS, 3, 5])
@@ -244,7 +278,7 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
             freq = np.zeros(k, np.int64)
             chosen = rnd.sample(range(k), used) if k <= 4096 else list(range(used))
             freq[chosen] = [rnd.choice([1, 1, 2, 10, 1000]) for _ in range(used)]
-            lengths = huffman.code_lengths(freq, huffman.length_limit(used))
+            lengths = huffman.code_lengths(freq, int(huffman.length_limit(used) or 14))
             table = huffman.pack_lengths(lengths)
             lmin, lmax = int(lengths[lengths > 0].min()), int(lengths.max())
         else:
@@ -275,7 +309,56 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, bool]:
     else:
         payload = rnd.choice([b"\x00", b"\xff"]) * payload_len
     out.append(payload)
-    return b"".join(out), bool(quant or mode == 4)
+    return b"".join(out), 3 if mode == 6 else int(bool(quant or mode == 4))
+
+
+def _forge_member(rnd: random.Random, bad: str | None) -> tuple[bytes, int]:
+    """A group member's record (version 3): name, dtype, shape, mode 0x15, step."""
+    name = rnd.choice([b"b", b"", b"a" * rnd.randint(0, 20)])
+    dtype = rnd.choice([1, 2, 3, 4]) if bad != "dtype" else rnd.choice([0, 5, 255])
+    dims = [rnd.choice([1, 2, 3, 7, 64, 300]) for _ in range(rnd.choice([0, 1, 1, 2]))]
+    if bad == "dims":
+        dims.append(rnd.choice([0, *_EXTREME_INTS]))
+    mode = 0x15 if bad != "mode" else rnd.choice([0x05, 0x25, 0x15])
+    step = rnd.choice([1e-3, 0.01, 0.5]) if bad != "range" else rnd.choice([0.0, -1.0, 1e300])
+    out = [_varint(len(name)), name, bytes([dtype, len(dims)]), *(_varint(d) for d in dims)]
+    out += [bytes([mode]), struct.pack("<d", step)]
+    n = 1
+    for d in dims:
+        n *= d
+    return b"".join(out), -max(n, 0) - 1  # a negative tag: a member of n values
+
+
+def _forge_group(rnd: random.Random, total: int) -> bytes:
+    """The group section for members of ``total`` values: a valid (or random) frequency
+    table, plausible (or not) lane sizes, random lanes."""
+    from tenfold.codec import ans
+
+    bits = rnd.choice([0, 1, 2, 3, 4, 8]) if rnd.random() < 0.95 else rnd.choice([17, 255])
+    k = 1 << min(bits, 16)
+    qmin = rnd.choice([0, -1, -2, -7, -32767]) if rnd.random() < 0.95 else 40000
+    scale = rnd.choice([12, 12, 13]) if rnd.random() < 0.95 else rnd.choice([0, 17])
+    out = [bytes([bits]), _varint(2 * -qmin - 1 if qmin < 0 else 2 * qmin), bytes([scale])]
+    if rnd.random() < 0.9 and 1 <= scale <= 16:
+        counts = np.zeros(k, np.int64)
+        used = rnd.sample(range(k), rnd.randint(1, min(k, 64)))
+        counts[used] = [rnd.choice([1, 5, 1000]) for _ in used]
+        table = ans.pack_frequencies(ans.quantize_frequencies(counts, scale))
+    else:
+        table = rnd.randbytes(rnd.randint(0, 16))
+    out += [_varint(len(table)), table]
+    lanes = []
+    for lane in range(4):
+        ns = (total - lane + 3) // 4 if total > lane else 0
+        size = 4 + 2 * rnd.randint(0, min(ns, 1 << 12))
+        if rnd.random() < 0.05:
+            size = rnd.choice([*_EXTREME_INTS, 3, 5])
+        out.append(_varint(size))
+        lanes.append(min(size, 1 << 14))
+    body = b"".join(rnd.randbytes(size) for size in lanes)
+    if rnd.random() < 0.5:  # plausible lane states (>= 2**16) at each lane's start
+        body = b"".join(b"\x00\x00\x01\x00" + rnd.randbytes(max(0, size - 4)) for size in lanes)
+    return b"".join(out) + body
 
 
 def forge(rnd: random.Random) -> bytes:
@@ -285,10 +368,13 @@ def forge(rnd: random.Random) -> bytes:
     records = [r for r, _ in forged]
     if rnd.random() < 0.1:
         count = rnd.choice([count + 1, max(0, count - 1), 1 << 40])
-    # the version the records need, except now and then the other one (or an unknown one)
-    version = 2 if any(v2 for _, v2 in forged) else 1
+    # the version the records need, except now and then another one (or an unknown one)
+    members = [-tag - 1 for _, tag in forged if tag < 0]
+    version = 3 if members else max([1, *(tag for _, tag in forged)])
     if rnd.random() < 0.05:
-        version = rnd.choice([1, 2, 3])
+        version = rnd.choice([1, 2, 3, 4])
+    if members and rnd.random() < 0.97:
+        records.append(_forge_group(rnd, sum(members)))
     body = b"TFLD" + bytes([version]) + _varint(count) + b"".join(records)
     return body + struct.pack("<I", zlib.crc32(body))
 

@@ -39,3 +39,11 @@ def test_a_submodule_does_not_hide_the_export_of_the_same_name() -> None:
     from tenfold.train import launch
 
     assert callable(launch) and not isinstance(launch, type(tenfold))
+
+
+def test_the_installed_cli_carries_no_reproduction_or_benchmark() -> None:
+    """``make reproduce`` (paper/) and ``make bench`` (benchmarks/) run from a clone only."""
+    from tenfold.cli import SUBCOMMANDS
+
+    assert "reproduce" not in SUBCOMMANDS and "bench" not in SUBCOMMANDS
+    assert all(module.startswith("tenfold.cli.") for module in SUBCOMMANDS.values())

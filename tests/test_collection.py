@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LINTED_TREES = ("src", "tests", "benchmarks")
+LINTED_TREES = ("src", "paper", "tests", "benchmarks", "examples")
 
 
 def _on_disk(pattern: str, trees: tuple[str, ...]) -> set[str]:

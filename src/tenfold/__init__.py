@@ -32,22 +32,26 @@ from tenfold.codec import (
     decompress,
     inspect,
 )
+from tenfold.errors import ConfigError, InputTypeError, TenfoldError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "BFloat16Bits",
+    "ConfigError",
     "CorruptPacketError",
     "EntropyAdaptive",
     "Fixed",
     "GradientRMS",
+    "InputTypeError",
     "Lossless",
     "PacketInfo",
     "PacketMismatchError",
     "Policy",
     "RelativeStep",
     "TargetRate",
+    "TenfoldError",
     "TensorInfo",
     "__version__",
     "accumulate",

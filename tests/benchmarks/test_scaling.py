@@ -235,6 +235,23 @@ def test_command_line_markdown_json_and_figures(tmp_path: Path) -> None:
     assert sc.main(["--from", str(src), "--figures", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "scaling_speedup.png").stat().st_size > 0
     assert (tmp_path / "fig" / "scaling_break_even.png").stat().st_size > 0
+    assert (tmp_path / "fig" / "sync_vs_link.png").stat().st_size > 0
+
+
+def test_gpu_node_prediction_overlaps_and_divides_the_codec() -> None:
+    fit = sc.Fit("tenfold/reduce-scatter/delta", A, C, LAM, 1.0, 3, 0.0)
+    base = sc.Fit("float32_all_reduce", A, C, LAM, None, 3, 0.0)
+    r = 1e9 / 8
+    cpu = sc.predict(fit, 2, 25e6, r)
+    gpu = sc.predict_gpu_node(fit, 2, 25e6, r, free_cores=8)
+    assert gpu["codec_s"] == pytest.approx(cpu["codec_s"] / 8)
+    assert gpu["total_s"] == pytest.approx(max(gpu["codec_s"], gpu["link_s"]) + gpu["latency_s"])
+    assert sc.predict_gpu_node(base, 2, 25e6, r, free_cores=8) == sc.predict(base, 2, 25e6, r)
+    sweep = sc.link_sweep({fit.method: fit, base.method: base}, [], params=25e6, free_cores=8)
+    assert set(sweep["model_s"]) == {"0.1", "1", "10", "100"}
+    stops = sweep["stops_paying_gbit"][fit.method]
+    if stops["cpu_model"] is not None and stops["gpu_node"] is not None:
+        assert stops["gpu_node"] >= stops["cpu_model"]  # free cores move the point up
 
 
 def test_markdown_names_its_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

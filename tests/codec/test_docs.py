@@ -17,6 +17,7 @@ MODULES = [
     "tenfold.codec.packet",
     "tenfold.codec.policy",
     "tenfold.codec.quantize",
+    "tenfold.codec.ratecontrol",
 ]
 
 
@@ -49,3 +50,22 @@ def test_format_doc_bfloat16_example_matches_the_codec() -> None:
         "54 46 4C 44 02 01 01 76 04 01 03 02 02 00 00 C0 7F 00 00 CD 3D 38 57 78 36 DD"
     )
     assert decompress(blob)["v"].tolist() == [0.01251220703125, 0.0625, 0.08740234375]
+
+
+def test_format_doc_version_3_example_matches_the_codec() -> None:
+    """docs/FORMAT.md's version-3 (group section) example, byte for byte."""
+    import numpy as np
+
+    from tenfold.codec import TargetRate, compress, decompress, inspect
+
+    x = np.array([0.75, -0.375, 0, 0, 0.375, 0, 0, -0.75], np.float32)
+    b = np.array([0.1875, -0.1875, 0, 0], np.float32)
+    blob = compress({"w": x, "b": b}, TargetRate(1.0), scale={"w": 0.125, "b": 0.0625})
+    assert blob.hex(" ").upper() == (
+        "54 46 4C 44 03 02 01 77 02 01 08 15 00 00 00 00 00 00 D8 3F "
+        "01 62 02 01 04 15 00 00 00 00 00 00 C8 3F 03 03 0C 0C D5 02 AB 05 80 10 AB 05 "
+        "D5 02 00 02 04 04 04 04 CD 4E B0 01 63 62 47 00 00 14 08 00 81 64 30 00 F1 69 FE 55"
+    )
+    out = decompress(blob)
+    assert out["w"].tolist() == x.tolist() and out["b"].tolist() == b.tolist()
+    assert [t.nbytes for t in inspect(blob).tensors] == [38, 26]

@@ -15,6 +15,9 @@ from tenfold.codec import BFloat16Bits, Policy, compress, decompress, inspect
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.bin"))
+#: packets of an earlier encoder, kept to prove they still decode exactly: TargetRate's
+#: per-tensor rate control before the packet-level one (format version 3) made them
+DECODE_ONLY = {"v2_target_rate_ans", "v2_bfloat16_target_rate_ans"}
 
 
 def test_golden_files_exist() -> None:
@@ -42,6 +45,8 @@ def test_golden_packet_decodes_to_the_committed_arrays(case: str) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_encoder_still_produces_the_golden_bytes(case: str) -> None:
+    if case in DECODE_ONLY:
+        pytest.skip("an earlier encoder's packet: decode-only")
     blob = (GOLDEN / f"{case}.bin").read_bytes()
     meta = json.loads((GOLDEN / f"{case}.json").read_text())
     with np.load(GOLDEN / f"{case}.input.npz") as inputs:

@@ -66,7 +66,7 @@ def test_finish_packet_appends_crc() -> None:
         (b"TFL", "bad magic"),
         (b"XFLD\x01\x00\x00\x00\x00\x00", "bad magic"),
         (b"TFLD\x01\x00", "truncated"),
-        (b"TFLD\x03\x00" + b"\x00" * 4, "unsupported format version 3"),
+        (b"TFLD\x04\x00" + b"\x00" * 4, "unsupported format version 4"),
         (b"TFLD\x00\x00" + b"\x00" * 4, "unsupported format version 0"),
         (b"TFLD\x01\x00\x00\x00\x00\x00", "checksum mismatch"),
     ],

@@ -128,3 +128,22 @@ def test_fixed_and_lossless() -> None:
     assert _choose(Fixed(5), x) == (5, None)
     assert _choose(Lossless(), x) == (32, None)
     assert Lossless.lossless and not Fixed.lossless
+
+
+def test_compress_seed_replaces_the_policys_own_seed() -> None:
+    """``compress(..., seed=s)`` gives the bytes of the policy built with ``seed=s``."""
+    import numpy as np
+
+    import tenfold
+    from tenfold.codec import derive_seed
+
+    rng = np.random.default_rng(1)
+    arrays = {"w": rng.normal(size=(300, 200)).astype(np.float32)}
+    s = derive_seed(7, 2, 5)
+    for policy in (tenfold.TargetRate(1.0, seed=7), tenfold.EntropyAdaptive(seed=7)):
+        rebuilt = type(policy).from_config({**policy.get_config(), "seed": s})
+        assert tenfold.compress(arrays, policy, seed=s) == tenfold.compress(arrays, rebuilt)
+    # a policy that draws no samples ignores it
+    fixed = tenfold.Fixed(8)
+    assert tenfold.compress(arrays, fixed, seed=s) == tenfold.compress(arrays, fixed)
+    assert derive_seed(7, 2, 5) != derive_seed(7, 3, 5)

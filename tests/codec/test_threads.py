@@ -339,19 +339,3 @@ def test_parallel_docstring_examples(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel, "MIN_CHUNK", REAL_MIN_CHUNK)
 
     assert doctest.testmod(parallel).failed == 0
-
-
-def test_threads_benchmark_smoke() -> None:
-    """``benchmarks/codec.py --threads``' work, tiny: JSON-safe, and the bytes agree."""
-    import json
-
-    from tenfold.benchmarks_codec import run_threads_benchmark
-
-    result = run_threads_benchmark((1, 2), total=4000, repeats=1)
-    json.dumps(result)
-    for layout in ("model", "single"):
-        for policy in ("entropy_c6_M4", "target_rate_1"):
-            fig = result["layouts"][layout][policy]
-            assert fig["identical_across_threads"]
-            assert set(fig["compress"]["speedup"]) == {"1", "2"}
-    assert len(result["layouts"]["model"]["tensors"]) == 8

@@ -21,9 +21,11 @@ from tenfold.distributed import (
     AllReduceAverager,
     Averager,
     CompressedAverager,
+    ProcessGroupError,
     ReferenceMismatchError,
     SimulatedAverager,
 )
+from tenfold.errors import ConfigError
 
 WORLD = 3
 
@@ -198,8 +200,15 @@ def test_the_distributed_averagers_follow_the_protocol() -> None:
     assert not isinstance(SimulatedAverager(tenfold.Lossless()), Averager)
 
 
+def test_not_distributed_refuses_to_run_unless_asked() -> None:
+    with pytest.raises(ProcessGroupError, match="init_process_group"):
+        AllReduceAverager().average(rank_tensors(0))
+    with pytest.raises(ProcessGroupError, match="allow_single_process=True"):
+        AllReduceAverager().initialize(rank_tensors(0))
+
+
 def test_not_distributed_leaves_the_tensors_alone() -> None:
-    avg = AllReduceAverager()
+    avg = AllReduceAverager(allow_single_process=True)
     named = rank_tensors(0)
     before = [_np(t) for _, t in named]
     stats = avg.average(named)
@@ -220,7 +229,7 @@ def test_set_reference_in_weights_mode_does_nothing() -> None:
 
 
 def test_set_reference_refuses_other_tensors() -> None:
-    avg = CompressedAverager(tenfold.Lossless())
+    avg = CompressedAverager(tenfold.Lossless(), allow_single_process=True)
     avg.initialize(rank_tensors(0))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ConfigError, match="missing"):
         avg.set_reference(rank_tensors(0)[:2])

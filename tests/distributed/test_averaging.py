@@ -24,10 +24,11 @@ from tenfold.codec.errors import PacketMismatchError
 from tenfold.distributed import (
     CompressedAverager,
     NonFiniteWeightsError,
+    ProcessGroupError,
     SimulatedAverager,
     named_tensors,
-    round_policy,
 )
+from tenfold.distributed.sender import round_seed
 
 POLICIES = [
     tenfold.Fixed(8),
@@ -114,8 +115,9 @@ def test_distributed_equals_simulated_and_decoded_mean(policies_run: Path, i: in
         tenfold.decompress(
             tenfold.compress(
                 {n: t for n, t in rank_tensors(r)},
-                round_policy(policy, rank=r, round=0),
+                policy,
                 grad_rms=grad_rms_of(r),
+                seed=round_seed(policy, rank=r, round=0),
             )
         )
         for r in range(3)
@@ -135,8 +137,9 @@ def test_bytes_sent_counts_the_ring_forwarding(policies_run: Path, i: int) -> No
         len(
             tenfold.compress(
                 {n: t for n, t in rank_tensors(r)},
-                round_policy(policy, rank=r, round=0),
+                policy,
                 grad_rms=grad_rms_of(r),
+                seed=round_seed(policy, rank=r, round=0),
             )
         )
         for r in range(3)
@@ -272,11 +275,23 @@ def test_mismatch_nonfinite_and_dead_peer(tmp_path: Path) -> None:
 # ---- not distributed -----------------------------------------------------------------------
 
 
-def test_not_initialised_is_a_noop_with_stats() -> None:
+def test_not_initialised_refuses_to_start() -> None:
+    """A forgotten init_process_group would train K independent models: refused."""
+    assert not dist.is_initialized()
+    avg = CompressedAverager(tenfold.EntropyAdaptive(), transmit="weights")
+    with pytest.raises(ProcessGroupError, match=r"init_process_group.*torchrun"):
+        avg.average(rank_tensors(0))
+    with pytest.raises(ProcessGroupError, match="allow_single_process=True"):
+        avg.initialize(rank_tensors(0))
+
+
+def test_not_initialised_with_allow_single_process_is_a_noop_with_stats() -> None:
     assert not dist.is_initialized()
     named = rank_tensors(0)
     before = [t.clone() for _, t in named]
-    avg = CompressedAverager(tenfold.EntropyAdaptive(), transmit="weights")
+    avg = CompressedAverager(
+        tenfold.EntropyAdaptive(), transmit="weights", allow_single_process=True
+    )
     stats = avg.average(named)
     for (_, t), b in zip(named, before, strict=True):
         assert torch.equal(t, b)
@@ -319,17 +334,15 @@ def test_named_tensors_forms() -> None:
         named_tensors([("x", np.zeros(2))])  # type: ignore[list-item]
 
 
-def test_round_policy_derives_distinct_reproducible_seeds() -> None:
+def test_round_seed_derives_distinct_reproducible_seeds() -> None:
     p = tenfold.EntropyAdaptive(seed=7)
-    seeds = {
-        (r, k): round_policy(p, rank=r, round=k).get_config()["seed"]
-        for r in range(3)
-        for k in range(3)
-    }
+    seeds = {(r, k): round_seed(p, rank=r, round=k) for r in range(3) for k in range(3)}
     assert len(set(seeds.values())) == 9
-    assert round_policy(p, rank=1, round=2) == round_policy(p, rank=1, round=2)
-    assert round_policy(p, rank=1, round=2).c == p.c and round_policy(p, rank=0, round=0).F == p.F
-    assert round_policy(tenfold.Fixed(5), rank=3, round=9) == tenfold.Fixed(5)
+    assert round_seed(p, rank=1, round=2) == round_seed(p, rank=1, round=2)
+    # the SeedSequence derivation the packets of earlier runs were made with
+    want = np.random.SeedSequence([7, 1, 2]).generate_state(1, np.uint32)[0]
+    assert round_seed(p, rank=1, round=2) == int(want)
+    assert round_seed(tenfold.Fixed(5), rank=3, round=9) is None
 
 
 def test_half_and_double_tensors_keep_their_dtype() -> None:
@@ -352,7 +365,7 @@ def test_half_and_double_tensors_keep_their_dtype() -> None:
 
 def test_absurd_announced_packet_sizes_are_refused_before_allocation() -> None:
     from tenfold.codec import CorruptPacketError
-    from tenfold.distributed.packets import check_announced_sizes
+    from tenfold.distributed.protocol.packets import check_announced_sizes
 
     named = [("w", torch.zeros(100, 10)), ("b", torch.zeros(10))]
     honest = len(tenfold.compress(dict(named), tenfold.Lossless()))

@@ -24,13 +24,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tenfold
 from tenfold.codec.policy import rms
+from tenfold.distributed.errors import ProcessGroupError
 from tenfold.distributed.hooks import (
     CompressionState,
     StepCost,
     _Residual,
     compressed_allreduce_hook,
 )
-from tenfold.distributed.params import round_policy
+from tenfold.distributed.sender import round_seed
+from tenfold.errors import ConfigError, InputTypeError
 
 WORLD = 3
 STEPS = 3
@@ -78,7 +80,7 @@ def recorder(calls: list[list[Any]]) -> Any:
         step = s.step  # the hook advances it after the last bucket
         before = bucket.buffer().detach().clone()
         fut = compressed_allreduce_hook(s, bucket)
-        io = [before.tolist(), fut.value().tolist()] if step == 0 else [None, None]
+        io = [before.tolist(), fut.wait().tolist()] if step == 0 else [None, None]
         calls.append([step, bucket.index(), [p.numel() for p in bucket.parameters()], *io])
         return fut
 
@@ -242,8 +244,9 @@ def test_the_mean_is_the_rank_order_mean_of_the_decoded_packets(hook_run: Path) 
         step, index, _, before, _ = _report(hook_run, rank)["first_call"]
         assert (step, index) == (0, 0)
         g = np.asarray(before, np.float32)  # DDP's initial layout is the coding order
-        policy = round_policy(tenfold.TargetRate(bits_per_param=1.0), rank=rank, round=0)
-        blob = tenfold.compress({"g": g}, policy, scale={"g": rms(g)})
+        policy = tenfold.TargetRate(bits_per_param=1.0)
+        seed = round_seed(policy, rank=rank, round=0)
+        blob = tenfold.compress({"g": g}, policy, scale={"g": rms(g)}, seed=seed)
         acc = (acc if acc.size else np.zeros_like(g)) + tenfold.decompress(blob)["g"]
     mean = np.divide(acc, np.float32(WORLD))
     for rank in range(WORLD):
@@ -299,7 +302,8 @@ def test_a_nan_gradient_raises_on_every_rank(hook_run: Path) -> None:
 def test_ranks_out_of_step_raise_on_every_rank(hook_run: Path) -> None:
     for rank in range(WORLD):
         text = _report(hook_run, rank)["mismatch"]
-        assert text.startswith("BucketMismatchError") and "step counter" in text, text
+        # asynchronous: DDP re-raises the worker's error as a RuntimeError naming it
+        assert "BucketMismatchError" in text and "step counter" in text, text
 
 
 # ---- a dead peer ------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def test_step_cost_adds_up() -> None:
 
 
 def test_residuals_are_reassembled_by_parameter_after_a_layout_change() -> None:
-    state = CompressionState(tenfold.RelativeStep(alpha=1.0))
+    state = CompressionState(tenfold.RelativeStep(alpha=1.0), allow_single_process=True)
     f32 = np.dtype(np.float32)
     p = [torch.zeros(n) for n in (2, 3, 4, 5)]
     old0, old1 = state._layout(p[:2], 5), state._layout(p[2:3], 4)  # first sight: 0, 1 | 2
@@ -369,8 +373,8 @@ def test_residuals_are_reassembled_by_parameter_after_a_layout_change() -> None:
 
 
 def test_load_state_dict_checks_sizes() -> None:
-    state = CompressionState(tenfold.Lossless())
-    with pytest.raises(ValueError, match="residual has 3 values"):
+    state = CompressionState(tenfold.Lossless(), allow_single_process=True)
+    with pytest.raises(ConfigError, match="residual has 3 values"):
         state.load_state_dict(
             {
                 "step": 0,
@@ -379,5 +383,47 @@ def test_load_state_dict_checks_sizes() -> None:
                 "sizes": {"0": [2]},
             }
         )
-    with pytest.raises(TypeError, match="error_feedback"):
+    with pytest.raises(InputTypeError, match="error_feedback"):
         CompressionState(tenfold.Lossless(), error_feedback=1)  # type: ignore[arg-type]
+
+
+class _Bucket:
+    """What the hook reads of a ``dist.GradBucket``."""
+
+    def __init__(self, values: list[float]) -> None:
+        self._buffer = torch.tensor(values)
+        self._params = [torch.zeros(len(values))]
+
+    def buffer(self) -> torch.Tensor:
+        return self._buffer
+
+    def index(self) -> int:
+        return 0
+
+    def is_last(self) -> bool:
+        return True
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self._params
+
+
+def test_without_a_process_group_the_hook_refuses_at_its_first_call() -> None:
+    # built before the group exists (Lightning's DDPStrategy(ddp_comm_state=...) does)
+    state = CompressionState(tenfold.Lossless())
+    with pytest.raises(ProcessGroupError, match="init_process_group"):
+        compressed_allreduce_hook(state, _Bucket([1.0, 2.0]))  # type: ignore[arg-type]
+    state.close()
+
+
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_one_rank_returns_the_bucket_unchanged(asynchronous: bool) -> None:
+    state = CompressionState(
+        tenfold.TargetRate(bits_per_param=1.0), allow_single_process=True,
+        asynchronous=asynchronous,
+    )  # fmt: skip
+    bucket = _Bucket([0.5, -1.25, 3.0])
+    got = compressed_allreduce_hook(state, bucket).wait()  # type: ignore[arg-type]
+    assert got.tolist() == [0.5, -1.25, 3.0]
+    assert state.step == 1 and state.stats.last_step.calls == 1
+    assert state.state_dict()["residual"] == {}
+    state.close()

@@ -26,9 +26,12 @@ from tenfold.distributed import (
     BufferMismatchError,
     CompressedAverager,
     LocalSGD,
+    ProcessGroupError,
     ReferenceMismatchError,
+    SimulatedAverager,
     SyncStats,
 )
+from tenfold.distributed.local_sgd import SimulatedLocalSGD
 
 WORLD = 2
 
@@ -404,6 +407,61 @@ def test_buffers_of_any_dtype_are_broadcast_exactly(run: Path) -> None:
 # ---- in one process ------------------------------------------------------------------------
 
 
+def test_simulated_local_sgd_is_the_ranks_bit_for_bit(run: Path) -> None:
+    """K models in one process through SimulatedLocalSGD: after every sync, every model
+    holds exactly what rank r held in the gloo job's part 1 (parameters, BatchNorm
+    statistics, num_batches_tracked), and the buffers-only sync too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank (the thread count can change the matmuls' sums)
+    try:
+        _simulate_part_1(run)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _simulate_part_1(run: Path) -> None:
+    nets = [make_net(r) for r in range(WORLD)]
+    sim = SimulatedLocalSGD(
+        nets, sync_every=3, averager=SimulatedAverager(tenfold.TargetRate(bits_per_param=1.0))
+    )
+    inners = [_sgd(net, lr=0.1) for net in nets]
+    synced, rounds = [], []
+    for step in range(7):
+        for rank, (net, inner) in enumerate(zip(nets, inners, strict=True)):
+            x, idx, y = batch(rank, step, torch.float32)
+            inner.zero_grad()
+            nn.functional.cross_entropy(net(x, idx), y).backward()
+            inner.step()
+        stats = sim.step()
+        synced.append(stats is not None)
+        if stats is not None:
+            rounds.append(stats.round)
+            for rank, net in enumerate(nets):
+                assert _identical(snap(net), load_arrays(run, f"local-r{rank}-s{step}")), rank
+    assert synced == _info(run, 0)["synced"]
+    assert rounds == [s["round"] for s in _info(run, 0)["stats"]]
+    for rank, net in enumerate(nets):
+        net(*batch(rank, 50, torch.float32)[:2])
+    sim.sync()
+    for rank, net in enumerate(nets):
+        got = {n: b.numpy().copy() for n, b in net.named_buffers()}
+        assert _identical(got, load_arrays(run, f"bn-after-r{rank}")), rank
+    assert sim.buffer_bytes_sent == 2 * 16 * 4 * (WORLD - 1)  # mean and var, float32
+
+
+def test_simulated_local_sgd_checks_integer_buffers_like_the_ranks() -> None:
+    nets = [odd_module(r) for r in range(WORLD)]
+    avg = SimulatedAverager(tenfold.Lossless())
+    sim = SimulatedLocalSGD(nets, sync_every=1, averager=avg)  # aligns on worker 0's
+    assert all(_exact(n.count) == 7 for n in nets)
+    with torch.no_grad():
+        nets[1].count.add_(1)
+    with pytest.raises(BufferMismatchError, match="'count' on rank"):
+        sim.sync()
+    assert SimulatedLocalSGD(nets, sync_every=1, averager=avg, buffers="broadcast").step()
+    assert all(_exact(n.count) == 7 for n in nets)
+
+
 @pytest.mark.parametrize("sync_every", [0, -1, 1.5, True, "3", None])
 def test_sync_every_must_be_a_positive_int(sync_every: Any) -> None:
     with pytest.raises(ValueError, match="sync_every must be an int >= 1"):
@@ -443,11 +501,23 @@ def test_a_model_without_trainable_parameters_is_refused() -> None:
         LocalSGD(net, sync_every=1)
 
 
+def _one_process() -> CompressedAverager:
+    """An averager that accepts running without a process group (every sync a no-op)."""
+    return CompressedAverager(tenfold.TargetRate(bits_per_param=1.0), allow_single_process=True)
+
+
+def test_without_a_process_group_the_default_averager_refuses_to_start() -> None:
+    with pytest.raises(ProcessGroupError, match="init_process_group"):
+        LocalSGD(make_net(0), sync_every=1)
+
+
 def test_a_diloco_state_does_not_load_into_local_sgd() -> None:
     net = make_net(0)
-    state = LocalSGD(net, sync_every=1, outer_optimizer=_nesterov(net)).state_dict()
+    state = LocalSGD(
+        net, sync_every=1, outer_optimizer=_nesterov(net), averager=_one_process()
+    ).state_dict()
     with pytest.raises(ValueError, match="DiLoCo"):
-        LocalSGD(net, sync_every=1).load_state_dict(state)
+        LocalSGD(net, sync_every=1, averager=_one_process()).load_state_dict(state)
 
 
 def test_one_process_diloco_applies_the_outer_step_to_local_progress() -> None:
@@ -455,11 +525,16 @@ def test_one_process_diloco_applies_the_outer_step_to_local_progress() -> None:
     plain local training does (w_shared - 1 * (w_shared - w_local)), with lr=0 at the
     start."""
     plain = make_net(0)
-    train(plain, _sgd(plain, lr=0.1), LocalSGD(plain, sync_every=2), 0, range(2))
+    train(
+        plain, _sgd(plain, lr=0.1), LocalSGD(plain, sync_every=2, averager=_one_process()), 0,
+        range(2),
+    )  # fmt: skip
     for lr in (1.0, 0.0):
         net = make_net(0)
         start = snap(net)
-        sync = LocalSGD(net, sync_every=2, outer_optimizer=_sgd(net, lr=lr))
+        sync = LocalSGD(
+            net, sync_every=2, outer_optimizer=_sgd(net, lr=lr), averager=_one_process()
+        )
         assert train(net, _sgd(net, lr=0.1), sync, 0, range(2)) == [False, True]
         end = snap(net)
         if lr:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from safetensors.numpy import load_file
 
-from tenfold.experiments.profiles import Profile, entropy_setting
-from tenfold.experiments.sweep import load_data, simulate
+from paper.profiles import Profile, entropy_setting
+from paper.sweep import load_data, simulate
 from tenfold.train import final_weights, read_metrics, spawn_training
 
 

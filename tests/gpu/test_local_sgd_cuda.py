@@ -8,6 +8,8 @@
   CPU, coded and exchanged there and the mean copied back; the buffers' collectives run on
   CPU copies. Every rank must hold bit-identical parameters and buffers after each sync,
   and the parameters, their gradients and DiLoCo's shared model must stay on the GPU.
+* Both blocking and overlapped (``overlap=True``: the sync in a background thread, its
+  row on the CPU, the round's start beside the parameters on the GPU).
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tenfold.distributed import AllReduceAverager, LocalSGD
-from tenfold.distributed.exchange import all_gather_row
-from tenfold.distributed.local_sgd import _check_equal
-from tenfold.distributed.shared_model import align_ranks, broadcast_exact
+from tenfold.distributed.averager_base import align_ranks, broadcast_exact
+from tenfold.distributed.transport import all_gather_row
 from tenfold.train.config import TrainConfig
 from tenfold.train.loop import check_same_config
 
@@ -63,26 +64,32 @@ def _job(rank: int, world: int, backend: str, rdzv: str, out: str) -> None:
     o = Path(out)
     info: dict[str, Any] = {}
     try:
-        net = _model(rank, device)
-        inner = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-        outer = torch.optim.SGD(net.parameters(), lr=0.7, momentum=0.9, nesterov=True)
-        sync = LocalSGD(net, sync_every=SYNC_EVERY, outer_optimizer=outer)
-        g = torch.Generator().manual_seed(100 + rank)  # different data per rank
-        for step in range(STEPS):
-            x = torch.randn(32, 32, generator=g).to(device)
-            y = torch.randint(0, 4, (32,), generator=g).to(device)
-            inner.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            inner.step()
-            if sync.step() is not None:
-                np.savez(o / f"{backend}-r{rank}-s{step}.npz", **_snap(net))
-        assert sync._shared is not None
-        info["devices"] = sorted(
-            {str(p.device) for p in net.parameters()}
-            | {str(p.grad.device) for p in net.parameters() if p.grad is not None}
-            | {str(t.device) for t in sync._shared.values()}
-            | {str(b.device) for b in net.buffers()}
-        )
+        for overlap in (True, False):  # the blocking run last: its model is used below
+            mode = "overlap" if overlap else "blocking"
+            net = _model(rank, device)
+            inner = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+            outer = torch.optim.SGD(net.parameters(), lr=0.7, momentum=0.9, nesterov=True)
+            sync = LocalSGD(net, sync_every=SYNC_EVERY, outer_optimizer=outer, overlap=overlap)
+            g = torch.Generator().manual_seed(100 + rank)  # different data per rank
+            for step in range(STEPS):
+                x = torch.randn(32, 32, generator=g).to(device)
+                y = torch.randint(0, 4, (32,), generator=g).to(device)
+                inner.zero_grad()
+                nn.functional.cross_entropy(net(x), y).backward()
+                inner.step()
+                sync.step()
+                if (step + 1) % SYNC_EVERY == 0:
+                    np.savez(o / f"{backend}-{mode}-r{rank}-s{step}.npz", **_snap(net))
+            sync.wait()
+            np.savez(o / f"{backend}-{mode}-r{rank}-end.npz", **_snap(net))
+            kept = sync._replicas[0].start if overlap else sync._shared_model(sync._replicas[0])
+            assert kept is not None
+            info[f"{mode}_devices"] = sorted(
+                {str(p.device) for p in net.parameters()}
+                | {str(p.grad.device) for p in net.parameters() if p.grad is not None}
+                | {str(t.device) for t in kept.values()}
+                | {str(b.device) for b in net.buffers()}
+            )
         # the plain fp32 baseline on CUDA tensors
         plain = AllReduceAverager()
         stats = plain.average(net.named_parameters())
@@ -92,8 +99,8 @@ def _job(rank: int, world: int, backend: str, rdzv: str, out: str) -> None:
         # the collectives LocalSGD issues, on this backend's device, directly
         before = _snap(net)
         named = list(net.named_buffers())
-        sync._average_buffers(named)
-        _check_equal([(n, b) for n, b in named if not b.dtype.is_floating_point], None)
+        sync._sync_buffers()
+        sync._check_equal([[(n, b) for n, b in named if not b.dtype.is_floating_point]])
         half = torch.randn(17, device=device).to(torch.bfloat16)
         half_before = half.clone()
         broadcast_exact(half, src=0, group=None)
@@ -130,11 +137,13 @@ def _identical_across_ranks(tmp_path: Path, key: str, world: int) -> None:
 def test_nccl_local_sgd_on_cuda(tmp_path: Path) -> None:
     world = 2 if torch.cuda.device_count() >= 2 else 1
     infos = _run(tmp_path, "nccl", world)
-    for step in range(SYNC_EVERY - 1, STEPS, SYNC_EVERY):
-        _identical_across_ranks(tmp_path, f"nccl-r{{rank}}-s{step}.npz", world)
+    for mode in ("blocking", "overlap"):
+        for step in [*range(SYNC_EVERY - 1, STEPS, SYNC_EVERY), "end"]:
+            s = step if step == "end" else f"s{step}"
+            _identical_across_ranks(tmp_path, f"nccl-{mode}-r{{rank}}-{s}.npz", world)
     _identical_across_ranks(tmp_path, "nccl-plain-r{rank}.npz", world)
     for rank, info in enumerate(infos):
-        assert info["devices"] == [f"cuda:{rank}"]
+        assert info["blocking_devices"] == info["overlap_devices"] == [f"cuda:{rank}"]
         assert info["plain_world"] == world
         if world == 1:
             assert info["unchanged"] and info["half_unchanged"]
@@ -144,9 +153,12 @@ def test_nccl_local_sgd_on_cuda(tmp_path: Path) -> None:
 
 def test_gloo_with_cuda_tensors_on_one_gpu(tmp_path: Path) -> None:
     infos = _run(tmp_path, "gloo", 2)
-    for step in range(SYNC_EVERY - 1, STEPS, SYNC_EVERY):
-        _identical_across_ranks(tmp_path, f"gloo-r{{rank}}-s{step}.npz", 2)
+    for mode in ("blocking", "overlap"):
+        for step in [*range(SYNC_EVERY - 1, STEPS, SYNC_EVERY), "end"]:
+            s = step if step == "end" else f"s{step}"
+            _identical_across_ranks(tmp_path, f"gloo-{mode}-r{{rank}}-{s}.npz", 2)
     _identical_across_ranks(tmp_path, "gloo-plain-r{rank}.npz", 2)
     for info in infos:
-        assert info["devices"] == ["cuda:0"] and info["plain_world"] == 2
+        assert info["blocking_devices"] == info["overlap_devices"] == ["cuda:0"]
+        assert info["plain_world"] == 2
         assert info["aligned_received"] == 0

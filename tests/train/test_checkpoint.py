@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fault_injection import install
 
 import tenfold
 from tenfold.cli import main
@@ -197,7 +198,7 @@ def test_cli_crash_then_resume(
     def crash() -> None:
         raise SimulatedCrash
 
-    monkeypatch.setattr("tenfold.train.faults._crash", crash)
+    install(monkeypatch.setattr, crash=crash)
     monkeypatch.setenv("TENFOLD_FAULT", "crash-after-sync:2")
     out = tmp_path / "run"
     with pytest.raises(SimulatedCrash):
@@ -212,12 +213,23 @@ def test_cli_crash_then_resume(
     assert (
         "resuming" in printed
         and "after sync 2" in printed
-        and "done, 6 synchronisations" in printed
+        and "done, 4 synchronisations this session (6 in all)" in printed
     )
     assert_same_run(tmp_path / "ref", out)
-    # resuming a finished run only rewrites its files
+    # resuming a finished run trains nothing, says so and where the results are
+    model = (out / "model.safetensors").stat().st_mtime_ns
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
-    assert "is complete" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "complete run (6 synchronisations): nothing to train" in printed
+    assert f"results are in {out}" in printed and "done," not in printed
+    assert (out / "model.safetensors").stat().st_mtime_ns == model
+    assert_same_run(tmp_path / "ref", out)
+    # a complete run whose final files were lost: rewritten, and said so
+    (out / "model.safetensors").unlink()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to train, rewriting its final files" in printed
+    assert "done, nothing left to train (6 synchronisations)" in printed
     assert_same_run(tmp_path / "ref", out)
 
 
@@ -227,7 +239,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(
     def crash() -> None:
         raise SimulatedCrash
 
-    monkeypatch.setattr("tenfold.train.faults._crash", crash)
+    install(monkeypatch.setattr, crash=crash)
     monkeypatch.setenv("TENFOLD_FAULT", "crash-in-checkpoint:4")
     out = tmp_path / "run"
     cfg = tiny_config(tiny_data)

@@ -99,11 +99,18 @@ def test_simulate_flag_prints_one_line_per_sync(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workers", "0"], "workers must be a positive integer"),
+        (["--workers", "0"], "error: --workers must be a positive integer"),
         (["--policy", "entropy", "--bits", "8"], "--bits applies to --policy fixed"),
-        (["--policy", "fixed", "--bits", "40"], "Fixed.bits"),
+        (["--policy", "fixed", "--bits", "40"], "error: --bits must be an integer in [1, 24]"),
         (["--policy", "lossless", "--c", "5"], "--c applies to --policy entropy"),
-        (["--lr-decay", "2"], "lr_decay"),
+        (["--lr-decay", "2"], "error: --lr-decay must be in (0, 1]"),
+        # the flags the user typed, not the fields they set
+        (["--rate", "-1"], "error: --rate must be in (0, 32], got -1.0"),
+        (["--timeout", "0"], "error: --timeout must be a positive finite number"),
+        (["--batch-size", "0"], "error: --batch-size must be a positive integer"),
+        (["--policy", "entropy", "--F", "2"], "error: --F must be in (0, 1]"),
+        (["--seed", "-1"], "error: --seed must be"),
+        (["--model", "char-gpt", "--data", "/nonexistent/x.tar.gz"], "error: --data /nonex"),
         (["--data", "/nonexistent/tenfold"], "not a directory"),
     ],
 )
@@ -111,7 +118,10 @@ def test_bad_input_exits_2(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["train", *args, "--out", str(tmp_path / "x")]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    for internal in ("bits_per_param", "timeout_s", "batch_size", "TargetRate.", "text-path"):
+        assert internal not in err
 
 
 def test_malformed_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

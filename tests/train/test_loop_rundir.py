@@ -13,12 +13,12 @@ import tenfold
 from tenfold.distributed import NonFiniteWeightsError, SimulatedAverager
 from tenfold.train import (
     TrainConfig,
-    TrainState,
     final_weights,
     load_dataset,
     make_workers,
     read_metrics,
     run_simulated,
+    simulated_state,
     train_loop,
 )
 
@@ -125,11 +125,7 @@ def test_nonfinite_weights_stop_the_run_with_a_clear_error(tiny_data: Path) -> N
     # weights mode: in delta mode a fresh run first aligns every worker on worker 0's
     # weights (as DDP does), which would replace worker 1's NaN (see the next test)
     cfg = tiny_config(tiny_data, epochs=1, transmit="weights")
-    state = TrainState(
-        config=cfg,
-        workers=make_workers(cfg, load_dataset(data_dir=tiny_data), [0, 1, 2]),
-        averager=SimulatedAverager(cfg.make_policy(), **cfg.averager_options()),
-    )
+    state = simulated_state(cfg, load_dataset(data_dir=tiny_data))
     with torch.no_grad():
         state.workers[1].model.fc2.bias[0] = float("nan")  # as if training had diverged
     with pytest.raises(NonFiniteWeightsError, match=r"non-finite.*worker 1: fc2\.weight"):

@@ -17,7 +17,7 @@ from tenfold.train.models import (
     configure_adamw,
     count_parameters,
 )
-from tenfold.train.text import BatchSampler, Corpus, evaluate
+from tenfold.train.text import BatchSampler, Corpus, validation_loss
 
 TINY = CharGPTConfig(vocab_size=11, context=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -143,7 +143,7 @@ def test_learns_a_tiny_repeated_text() -> None:
     model = CharGPT(cfg, generator=gen())
     opt = configure_adamw(model, lr=3e-3, weight_decay=0.0)
     sampler = BatchSampler(corpus.data, batch=8, context=16, seed=0)
-    before = evaluate(model, corpus.data, 16, batches=2, batch_size=8)
+    before = validation_loss(model, corpus.data, 16, batches=2, batch_size=8)
     for step in range(40):
         x, y = sampler.batch(step)
         _, loss = model(x, y)
@@ -151,7 +151,7 @@ def test_learns_a_tiny_repeated_text() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    after = evaluate(model, corpus.data, 16, batches=2, batch_size=8)
+    after = validation_loss(model, corpus.data, 16, batches=2, batch_size=8)
     assert before == pytest.approx(math.log(corpus.vocab_size), abs=0.2)
     assert after < 0.6 * before
 

@@ -1,7 +1,7 @@
 """`tenfold train` with a peer that dies, hangs or diverges mid-training (real ranks).
 
-Faults are injected with ``TENFOLD_FAULT`` (see :mod:`tenfold.train.faults`): the spawned
-ranks inherit it, and the chosen rank SIGKILLs itself, stalls, or poisons its weights right
+Faults are injected with ``TENFOLD_FAULT`` (see ``fault_injection.py`` beside this file): the
+spawned ranks inherit it and run with the fault's patches installed, and the chosen rank SIGKILLs itself, stalls, or poisons its weights right
 after a given synchronisation. Every case must end every rank, exit 1, and say what
 happened, within a bound set by ``--timeout``.
 """
@@ -13,10 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_injection import Fault, install_in_ranks
 
 from tenfold.cli import main
 from tenfold.train.checkpoint import CHECKPOINT
-from tenfold.train.faults import Fault
+
+
+@pytest.fixture(autouse=True)
+def _faults_in_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_in_ranks(monkeypatch)
 
 
 def argv(data: Path, out: Path, *, timeout: float) -> list[str]:

@@ -17,15 +17,20 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_injection import FAULT_EXIT_CODE, install_in_ranks
 from safetensors.numpy import load_file
 from test_checkpoint import assert_same_run, without_timings
 
 from tenfold.cli import main
 from tenfold.train import final_weights, read_metrics, run_simulated
 from tenfold.train.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint
-from tenfold.train.faults import FAULT_EXIT_CODE
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _faults_in_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_in_ranks(monkeypatch)
 
 
 def argv(data: Path, out: Path) -> list[str]:

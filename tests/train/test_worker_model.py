@@ -10,8 +10,9 @@ import torch
 
 import tenfold
 from tenfold.train.config import TrainConfig
-from tenfold.train.model import PaperMLP, init_weights
-from tenfold.train.worker import EvalSet, Worker, evaluate, one_hot, shard_indices, to_inputs
+from tenfold.train.paper_mlp import PaperMLP, init_weights
+from tenfold.train.paper_worker import EvalSet, PaperWorker, evaluate_paper_mlp
+from tenfold.train.shards import one_hot, shard_indices, to_inputs
 
 
 def test_network_shapes_and_tanh_output() -> None:
@@ -72,14 +73,14 @@ def test_inputs_and_targets() -> None:
     assert t.tolist()[0] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0] and t.dtype == torch.float32
 
 
-def _worker(rank: int = 0, **changes: object) -> Worker:
+def _worker(rank: int = 0, **changes: object) -> PaperWorker:
     kwargs: dict = {"workers": 2, "batch_size": 8, "lr": 0.1, **changes}
     cfg = TrainConfig(policy=tenfold.Lossless().get_config(), **kwargs)
     g = torch.Generator().manual_seed(5)
     labels = torch.randint(0, 10, (50,), generator=g).numpy()
     inputs = torch.rand(50, 784, generator=g) * 0.1
     inputs[torch.arange(50), torch.from_numpy(labels) * 10] = 1.0  # learnable
-    return Worker(cfg, rank, inputs, one_hot(labels))
+    return PaperWorker(cfg, rank, inputs, one_hot(labels))
 
 
 def test_workers_start_equal_and_shuffle_differently() -> None:
@@ -170,7 +171,7 @@ def test_evaluate_counts_and_loss() -> None:
     images = np.random.default_rng(0).integers(0, 256, (30, 28, 28)).astype(np.uint8)
     labels = np.arange(30) % 10
     test = EvalSet.from_arrays(images, labels)
-    acc, loss = evaluate(model, test, batch_size=7)
+    acc, loss = evaluate_paper_mlp(model, test, batch_size=7)
     with torch.no_grad():
         out = model(test.inputs)
     assert acc == pytest.approx(float((out.argmax(1) == test.labels).float().mean()))

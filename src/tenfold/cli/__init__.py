@@ -1,4 +1,7 @@
-"""The ``tenfold`` command line: ``tenfold train | reproduce | bench | inspect``.
+"""The ``tenfold`` command line: ``tenfold train | inspect``.
+
+The paper's reproduction (``make reproduce``) and the benchmarks (``make bench``) are not
+part of the installed package: they run from a clone (``paper/``, ``benchmarks/``).
 
 Each subcommand lives in its own module of this package and exposes two functions:
 
@@ -7,12 +10,12 @@ Each subcommand lives in its own module of this package and exposes two function
 ``run(args: argparse.Namespace) -> int``
     does the work and returns the process exit code.
 
-``main(argv)`` is importable and testable in-process (``main(["bench", "--quick"])``).
+``main(argv)`` is importable and testable in-process (``main(["inspect", "p.tf"])``).
 
 Exit codes (documented in README and docs/RELIABILITY.md):
 
 * 0 - success
-* 1 - the job failed (a peer died, training diverged, a benchmark target failed to run)
+* 1 - the job failed (a peer died, training diverged)
 * 2 - bad usage or bad input (unknown option, missing dataset, corrupt packet, bad config)
 * 130 - interrupted by the user (Ctrl-C)
 """
@@ -27,8 +30,6 @@ from collections.abc import Sequence
 #: subcommand name -> module (imported lazily so ``tenfold inspect`` never pays for torch).
 SUBCOMMANDS: dict[str, str] = {
     "train": "tenfold.cli.train",
-    "reproduce": "tenfold.cli.reproduce",
-    "bench": "tenfold.cli.bench",
     "inspect": "tenfold.cli.inspect_cmd",
 }
 
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tenfold",
         description=(
-            "Compress the weights that data-parallel workers exchange by ~10x: per-layer "
-            "entropy-adaptive quantization + canonical Huffman coding (Øland & Raj)."
+            "Compress what data-parallel workers exchange: each worker's delta from the shared "
+            "model, with error feedback, rate-controlled and coded by rANS at 1 bit/param "
+            "(~32x less than float32) by default; the paper's (Øland & Raj) entropy-adaptive "
+            "weights coding with canonical Huffman is --scheme paper."
         ),
         epilog="Run 'tenfold <command> --help' for a command's options.",
     )
@@ -60,20 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         p = module.add_parser(sub)
-        p.set_defaults(_run=module.run)
+        # the subcommand's own parser reports its unknown options (see main)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    # parse_args would report a subcommand's unknown option with the top-level usage
+    # ("usage: tenfold [-h] [--version] <command> ..."): let the subcommand's parser do it.
+    args, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
+    if unknown:
+        owner = getattr(args, "_parser", None) or parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")  # exits 2
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args._run(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a subcommand that has more to say catches it itself
         print("tenfold: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 

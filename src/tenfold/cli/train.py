@@ -26,15 +26,20 @@ Train a model with K data-parallel workers, each on its own shard of the data: t
 784-392-50-10 tanh network (--model paper-mlp, the default), a small BatchNorm CNN on
 Fashion-MNIST (cnn) or a small character-level transformer on Shakespeare (char-gpt).
 After every local epoch (or every --sync-every steps) the workers exchange tenfold packets
-over torch.distributed (gloo) and all continue from the same new shared model. By default each packet carries the worker's pseudo-gradient (how far it moved since
-the last shared model, plus what earlier packets failed to carry), rate-controlled to
---rate bits per parameter; --scheme paper sends the weights, as the paper does.
+over torch.distributed (gloo) and all continue from the same new shared model.
+
+By default each packet carries the worker's delta (how far it moved since the last shared
+model) with error feedback (plus what earlier packets failed to carry), quantized and
+ANS-coded at --rate 1 bit per parameter: ~32x less than float32. --scheme paper is the
+paper's system (Øland & Raj): the weights themselves, entropy-adaptive N bits per layer,
+canonical Huffman coding (~10x).
 
 Prints a progress bar and, per synchronisation, one line: epoch, test accuracy and loss
-(char-gpt: validation loss in nats/char and perplexity), bits/param as sent, N per layer, bytes on the wire. Writes config.json,
-metrics.jsonl, model.safetensors, accuracy.png and bits.png into --out, and after every
-synchronisation a checkpoint (checkpoint.safetensors): --resume DIR continues an
-interrupted run from it, with exactly the result the uninterrupted run would have had.
+(char-gpt: validation loss in nats/char and perplexity), bits/param as sent, N per layer,
+bytes on the wire. Writes config.json, metrics.jsonl, model.safetensors, accuracy.png
+(char-gpt: val_loss.png) and bits.png into --out, and after every synchronisation a
+checkpoint (checkpoint.safetensors): --resume DIR continues an interrupted run from it,
+with exactly the result the uninterrupted run would have had.
 """
 
 EPILOG = """\
@@ -55,7 +60,17 @@ exit codes: 0 done, 1 the run failed (a rank died, diverged, timed out), 2 bad o
 or checkpoint, 130 interrupted (Ctrl-C).
 """
 
-POLICIES = ("target-rate", "relative-step", "entropy", "fixed", "gradient-rms", "lossless")
+#: --policy NAME -> the policy's id in the codec's registry (``Policy.from_config`` builds
+#: it from ``{"id": ..., <fields>}``; ``get_config()["id"]`` gives it back).
+POLICY_IDS = {
+    "target-rate": "target_rate",
+    "relative-step": "relative_step",
+    "entropy": "entropy",
+    "fixed": "fixed",
+    "gradient-rms": "grad_rms",
+    "lossless": "lossless",
+}
+POLICIES = tuple(POLICY_IDS)
 
 #: --scheme paper: the paper's weights coding, exactly as tenfold reproduce runs it.
 SCHEMES = ("paper",)
@@ -72,21 +87,34 @@ _RESUME_NEUTRAL = {"quiet", "resume", "out"}
 #: leaves them as strings).
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
-# Which policy each policy parameter belongs to (used to reject a stray --bits etc.).
+# Each policy option: the policy it belongs to (a stray --bits etc. is refused) and the
+# field of that policy's config it sets.
 _POLICY_PARAMS = {
-    "rate": "target-rate",
-    "alpha": "relative-step",
-    "bits": "fixed",
-    "F": "entropy",
-    "M": "entropy",
-    "c": "entropy",
-    "c1": "gradient-rms",
-    "c0": "gradient-rms",
+    "rate": ("target-rate", "bits_per_param"),
+    "alpha": ("relative-step", "alpha"),
+    "bits": ("fixed", "bits"),
+    "F": ("entropy", "F"),
+    "M": ("entropy", "M"),
+    "c": ("entropy", "c"),
+    "c1": ("gradient-rms", "c1"),
+    "c0": ("gradient-rms", "c0"),
 }
+
+#: The policies that draw samples: their config takes --seed.
+_SEEDED = ("target-rate", "entropy")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``tenfold train``."""
+    """Register ``tenfold train`` (without torch: a stub that says what to install)."""
+    try:
+        import tenfold.train  # noqa: F401  (finds torch, imports nothing heavy)
+    except ImportError as exc:
+        stub = subparsers.add_parser(
+            "train", help="train (needs: pip install 'tenfold[train]')", description=str(exc)
+        )
+        stub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        stub.set_defaults(_missing=str(exc))
+        return stub
     p = subparsers.add_parser(
         "train",
         help="train with K workers and compressed weight averaging",
@@ -195,6 +223,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help_ = (o.help + _default_text(f)).replace("%", "%%")
         if o.invert:
             groups[o.group].add_argument(o.flag, dest=_dest(f, o), action="store_true", help=help_)
+        elif isinstance(f.default, bool):  # a switch that sets the field to True
+            groups[o.group].add_argument(
+                o.flag, dest=f.name, action="store_true", default=None, help=help_
+            )
         else:
             groups[o.group].add_argument(
                 o.flag,
@@ -309,32 +341,30 @@ def _policy_name(args: argparse.Namespace) -> str:
 
 
 def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
-    import tenfold
+    """The policy's JSON config, built by the policy's own class through the registry
+    (``Policy.from_config``), which validates it."""
     from tenfold.codec.policy import Policy
     from tenfold.train.config import DEFAULT_RATE
 
+    # the CLI's defaults where the policy has none of its own (--rate, --bits, --c1)
+    defaults: dict[str, dict[str, Any]] = {
+        "target-rate": {"bits_per_param": DEFAULT_RATE},
+        "fixed": {"bits": 8},
+        "gradient-rms": {"c1": DEFAULT_C1},
+    }
     name = _policy_name(args)
-    for param, owner in _POLICY_PARAMS.items():
-        if getattr(args, param) is not None and name != owner:
+    config: dict[str, Any] = {"id": POLICY_IDS[name], **defaults.get(name, {})}
+    for param, (owner, field) in _POLICY_PARAMS.items():
+        value = getattr(args, param)
+        if value is None:
+            continue
+        if name != owner:
             flag = "--F/--sample-rate" if param == "F" else f"--{param}"
             raise ValueError(f"{flag} applies to --policy {owner}, not --policy {name}")
-    policy: Policy
-    if name == "target-rate":
-        rate = DEFAULT_RATE if args.rate is None else args.rate
-        policy = tenfold.TargetRate(bits_per_param=rate, seed=args.seed or 0)
-    elif name == "relative-step":
-        policy = tenfold.RelativeStep(alpha=1.0 if args.alpha is None else args.alpha)
-    elif name == "entropy":
-        kwargs = {k: getattr(args, k) for k in ("F", "M", "c") if getattr(args, k) is not None}
-        policy = tenfold.EntropyAdaptive(**kwargs, seed=args.seed or 0)
-    elif name == "fixed":
-        policy = tenfold.Fixed(8 if args.bits is None else args.bits)
-    elif name == "gradient-rms":
-        c0 = {} if args.c0 is None else {"c0": args.c0}
-        policy = tenfold.GradientRMS(DEFAULT_C1 if args.c1 is None else args.c1, **c0)
-    else:
-        policy = tenfold.Lossless()
-    return dict(policy.get_config())
+        config[field] = value
+    if name in _SEEDED:
+        config["seed"] = args.seed or 0
+    return dict(Policy.from_config(config).get_config())
 
 
 def config_from_args(args: argparse.Namespace, *, world_size: int | None = None) -> TrainConfig:
@@ -368,6 +398,39 @@ def _err(message: str) -> None:
     print(f"tenfold train: error: {message}", file=sys.stderr)
 
 
+#: The policies' class names, as their validation messages begin ("TargetRate.c0 ...").
+_POLICY_CLASSES = ("TargetRate", "RelativeStep", "Fixed", "EntropyAdaptive", "GradientRMS")
+
+
+def _flag_names() -> tuple[dict[str, str], dict[str, str]]:
+    """``(config field -> flag, policy field -> flag)``: what a user typed for a field."""
+    config = {f.name: o.flag for f, o in _flagged()}
+    policy = {field: f"--{param}" for param, (_, field) in _POLICY_PARAMS.items()}
+    policy["seed"] = "--seed"
+    return config, policy
+
+
+def user_message(exc: BaseException) -> str:
+    """``exc``'s message with the internal field it names replaced by the option's flag.
+
+    TrainConfig and the policies validate their own fields and name them
+    (``TargetRate.bits_per_param must be in (0, 32], got -1.0``, ``timeout_s must be a
+    positive finite number``); the user typed ``--rate`` and ``--timeout``.
+    """
+    import re
+
+    message = str(exc)
+    config, policy = _flag_names()
+    classes = "|".join(_POLICY_CLASSES)
+    m = re.match(rf"(?:policy: )?(?:bad policy config .*?: )?(?:{classes})\.(\w+)\b", message)
+    if m and m.group(1) in policy:
+        return policy[m.group(1)] + message[m.end() :]
+    m = re.match(r"(\w+)\b", message)
+    if m and m.group(1) in config:
+        return config[m.group(1)] + message[m.end() :]
+    return message
+
+
 def _describe_transmit(config: TrainConfig) -> str:
     if config.transmit == "weights":
         return "weights"
@@ -381,6 +444,50 @@ def _describe_policy(policy: Mapping[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tenfold train``; returns the exit code."""
+    if getattr(args, "_missing", None):  # installed without the trainer's packages
+        _err(args._missing)
+        return 2
+    where: dict[str, Path] = {}  # the run directory, once known (for the Ctrl-C message)
+    try:
+        return _run(args, where)
+    except KeyboardInterrupt:
+        _interrupted(where.get("out"), torchrun=_under_torchrun())
+        return 130
+
+
+def _under_torchrun() -> bool:
+    from tenfold.train.launch import torchrun_env
+
+    return torchrun_env() is not None
+
+
+def _interrupted(out: Path | None, *, torchrun: bool) -> None:
+    """Ctrl-C: say what was kept and the exact command that continues the run."""
+    from tenfold.train.checkpoint import CHECKPOINT
+
+    if out is None:
+        print("tenfold train: interrupted before training started", file=sys.stderr)
+        return
+    if (out / CHECKPOINT).is_file():
+        command = (
+            f"the same torchrun command with --resume {out} (and no other training options)"
+            if torchrun
+            else f"tenfold train --resume {out}"
+        )
+        print(
+            f"tenfold train: interrupted; {out} keeps the checkpoint of the last finished "
+            f"synchronisation. Continue the run with: {command}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"tenfold train: interrupted before the first synchronisation finished: nothing "
+            f"to resume. Start again with --out {out} --overwrite (or another --out)",
+            file=sys.stderr,
+        )
+
+
+def _run(args: argparse.Namespace, where: dict[str, Path]) -> int:
     from tenfold.train.data import DatasetError
     from tenfold.train.launch import RankFailure, spawn_training, torchrun_env, torchrun_main
     from tenfold.train.recipes import get_recipe, locate_data
@@ -390,11 +497,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args, world_size=None if env is None else env[1])
     except ValueError as exc:
-        _err(str(exc))
+        _err(user_message(exc))
         return 2
     if args.resume is not None:
+        where["out"] = Path(args.resume)
         return _resume(args, env)
     out = Path(args.out or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    where["out"] = out
     if (out / "metrics.jsonl").exists() and not args.overwrite:
         _err(
             f"{out} already holds a run (metrics.jsonl); pick another --out, pass --overwrite "
@@ -512,7 +621,7 @@ def _resume(args: argparse.Namespace, env: tuple[int, int] | None) -> int:
         ckpt = read_checkpoint(out)
         config = _resume_config(args, ckpt.config, None if env is None else env[1])
     except (CheckpointError, ValueError) as exc:
-        _err(str(exc))
+        _err(user_message(exc))
         return 2
     simulated = ckpt.mode == "simulated"
     if args.simulate and not simulated:
@@ -536,11 +645,22 @@ def _resume(args: argparse.Namespace, env: tuple[int, int] | None) -> int:
                 f"{out} was trained on; pass --data PATH with the original files"
             )
             return 2
+    if ckpt.complete and _finished(out, ckpt.metrics_count):
+        if lead:
+            print(
+                f"tenfold train: {out} holds a complete run ({ckpt.syncs} synchronisations): "
+                f"nothing to train. Its results are in {out}{os.sep} (metrics.jsonl, "
+                "model.safetensors, run.json, *.png); to train again, start a new run with "
+                "another --out",
+                flush=True,
+            )
+        return 0
+    if lead:
         if ckpt.complete:
-            state = "is complete (rewriting its final files)"
+            state = "had finished training; nothing to train, rewriting its final files"
         else:
             epoch = ckpt.step / max(1, ckpt.total_steps) * config.epochs
-            state = f"continues after sync {ckpt.syncs}, epoch {epoch:g} of {config.epochs}"
+            state = f"continues after sync {ckpt.syncs}, epoch {epoch:.2f} of {config.epochs}"
         print(f"tenfold train: resuming {out}: the {ckpt.mode} run {state}", flush=True)
     t0 = time.perf_counter()
     try:
@@ -562,13 +682,30 @@ def _resume(args: argparse.Namespace, env: tuple[int, int] | None) -> int:
         _err(f"the run failed: {type(exc).__name__}: {exc}")
         return 1
     if lead:
-        _summary(out, wall_s=time.perf_counter() - t0)
+        _summary(out, wall_s=time.perf_counter() - t0, before=ckpt.syncs)
     return 0
 
 
-def _summary(out: Path, wall_s: float | None = None) -> None:
-    """Print the final summary from the run directory's metrics.jsonl."""
-    from tenfold.train.progress import format_bytes
+def _finished(out: Path, syncs: int) -> bool:
+    """The run in ``out`` wrote its final files after its last (``syncs``-th) record."""
+    import json
+
+    from tenfold.train.rundir import METRICS, MODEL, RUN
+
+    try:
+        run_info = json.loads((out / RUN).read_text())
+        records = (out / METRICS).read_bytes().count(b"\n")
+    except (OSError, ValueError):
+        return False
+    return bool(run_info.get("finished")) and (out / MODEL).is_file() and records == syncs
+
+
+def _summary(out: Path, wall_s: float | None = None, before: int | None = None) -> None:
+    """Print the final summary from the run directory's metrics.jsonl.
+
+    ``before``: synchronisations an earlier process had done (a resumed run).
+    """
+    from tenfold.train.progress import format_bytes, format_position
     from tenfold.train.rundir import read_metrics
 
     metrics = read_metrics(out)
@@ -581,22 +718,30 @@ def _summary(out: Path, wall_s: float | None = None) -> None:
     bits = sum(r["bits_per_param"] for r in metrics) / len(metrics)
     sent = sum(r["bytes_all_ranks"] for r in metrics)
     raw = sum(4 * r["num_values"] * r["world_size"] for r in metrics)
-    lines = [f"tenfold train: done, {len(metrics)} synchronisations"]
+    if before is None:
+        lines = [f"tenfold train: done, {len(metrics)} synchronisations"]
+    elif len(metrics) > before:
+        lines = [
+            f"tenfold train: done, {len(metrics) - before} synchronisations this session "
+            f"({len(metrics)} in all)"
+        ]
+    else:
+        lines = [f"tenfold train: done, nothing left to train ({len(metrics)} synchronisations)"]
     if wall_s is not None:
         lines[0] += f" in {wall_s:.1f} s"
     if last is not None and best is not None:
         lines.append(
             f"  final test accuracy {100 * last['test_accuracy']:.2f}% "
             f"(loss {last['test_loss']:.4f}); best {100 * best['test_accuracy']:.2f}% at "
-            f"epoch {best['epoch']:g}"
+            f"{format_position(best, metrics)}"
         )
     val = [r for r in metrics if r.get("val_loss") is not None]
     if val:
         best_val = min(val, key=lambda r: r["val_loss"])
         lines.append(
             f"  final validation loss {val[-1]['val_loss']:.4f} nats/char (perplexity "
-            f"{val[-1]['val_perplexity']:.2f}); best {best_val['val_loss']:.4f} at epoch "
-            f"{best_val['epoch']:g}"
+            f"{val[-1]['val_perplexity']:.2f}); best {best_val['val_loss']:.4f} at "
+            f"{format_position(best_val, metrics)}"
         )
     lines.append(
         f"  mean {bits:.2f} bits/param as sent (float32: 32, {32 / bits:.1f}x less)"

@@ -6,15 +6,22 @@ The codec contract (written down once; everything else in the package follows it
   names to float16/float32/float64 arrays (numpy, or CPU torch tensors by duck typing: torch
   is never imported here) or bfloat16 tensors (``torch.bfloat16``, or :class:`BFloat16Bits`
   holding the uint16 bit patterns: numpy has no bfloat16), any shape including 0-d and
-  empty, and returns ONE packet. NaN or Inf values raise ``ValueError`` naming the tensor;
-  other dtypes raise ``TypeError``.
-* Per tensor (paper Alg. 1, with the errata of docs/DESIGN.md): ``w_min``, ``w_max``; the policy picks
-  N bits (:class:`EntropyAdaptive`: ``N = ceil(H + c)``, H the entropy in bits of an M-bit
-  quantization of a seeded sample of a fraction F); values are binned with
-  ``i = floor(2**N (w - w_min) / (w_max - w_min))`` clamped to ``[0, 2**N - 1]`` and coded
-  with a canonical, length-limited Huffman code in four interleaved streams; the packet
-  carries code *lengths*, not probabilities. When plain N-bit packing or the raw values are
-  smaller, that mode is used instead (recorded per tensor); constant tensors send one value.
+  empty, and returns ONE packet. NaN or Inf values raise ``ConfigError`` (a ``ValueError``)
+  naming the tensor; other dtypes raise ``InputTypeError`` (a ``TypeError``).
+* The default policy is :class:`TargetRate` ``(bits_per_param=1.0)``, the library's
+  default everywhere (the averagers, ``LocalSGD``, the DDP hook): the zero-centred
+  mid-tread quantizer with one step multiplier for the whole packet, chosen so the packet
+  costs the target bits per value, headers included; tensors are rANS coded, small ones
+  together in the packet's group section (format version 3).
+* The paper's scheme is :class:`EntropyAdaptive` (paper Alg. 1, with the errata of
+  docs/DESIGN.md): per tensor ``w_min``, ``w_max``; ``N = ceil(H + c)`` bits, H the
+  entropy in bits of an M-bit quantization of a seeded sample of a fraction F; values are
+  binned with ``i = floor(2**N (w - w_min) / (w_max - w_min))`` clamped to
+  ``[0, 2**N - 1]`` and coded with a canonical, length-limited Huffman code in four
+  interleaved streams; the packet carries code *lengths*, not probabilities. When plain
+  N-bit packing or the raw values are smaller, that mode is used instead (recorded per
+  tensor); constant tensors send one value. The paper's policies (EntropyAdaptive, Fixed,
+  GradientRMS, Lossless) write version-1 packets, byte for byte as they always did.
 * ``decompress(blob, *, max_output_bytes) -> dict[str, np.ndarray]`` returns the same
   names, shapes, dtypes and order; a bfloat16 tensor comes back as float32 holding its
   exact bfloat16 values (decoded values are rounded to bfloat16 as torch rounds float32:
@@ -66,6 +73,7 @@ from tenfold.codec.policy import (
     Policy,
     RelativeStep,
     TargetRate,
+    derive_seed,
 )
 
 __all__ = [
@@ -86,5 +94,6 @@ __all__ = [
     "accumulate",
     "compress",
     "decompress",
+    "derive_seed",
     "inspect",
 ]

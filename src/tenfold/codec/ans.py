@@ -3,7 +3,7 @@
 Hand-written (numba) because the coder must match a byte-exact wire format, decode straight
 into (or add into) the output through a value table, and run at several times the speed of
 the general-purpose coders we could depend on (``constriction``: see
-``tenfold.benchmarks_ans``). rANS codes each symbol in ``log2(2**n / f)`` bits, so unlike
+``benchmarks/ans_measure.py``). rANS codes each symbol in ``log2(2**n / f)`` bits, so unlike
 Huffman it does not lose up to a bit per value on very skewed data (a symbol with
 probability 0.95 costs 0.074 bits, not 1).
 
@@ -89,8 +89,8 @@ Kernels
 Both kernels run the 4 lanes in one loop, so 4 independent dependency chains overlap; they
 take raw addresses for the byte streams (see ``bitio``: no reference counting, no negative
 index handling in the loop). The encoder divides by a precomputed 64-bit reciprocal (exact:
-see ``_encoder_table``) and the decoder looks the slot up in one table of packed
-``(f, slot - cum)`` and one of decoded values. ``tenfold.benchmarks_ans`` on this machine
+see ``_encoder_table``, whose rows hold each field in its own word) and the decoder looks the slot up in one table of packed
+``(f, slot - cum)`` and one of decoded values. ``benchmarks/ans_measure.py`` on this machine
 (one Zen 3 core shared with other work, so +-30% from run to run; two runs, 10M values at
 0.4 / 1 / 2 bits each, float32 out): encode 285-419 M values/s, decode 319-622, against
 constriction 0.5.0's 153-188 and 40-58 (1.5-2.6x and 7.9-12.1x), in 0.16-0.21% more bytes
@@ -109,6 +109,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from tenfold.errors import ConfigError
+
 __all__ = [
     "LANES",
     "MAX_SCALE_BITS",
@@ -118,6 +120,7 @@ __all__ = [
     "build_decode_table",
     "decode",
     "encode",
+    "encode_levels",
     "estimate_nbytes",
     "pack_frequencies",
     "quantize_frequencies",
@@ -143,6 +146,8 @@ _I128 = ir.IntType(128)
 
 # numba: mixing uint64 with int64 promotes to float64, so every constant is typed
 _U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_U3 = np.uint64(3)
 _U16 = np.uint64(16)
 _U32 = np.uint64(32)
 _LOW16 = np.uint64(0xFFFF)
@@ -196,6 +201,29 @@ def _store_u16(typingctx: Any, addr: Any, value: Any) -> tuple[Any, Callable[...
 
 
 @intrinsic
+def _load_u64(typingctx: Any, addr: Any) -> tuple[Any, Callable[..., Any]]:
+    # native-endian unaligned 64-bit load from address `addr`
+    sig = types.uint64(addr)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.load(builder.inttoptr(args[0], _I64.as_pointer()), align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_u64(typingctx: Any, addr: Any, value: Any) -> tuple[Any, Callable[..., Any]]:
+    # native-endian unaligned store of `value` (uint64) at address `addr` (two float32 at once)
+    sig = types.void(addr, types.uint64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        builder.store(args[1], builder.inttoptr(args[0], _I64.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _mulhi(typingctx: Any, a: Any, b: Any) -> tuple[Any, Callable[..., Any]]:
     # high 64 bits of the 128-bit product a * b (one MULX on x86-64)
     sig = types.uint64(types.uint64, types.uint64)
@@ -221,7 +249,7 @@ def scale_bits_for(num_used: int) -> int:
         (12, 12, 13, 16)
     """
     if not 1 <= num_used <= MAX_SYMBOLS:
-        raise ValueError(f"need 1..{MAX_SYMBOLS} used symbols, got {num_used}")
+        raise ConfigError(f"need 1..{MAX_SYMBOLS} used symbols, got {num_used}")
     n = MIN_SCALE_BITS
     while n < MAX_SCALE_BITS and (1 << n) < 2 * num_used:
         n += 1
@@ -252,14 +280,14 @@ def quantize_frequencies(counts: np.ndarray, scale_bits: int) -> np.ndarray:
     """
     c = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
     if not 1 <= scale_bits <= MAX_SCALE_BITS:
-        raise ValueError(f"scale_bits must be in 1..{MAX_SCALE_BITS}, got {scale_bits}")
+        raise ConfigError(f"scale_bits must be in 1..{MAX_SCALE_BITS}, got {scale_bits}")
     if c.size > MAX_SYMBOLS or (c.size and int(c.min()) < 0):
-        raise ValueError("counts must be non-negative, at most 2**16 symbols")
+        raise ConfigError("counts must be non-negative, at most 2**16 symbols")
     total = int(c.sum())
     used = int(np.count_nonzero(c))
     m = 1 << scale_bits
     if used == 0 or used > m or total >= _MAX_TOTAL:
-        raise ValueError(
+        raise ConfigError(
             f"need 1..2**scale_bits = {m} used symbols and a total below 2**47 "
             f"(used={used}, total={total})"
         )
@@ -304,14 +332,14 @@ def _take_from_largest(f: np.ndarray, excess: int) -> None:
 def _check_frequencies(freq: np.ndarray, scale_bits: int) -> np.ndarray:
     f = np.ascontiguousarray(freq).reshape(-1)
     if f.dtype.kind not in "ui":
-        raise ValueError(f"frequencies must be integers, got {f.dtype}")
+        raise ConfigError(f"frequencies must be integers, got {f.dtype}")
     f = f.astype(np.int64)
     if not 1 <= scale_bits <= MAX_SCALE_BITS:
-        raise ValueError(f"scale_bits must be in 1..{MAX_SCALE_BITS}, got {scale_bits}")
+        raise ConfigError(f"scale_bits must be in 1..{MAX_SCALE_BITS}, got {scale_bits}")
     if not 1 <= f.size <= MAX_SYMBOLS:
-        raise ValueError(f"need 1..{MAX_SYMBOLS} symbols, got {f.size}")
+        raise ConfigError(f"need 1..{MAX_SYMBOLS} symbols, got {f.size}")
     if int(f.min()) < 0 or int(f.sum()) != 1 << scale_bits:
-        raise ValueError(f"frequencies must be >= 0 and sum to 2**{scale_bits}")
+        raise ConfigError(f"frequencies must be >= 0 and sum to 2**{scale_bits}")
     return f
 
 
@@ -333,10 +361,10 @@ def estimate_nbytes(counts: np.ndarray, freq: np.ndarray, scale_bits: int) -> in
     f = _check_frequencies(freq, scale_bits)
     c = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
     if c.shape != f.shape:
-        raise ValueError(f"counts has {c.size} symbols, freq {f.size}")
+        raise ConfigError(f"counts has {c.size} symbols, freq {f.size}")
     used = c > 0
     if np.any(f[used] == 0):
-        raise ValueError("a counted symbol has frequency 0")
+        raise ConfigError("a counted symbol has frequency 0")
     bits = float(np.sum(c[used] * (scale_bits - np.log2(f[used]))))
     return math.ceil(bits / 8) + 4 * LANES
 
@@ -385,7 +413,7 @@ def pack_frequencies(freq: np.ndarray) -> bytes:
     """
     f = np.ascontiguousarray(freq).reshape(-1)
     if f.size and (f.dtype.kind not in "ui" or int(f.min()) < 0 or int(f.max()) > MAX_SYMBOLS):
-        raise ValueError("frequencies must be integers in 0..2**16")
+        raise ConfigError("frequencies must be integers in 0..2**16")
     f = f.astype(np.int64)
     out = np.zeros(3 * f.size + 4, dtype=np.uint8)
     return bytes(out[: _pack_kernel(f, out)])
@@ -474,7 +502,7 @@ def unpack_frequencies(
         ``(None, reason)``. Never raises for any bytes.
     """
     if not 1 <= num_symbols <= MAX_SYMBOLS:
-        raise ValueError(f"num_symbols must be in 1..{MAX_SYMBOLS}, got {num_symbols}")
+        raise ConfigError(f"num_symbols must be in 1..{MAX_SYMBOLS}, got {num_symbols}")
     if not 1 <= scale_bits <= MAX_SCALE_BITS:
         return None, f"ans precision {scale_bits} is outside 1..{MAX_SCALE_BITS}"
     if isinstance(table, np.ndarray):
@@ -503,11 +531,14 @@ def _effective(f: np.ndarray, scale_bits: int) -> tuple[np.ndarray, int]:
 
 
 def _encoder_table(f: np.ndarray, scale_bits: int) -> np.ndarray:
-    # Two uint64 per symbol (unused symbols: zero rows, never looked up):
-    #   tab[2s]     rcp  = ceil(2**64 / f) for f >= 2, 2**64 - 1 for f = 1
-    #   tab[2s + 1] xmax | (2**n - f) << 16 | bias << 32 with xmax = f << (16 - n), the
-    #               renormalisation bound f << (32 - n) over 2**16 (exact: it is a multiple
-    #               of 2**16), and bias = cum + (2**n - 1 if f == 1 else 0)
+    # Four uint64 per symbol, row s at tab[4s:4s + 4] (unused symbols: zero rows, never
+    # looked up), so that a step loads its fields instead of unpacking them from one word
+    # (measured, 10M values at ~1 and ~4 bits, one and two values per step: 1.06-1.08x):
+    #   rcp  = ceil(2**64 / f) for f >= 2, 2**64 - 1 for f = 1
+    #   xmax = f << (16 - n), the renormalisation bound f << (32 - n) over 2**16 (exact:
+    #          it is a multiple of 2**16)
+    #   cmpl = 2**n - f
+    #   bias = cum + (2**n - 1 if f == 1 else 0)
     # The kernel computes q = mulhi(x, rcp) = floor(x * rcp / 2**64) for x in [1, 2**32):
     # * f >= 2: rcp = 2**64 / f + e with 0 <= e < 1, so x * rcp / 2**64 = x / f + d with
     #   0 <= d < 2**32 / 2**64 = 2**-32; x / f = q + r / f with r / f <= 1 - 1 / f <=
@@ -520,7 +551,7 @@ def _encoder_table(f: np.ndarray, scale_bits: int) -> np.ndarray:
     # 355-425 / 325-345 / 260-340.
     # A single used symbol comes here as n = 0, f = 1: its xmax (2**16) is clamped to
     # 0xFFFF, never reached as its state stays L.
-    tab = np.zeros((f.size, 2), dtype=np.uint64)
+    tab = np.zeros((f.size, 4), dtype=np.uint64)
     fu = f.astype(np.uint64)
     cum = np.concatenate([[0], np.cumsum(f)[:-1]]).astype(np.uint64)
     m = 1 << scale_bits
@@ -531,26 +562,28 @@ def _encoder_table(f: np.ndarray, scale_bits: int) -> np.ndarray:
     rcp[one] = _MAX_U64
     xmax = np.minimum(fu << np.uint64(16 - scale_bits), _LOW16)
     bias = cum + np.where(one, np.uint64(m - 1), np.uint64(0))
-    row = xmax | ((np.uint64(m) - fu) << _U16) | (bias << _U32)
-    tab[:, 1] = np.where(f > 0, row, np.uint64(0))
+    used = f > 0
+    tab[used, 1] = xmax[used]
+    tab[used, 2] = np.uint64(m) - fu[used]
+    tab[used, 3] = bias[used]
     return tab.reshape(-1)
 
 
-@njit(cache=True, nogil=True)
-def _enc_put(x: int, rcp: int, e: int, p: int) -> tuple[int, int]:
+@njit(inline="always", cache=True, nogil=True)
+def _enc_put(x: int, tab: np.ndarray, r: int, p: int) -> tuple[int, int]:
     # One encoder step for a lane: state x, output address p (words are written downwards),
-    # the symbol's table row (rcp, e). Renormalises without a branch: the word is stored
-    # whether or not it is due (the next store overwrites it if not; the lane has room for
-    # one word per value) and p moves by 0 or 2 bytes. Measured (10M values, best of 5, M
+    # the symbol's table row at tab[r] (r = 4 * symbol, uint64). Renormalises without a
+    # branch: the word is stored whether or not it is due (the next store overwrites it if
+    # not; the lane has room for one word per value) and p moves by 0 or 2 bytes. Measured (10M values, best of 5, M
     # values/s, branch vs no branch): 0.4 bits 379-500 vs 402-469, 1 bit 429-435 vs
     # 412-477, 1.5 bits 315-383 vs 385-465, 2 bits 277 vs 424-466, 4 bits 276 vs 327: a
     # word is due in about bits/16 of the steps and the branch mispredicts.
     hi = x >> _U16
     _store_u16(p - 2, x)  # type: ignore[call-arg]
-    c = hi >= (e & _LOW16)  # x >= f << (32 - n), as that bound is a multiple of 2**16
+    c = hi >= tab[r | _U1]  # x >= f << (32 - n), as that bound is a multiple of 2**16
     p -= np.int64(c) << 1
     x = hi if c else x
-    return x + _mulhi(x, rcp) * ((e >> _U16) & _LOW16) + (e >> _U32), p
+    return x + _mulhi(x, tab[r]) * tab[r | _U2] + tab[r | _U3], p
 
 
 @njit(cache=True, nogil=True)
@@ -580,14 +613,14 @@ def _enc_loop(
     # 4 output addresses already); the caller validates instead.
     for i in range(n4 // 4):
         a = sa + 2 * (n4 - 4 - 4 * i)
-        r0 = _load_u16(a) << _U1  # type: ignore[call-arg]
-        r1 = _load_u16(a + 2) << _U1
-        r2 = _load_u16(a + 4) << _U1
-        r3 = _load_u16(a + 6) << _U1
-        x0, p0 = _enc_put(x0, tab[r0], tab[r0 | _U1], p0)
-        x1, p1 = _enc_put(x1, tab[r1], tab[r1 | _U1], p1)
-        x2, p2 = _enc_put(x2, tab[r2], tab[r2 | _U1], p2)
-        x3, p3 = _enc_put(x3, tab[r3], tab[r3 | _U1], p3)
+        r0 = _load_u16(a) << _U2  # type: ignore[call-arg]
+        r1 = _load_u16(a + 2) << _U2
+        r2 = _load_u16(a + 4) << _U2
+        r3 = _load_u16(a + 6) << _U2
+        x0, p0 = _enc_put(x0, tab, r0, p0)
+        x1, p1 = _enc_put(x1, tab, r1, p1)
+        x2, p2 = _enc_put(x2, tab, r2, p2)
+        x3, p3 = _enc_put(x3, tab, r3, p3)
     return x0, x1, x2, x3, p0, p1, p2, p3
 
 
@@ -610,20 +643,152 @@ def _encode_kernel(
     n4 = n - r
     # the last value of lanes 0 .. r-1 comes first (lanes are encoded backwards)
     if r >= 3:
-        row = _load_u16(sa + 2 * (n4 + 2)) << _U1  # type: ignore[call-arg]
-        x2, p2 = _enc_put(x2, tab[row], tab[row | _U1], p2)
+        row = _load_u16(sa + 2 * (n4 + 2)) << _U2  # type: ignore[call-arg]
+        x2, p2 = _enc_put(x2, tab, row, p2)
     if r >= 2:
-        row = _load_u16(sa + 2 * (n4 + 1)) << _U1  # type: ignore[call-arg]
-        x1, p1 = _enc_put(x1, tab[row], tab[row | _U1], p1)
+        row = _load_u16(sa + 2 * (n4 + 1)) << _U2  # type: ignore[call-arg]
+        x1, p1 = _enc_put(x1, tab, row, p1)
     if r >= 1:
-        row = _load_u16(sa + 2 * n4) << _U1  # type: ignore[call-arg]
-        x0, p0 = _enc_put(x0, tab[row], tab[row | _U1], p0)
+        row = _load_u16(sa + 2 * n4) << _U2  # type: ignore[call-arg]
+        x0, p0 = _enc_put(x0, tab, row, p0)
     x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(sa, n4, tab, x0, x1, x2, x3, p0, p1, p2, p3)
     p0 = _enc_finish(x0, p0)
     p1 = _enc_finish(x1, p1)
     p2 = _enc_finish(x2, p2)
     p3 = _enc_finish(x3, p3)
     return (p0 - base) // 2, (p1 - base) // 2, (p2 - base) // 2, (p3 - base) // 2
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _row_of(v: float, inv: float, qlo: float, qhi: float, qmin: float) -> int:
+    # the encoder-table row of a value's symbol: its mid-tread level, clamped, minus qmin
+    q = math.floor(np.float64(v) * inv + 0.5)
+    q = q if q > qlo else qlo
+    q = q if q < qhi else qhi
+    return np.uint64(np.int64(q - qmin)) << _U2
+
+
+#: values quantized at a time by the fused encoder (their symbols stay in L1)
+_LEVEL_BLOCK = 2048
+
+
+@njit(cache=True, nogil=True)
+def _levels_block(
+    x: np.ndarray,
+    lo: int,
+    hi: int,
+    inv: float,
+    qlo: float,
+    qhi: float,
+    qmin: float,
+    sym: np.ndarray,
+) -> None:
+    # symbols of x[lo:hi] into sym[:hi - lo]; a branch-free loop LLVM vectorises (with
+    # conditional expressions: the builtin min/max on floats are not, 0.77 vs 2.5 G/s)
+    # (and over a slice: x[lo + j] may be a negative index to numba, which defeats it)
+    xs = x[lo:hi]
+    for j in range(xs.size):
+        q = math.floor(np.float64(xs[j]) * inv + 0.5)
+        q = q if q > qlo else qlo
+        q = q if q < qhi else qhi
+        sym[j] = np.uint16(np.int32(q - qmin))
+
+
+@njit(cache=True, nogil=True)
+def _encode_values_kernel(
+    x: np.ndarray,
+    inv: float,
+    qlo: float,
+    qhi: float,
+    qmin: float,
+    tab: np.ndarray,
+    buf: np.ndarray,
+    ends: np.ndarray,
+) -> tuple[int, int, int, int]:
+    # _encode_kernel with the mid-tread quantizer fused in: blocks of values, last first,
+    # are quantized into a small symbol buffer (vectorised, in L1) and coded from it, so the
+    # values are read once and no symbol array is written.
+    n = x.size
+    base = np.int64(buf.ctypes.data)
+    p0 = base + 2 * ends[0]
+    p1 = base + 2 * ends[1]
+    p2 = base + 2 * ends[2]
+    p3 = base + 2 * ends[3]
+    x0 = x1 = x2 = x3 = _L
+    r = n % 4
+    n4 = n - r
+    if r >= 3:
+        row = _row_of(x[n4 + 2], inv, qlo, qhi, qmin)
+        x2, p2 = _enc_put(x2, tab, row, p2)
+    if r >= 2:
+        row = _row_of(x[n4 + 1], inv, qlo, qhi, qmin)
+        x1, p1 = _enc_put(x1, tab, row, p1)
+    if r >= 1:
+        row = _row_of(x[n4], inv, qlo, qhi, qmin)
+        x0, p0 = _enc_put(x0, tab, row, p0)
+    sym = np.empty(_LEVEL_BLOCK, dtype=np.uint16)
+    sa = np.int64(sym.ctypes.data)
+    hi = n4
+    while hi > 0:
+        lo = max(0, hi - _LEVEL_BLOCK)  # a multiple of 4, as n4 and the block are
+        _levels_block(x, lo, hi, inv, qlo, qhi, qmin, sym)
+        x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(sa, hi - lo, tab, x0, x1, x2, x3, p0, p1, p2, p3)
+        hi = lo
+    p0 = _enc_finish(x0, p0)
+    p1 = _enc_finish(x1, p1)
+    p2 = _enc_finish(x2, p2)
+    p3 = _enc_finish(x3, p3)
+    return (p0 - base) // 2, (p1 - base) // 2, (p2 - base) // 2, (p3 - base) // 2
+
+
+def encode_levels(
+    values: np.ndarray,
+    step_inverse: float,
+    qmin: int,
+    qlo: int,
+    qhi: int,
+    freq: np.ndarray,
+    scale_bits: int,
+) -> list[np.ndarray]:
+    """rANS-code the mid-tread levels of ``values`` (quantized on the fly) into 4 lanes.
+
+    Value ``j``'s symbol is ``clamp(floor(values[j] * step_inverse + 0.5), qlo, qhi) -
+    qmin``; the lanes are exactly :func:`encode`'s for those symbols.
+
+    Args:
+        values: 1-D float32/float64, C-contiguous.
+        step_inverse: ``1 / step`` (binary64).
+        qmin: the level of symbol 0.
+        qlo, qhi: the clamp, ``qmin <= qlo <= qhi < qmin + K``; every symbol from
+            ``qlo - qmin`` to ``qhi - qmin`` must have ``f > 0`` (checked).
+        freq, scale_bits: as for :func:`encode`.
+
+    Example:
+        >>> v = np.array([0.0, 0.1, 1.0, 0.0, -0.2])
+        >>> f = np.array([0, 3, 1, 0])
+        >>> encode_levels(v, 1.0, -1, 0, 1, f, 2)[0].tobytes() == encode(
+        ...     np.array([1, 1, 2, 1, 1], np.uint16), f, 2)[0].tobytes()
+        True
+    """
+    f = _check_frequencies(freq, scale_bits)
+    if not (qmin <= qlo <= qhi < qmin + f.size) or not np.all(f[qlo - qmin : qhi - qmin + 1]):
+        raise ConfigError(f"levels {qlo}..{qhi} need nonzero frequencies from symbol {qmin}")
+    x = np.ascontiguousarray(values).reshape(-1)
+    if x.dtype not in (np.float32, np.float64):
+        raise ConfigError(f"values must be float32 or float64, got {x.dtype}")
+    g, n_eff = _effective(f, scale_bits)
+    tab = _encoder_table(g, n_eff)
+    n = x.size
+    room = np.array([(n - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
+    ends = np.cumsum(room)
+    buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    starts = _encode_values_kernel(
+        x, float(step_inverse), float(qlo), float(qhi), float(qmin), tab, buf, ends
+    )
+    if _BIG_ENDIAN:
+        buf = buf.astype("<u2")
+    # copies: the buffer has room for a word per value (half the input's bytes at float32)
+    return [buf[int(a) : int(b)].view(np.uint8).copy() for a, b in zip(starts, ends, strict=True)]
 
 
 @njit(cache=True, nogil=True)
@@ -678,15 +843,15 @@ def encode(
     f = _check_frequencies(freq, scale_bits)
     sym = np.ascontiguousarray(symbols)
     if sym.dtype != np.uint16 or sym.ndim != 1:
-        raise ValueError(f"symbols must be a 1-D uint16 array, got {sym.dtype} {sym.shape}")
+        raise ConfigError(f"symbols must be a 1-D uint16 array, got {sym.dtype} {sym.shape}")
     # the kernel indexes its table with the symbols: this keeps every access inside it
     # (1.4 ms per 10M values)
     if sym.size and int(sym.max()) >= f.size:
-        raise ValueError(f"symbol {int(sym.max())} is outside the alphabet of {f.size}")
+        raise ConfigError(f"symbol {int(sym.max())} is outside the alphabet of {f.size}")
     if check:
         j = int(_unused_symbol(sym, f))
         if j >= 0:
-            raise ValueError(f"value {j} has symbol {int(sym[j])}, whose frequency is 0")
+            raise ConfigError(f"value {j} has symbol {int(sym[j])}, whose frequency is 0")
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
     n = sym.size
@@ -740,9 +905,9 @@ def build_decode_table(
     f = _check_frequencies(freq, scale_bits)
     lut = np.ascontiguousarray(lut).reshape(-1)
     if lut.dtype not in _LUT_DTYPES:
-        raise ValueError(f"lut must be float32, float64 or uint16 (float16 bits), got {lut.dtype}")
+        raise ConfigError(f"lut must be float32, float64 or uint16 (float16 bits), got {lut.dtype}")
     if lut.size != f.size:
-        raise ValueError(f"lut has {lut.size} values, the alphabet {f.size} symbols")
+        raise ConfigError(f"lut has {lut.size} values, the alphabet {f.size} symbols")
     g, n_eff = _effective(f, scale_bits)
     fbtab = np.empty(1 << n_eff, dtype=np.uint32)
     valtab = np.empty(1 << n_eff, dtype=lut.dtype)
@@ -950,20 +1115,20 @@ def decode(
     fbtab, valtab = table
     data = np.ascontiguousarray(data).reshape(-1)
     if data.dtype != np.uint8:
-        raise ValueError(f"data must be uint8, got {data.dtype}")
+        raise ConfigError(f"data must be uint8, got {data.dtype}")
     if out.ndim != 1 or not out.flags.c_contiguous or out.dtype != valtab.dtype:
-        raise ValueError(
+        raise ConfigError(
             f"out must be 1-D, contiguous and of the table's dtype {valtab.dtype} "
             f"(got {out.dtype}, shape {out.shape})"
         )
     if add and out.dtype == np.uint16:
-        raise ValueError("add=True needs a float32/float64 output")
+        raise ConfigError("add=True needs a float32/float64 output")
     starts = np.array(lane_starts, dtype=np.int64).reshape(-1)
     ends = np.array(lane_ends, dtype=np.int64).reshape(-1)
     if starts.size != LANES or ends.size != LANES:
-        raise ValueError("need 4 lane starts and ends")
+        raise ConfigError("need 4 lane starts and ends")
     if np.any(starts < 0) or np.any(ends < starts) or np.any(ends > data.size):
-        raise ValueError(f"lane ranges {starts.tolist()}..{ends.tolist()} outside the data")
+        raise ConfigError(f"lane ranges {starts.tolist()}..{ends.tolist()} outside the data")
     short = ends - starts < 4
     short_mask = int(sum(1 << lane for lane in range(LANES) if short[lane]))
     if short_mask:

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from tenfold.errors import InputTypeError
+
 __all__ = [
     "BFloat16Bits",
     "bfloat16_bits",
@@ -145,7 +147,7 @@ class BFloat16Bits:
     def __init__(self, bits: Any) -> None:
         arr = np.asarray(bits)
         if arr.dtype.kind not in "ui" or arr.dtype.itemsize != 2:
-            raise TypeError(
+            raise InputTypeError(
                 f"BFloat16Bits needs 16-bit integer bit patterns (uint16), got {arr.dtype}"
             )
         # int16 patterns (as torch's .view(torch.int16) gives) are the same bits

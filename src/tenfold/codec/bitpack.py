@@ -14,6 +14,7 @@ from numba import njit
 
 from tenfold.codec.bitio import flush, flush_final, refill, stream_ok
 from tenfold.codec.quantize import Quantizer
+from tenfold.errors import ConfigError
 
 __all__ = ["decode", "encode", "packed_nbytes"]
 
@@ -143,7 +144,7 @@ def decode(
     if lut is not None:
         return bool(_decode_lut_kernel(data, start, end, np.int64(width), lut, out, add))
     if q is None:
-        raise ValueError("bitpack.decode needs a quantizer or a lookup table")
+        raise ConfigError("bitpack.decode needs a quantizer or a lookup table")
     return bool(
         _decode_formula_kernel(
             data, start, end, np.int64(q.bits), q.ap, q.dp, q.p, q.w_min, q.w_max, out, add

@@ -9,15 +9,17 @@ Two kinds of failure reach a receiver, and they need different handling:
   the receiver expects (another model, another dtype); raised by ``accumulate``. The message
   names the first offending tensor.
 
-Both subclass :class:`ValueError`, so ``except ValueError`` catches every data problem.
+Both subclass :class:`tenfold.TenfoldError` and :class:`ValueError`, so ``except ValueError`` catches every data problem.
 """
 
 from __future__ import annotations
 
+from tenfold.errors import TenfoldError
+
 __all__ = ["CorruptPacketError", "PacketMismatchError"]
 
 
-class CorruptPacketError(ValueError):
+class CorruptPacketError(TenfoldError, ValueError):
     """The bytes are not a valid tenfold packet; the message says what is wrong.
 
     Example:
@@ -30,7 +32,7 @@ class CorruptPacketError(ValueError):
     """
 
 
-class PacketMismatchError(ValueError):
+class PacketMismatchError(TenfoldError, ValueError):
     """A valid packet whose tensors (names, order, shapes, dtypes) differ from the receiver's.
 
     The message names the first tensor that does not match and says how.

@@ -42,6 +42,7 @@ import numpy as np
 from numba import njit
 
 from tenfold.codec.bitio import flush, flush_final, refill, stream_ok
+from tenfold.errors import ConfigError
 
 __all__ = [
     "MAX_CODE_LENGTH",
@@ -218,7 +219,7 @@ def code_lengths(freq: np.ndarray, limit: int) -> np.ndarray:
     freq = np.ascontiguousarray(freq, dtype=np.int64).reshape(-1)
     used = int(np.count_nonzero(freq))
     if used < 2 or used > 1 << limit or not 1 <= limit <= MAX_CODE_LENGTH:
-        raise ValueError(f"need 2..2**limit used symbols and limit in [1, 14] (used={used})")
+        raise ConfigError(f"need 2..2**limit used symbols and limit in [1, 14] (used={used})")
     lengths = np.zeros(freq.size, dtype=np.uint8)
     _code_lengths_kernel(freq, limit, lengths)
     return lengths
@@ -305,7 +306,7 @@ def pack_lengths(lengths: np.ndarray) -> bytes:
     """
     lengths = np.ascontiguousarray(lengths, dtype=np.uint8)
     if lengths.size and int(lengths.max()) > MAX_CODE_LENGTH:
-        raise ValueError("code lengths must be <= 14")
+        raise ConfigError("code lengths must be <= 14")
     return bytes(_pack_lengths_kernel(lengths))
 
 

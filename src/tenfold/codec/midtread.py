@@ -39,6 +39,7 @@ from numba import njit
 
 from tenfold.codec.parallel import chunk_bounds, run_in_order
 from tenfold.codec.quantize import sample_run, sample_runs
+from tenfold.errors import ConfigError
 
 __all__ = [
     "LEVEL_LIMIT",
@@ -89,10 +90,10 @@ class StepQuantizer:
         """
         s = float(step)
         if not (math.isfinite(s) and s > 0.0):
-            raise ValueError(f"step must be finite and > 0, got {step!r}")
+            raise ConfigError(f"step must be finite and > 0, got {step!r}")
         inv = 1.0 / s
         if not math.isfinite(inv):  # a subnormal step: 1/s overflows
-            raise ValueError(f"step {s!r} is too small to invert")
+            raise ConfigError(f"step {s!r} is too small to invert")
         lo, hi = _level(float(w_min), inv), _level(float(w_max), inv)
         needs_clamp = lo < -LEVEL_LIMIT or hi > LEVEL_LIMIT
         # both ends inside the clamp (a range wholly beyond it collapses to one extreme)

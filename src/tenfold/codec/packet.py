@@ -43,6 +43,7 @@ from tenfold.codec.errors import CorruptPacketError
 from tenfold.codec.huffman import NUM_STREAMS, unpack_lengths
 from tenfold.codec.midtread import LEVEL_LIMIT, midtread_lut
 from tenfold.codec.quantize import Quantizer, dequantization_lut
+from tenfold.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
@@ -52,6 +53,8 @@ __all__ = [
     "MODE_ANS",
     "MODE_BITPACK",
     "MODE_CONSTANT",
+    "MODE_ANS_PAIRS",
+    "MODE_GROUP",
     "MODE_HUFFMAN",
     "MODE_NAMES",
     "MODE_RAW",
@@ -64,6 +67,8 @@ __all__ = [
     "TensorInfo",
     "WIRE_DTYPES",
     "WireDtype",
+    "encode_group_header",
+    "encode_member_header",
     "encode_record_header",
     "finish_packet",
     "packet_header",
@@ -73,10 +78,11 @@ __all__ = [
 ]
 
 MAGIC = b"TFLD"
-#: the newest version this tenfold writes (it writes 1 when no record needs version 2)
-FORMAT_VERSION = 2
+#: the newest version this tenfold writes (it writes the oldest version whose features the
+#: packet's records use: 1 for the paper's policies, 2 for step and ANS records, 3 for groups)
+FORMAT_VERSION = 3
 #: the versions this tenfold reads
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 #: decompress/inspect/accumulate refuse packets whose tensors would need more output memory.
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 32  # 4 GiB
 
@@ -85,12 +91,18 @@ MODE_HUFFMAN = 1
 MODE_BITPACK = 2
 MODE_RAW = 3
 MODE_ANS = 4  # version 2
+MODE_GROUP = 5  # version 3: the values are coded in the packet's shared group section
+MODE_ANS_PAIRS = 6  # version 3: ANS over pairs of values (step quantizer, bits <= 5)
+#: the widest alphabet (bits) of an ans-pairs record: pair alphabets of up to 1024 symbols
+MAX_PAIR_BITS = 5
 MODE_NAMES = {
     MODE_CONSTANT: "constant",
     MODE_HUFFMAN: "huffman",
     MODE_BITPACK: "bitpack",
     MODE_RAW: "raw",
     MODE_ANS: "ans",
+    MODE_GROUP: "group",
+    MODE_ANS_PAIRS: "ans-pairs",
 }
 #: the mode byte's high nibble: which quantizer made the symbols (version 2)
 QUANT_RANGE = 0  # the paper's min/max bins (tenfold.codec.quantize)
@@ -139,7 +151,7 @@ class WireDtype:
         if self.is_bfloat16:
             exact = np.ascontiguousarray(values, dtype=np.float32)  # native: bit arithmetic
             if not is_bfloat16_exact(exact):
-                raise ValueError("bfloat16 values must be exact bfloat16 (low 16 bits zero)")
+                raise ConfigError("bfloat16 values must be exact bfloat16 (low 16 bits zero)")
             return bfloat16_bits(exact).reshape(-1).astype("<u2", copy=False).view(np.uint8)
         flat = np.ascontiguousarray(values, dtype=self.dtype).reshape(-1)
         return flat.view(np.uint8)  # self.dtype is little-endian already
@@ -200,7 +212,7 @@ MAX_NDIM = 64
 _MAX_VARINT_BYTES = 9  # values < 2**63
 _ENTROPY_NONE = b"\x00\x00\xc0\x7f"  # float32 quiet NaN 0x7FC00000, little-endian
 _HEADER_MIN = len(MAGIC) + 1 + 1  # magic, version, count (>= 1 byte)
-_RECORD_MIN = 13  # name len, dtype, ndim, mode, bits, entropy(4), w_min(2), w_max(2)
+_RECORD_MIN = 12  # a group member: name len, dtype, ndim, mode, step(8) (others: 13+)
 
 
 # ---- info objects (what inspect returns) ------------------------------------------------
@@ -334,6 +346,9 @@ class Record:
         qmin: the lowest level (mid-tread records), else 0.
         freq: ANS frequencies (uint32, ``2**bits``) for ans records, else None.
         scale_bits: ANS precision n (frequencies sum to ``2**n``), else 0.
+        group_offset: for a group member (mode :data:`MODE_GROUP`), the index of its first
+            value in the group's sequence; -1 otherwise. A member's ``stream_*``, ``freq``,
+            ``scale_bits``, ``qmin`` and ``info.bits`` are the group's.
     """
 
     info: TensorInfo
@@ -349,6 +364,7 @@ class Record:
     qmin: int = 0
     freq: np.ndarray | None = None
     scale_bits: int = 0
+    group_offset: int = -1
 
     @property
     def quantizer(self) -> Quantizer:
@@ -384,7 +400,7 @@ def varint(value: int) -> bytes:
         ('00', '7f', 'ac02')
     """
     if value < 0 or value >= 1 << 63:
-        raise ValueError(f"varint out of range: {value}")
+        raise ConfigError(f"varint out of range: {value}")
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -399,7 +415,7 @@ def varint(value: int) -> bytes:
 def packet_header(num_tensors: int, version: int = 1) -> bytes:
     """``MAGIC | version | varint(num_tensors)``."""
     if version not in READ_VERSIONS:
-        raise ValueError(f"unknown format version {version}")
+        raise ConfigError(f"unknown format version {version}")
     return MAGIC + bytes([version]) + varint(num_tensors)
 
 
@@ -418,10 +434,33 @@ def unzigzag(value: int) -> int:
     return value // 2 if value % 2 == 0 else -(value + 1) // 2
 
 
+def encode_member_header(
+    *, name: str, dtype: np.dtype | WireDtype, shape: Sequence[int], step: float
+) -> bytes:
+    """A group member's record (version 3): name, dtype, shape, mode 0x15 and its step."""
+    wire = wire_dtype(dtype)
+    name_bytes = name.encode("utf-8")
+    if len(name_bytes) > MAX_NAME_BYTES or len(shape) > MAX_NDIM:
+        raise ConfigError(f"tensor {name[:40]!r}: name or rank beyond the format's limits")
+    parts = [varint(len(name_bytes)), name_bytes, bytes([wire.code, len(shape)])]
+    parts += [varint(int(d)) for d in shape]
+    parts += [bytes([MODE_GROUP | (QUANT_STEP << 4)]), struct.pack("<d", step)]
+    return b"".join(parts)
+
+
+def encode_group_header(
+    *, bits: int, qmin: int, scale_bits: int, table: bytes, lane_nbytes: Sequence[int]
+) -> bytes:
+    """The group section's header (version 3): everything before its 4 ANS lanes."""
+    parts = [bytes([bits]), varint(zigzag(qmin)), bytes([scale_bits]), varint(len(table)), table]
+    parts += [varint(int(s)) for s in lane_nbytes]
+    return b"".join(parts)
+
+
 def record_needs_v2(mode: int, quant: int) -> bool:
-    """Whether a record with this coder and quantizer exists only in version 2 (a dtype's
-    own first version is :attr:`WireDtype.min_version`)."""
-    return mode == MODE_ANS or quant != QUANT_RANGE
+    """Whether a record with this coder and quantizer exists only from version 2 on (a
+    dtype's own first version is :attr:`WireDtype.min_version`)."""
+    return mode in (MODE_ANS, MODE_ANS_PAIRS, MODE_GROUP) or quant != QUANT_RANGE
 
 
 def _float_bytes(value: float, dtype: WireDtype) -> bytes:
@@ -456,9 +495,9 @@ def encode_record_header(
     wire = wire_dtype(dtype)
     name_bytes = name.encode("utf-8")
     if len(name_bytes) > MAX_NAME_BYTES:
-        raise ValueError(f"tensor name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+        raise ConfigError(f"tensor name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     if len(shape) > MAX_NDIM:
-        raise ValueError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
+        raise ConfigError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
     parts = [varint(len(name_bytes)), name_bytes, bytes([wire.code, len(shape)])]
     parts += [varint(int(d)) for d in shape]
     parts.append(bytes([mode | (quant << 4), bits]))
@@ -467,9 +506,9 @@ def encode_record_header(
     if quant == QUANT_STEP:
         assert step is not None
         parts += [struct.pack("<d", step), varint(zigzag(qmin)), varint(clamped)]
-    if mode == MODE_ANS:
+    if mode in (MODE_ANS, MODE_ANS_PAIRS):
         parts.append(bytes([scale_bits]))
-    if mode in (MODE_HUFFMAN, MODE_ANS):
+    if mode in (MODE_HUFFMAN, MODE_ANS, MODE_ANS_PAIRS):
         parts += [varint(len(table)), table]
         parts += [varint(int(s)) for s in stream_nbytes]
     return b"".join(parts)
@@ -572,6 +611,10 @@ def parse(data: np.ndarray, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) ->
                 f"over max_output_bytes={max_output_bytes}"
             )
         records.append(rec)
+    members = [i for i, rec in enumerate(records) if rec.mode == MODE_GROUP]
+    if members:
+        r.where = "group section"
+        _parse_group(r, records, members)
     if r.pos != body_end:
         r.where = "packet trailer"
         raise r.fail(f"{body_end - r.pos} unexpected bytes after the last tensor")
@@ -617,6 +660,10 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         raise r.fail(f"unknown coding mode {mode_byte}")
     if version < 2 and record_needs_v2(mode, quant):
         raise r.fail(f"coding mode {mode_byte} needs format version 2 (packet says {version})")
+    if mode == MODE_GROUP:
+        return _parse_member(r, start, name, shape, wire, mode_byte, version)
+    if mode == MODE_ANS_PAIRS and (version < 3 or quant != QUANT_STEP):
+        raise r.fail(f"coding mode {mode_byte} needs format version 3 (packet says {version})")
     bits = r.u8("bits")
     entropy_raw = bytes(r.take(4, "entropy"))
     if entropy_raw == _ENTROPY_NONE:
@@ -678,21 +725,24 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
                 )
         payload = sum(sizes)
         stream_starts, stream_ends = _ranges(r.pos, sizes)
-    else:  # MODE_ANS
-        if not 1 <= bits <= 16:
-            raise r.fail(f"ans needs 1 <= bits <= 16 (bits={bits})")
+    else:  # MODE_ANS, MODE_ANS_PAIRS
+        pairs = mode == MODE_ANS_PAIRS
+        top = MAX_PAIR_BITS if pairs else 16
+        if not 1 <= bits <= top:
+            raise r.fail(f"{MODE_NAMES[mode]} needs 1 <= bits <= {top} (bits={bits})")
         scale_bits = r.u8("ANS precision")
         if not 1 <= scale_bits <= 16:
             raise r.fail(f"ANS precision {scale_bits} outside 1..16")
         table_len = r.varint("frequency table size")
         table = np.frombuffer(r.take(table_len, "frequency table"), dtype=np.uint8)
-        freq, reason = ans.unpack_frequencies(table, 1 << bits, scale_bits)
+        freq, reason = ans.unpack_frequencies(table, 1 << (2 * bits if pairs else bits), scale_bits)
         if freq is None:
             raise r.fail(reason)
         sizes = [r.varint("lane size") for _ in range(ans.LANES)]
+        symbols = (n + 1) // 2 if pairs else n
         for s, nbytes in enumerate(sizes):
-            # a lane is its 4-byte state plus at most one 16-bit word per value
-            hi = 4 + 2 * _lane_count(n, s)
+            # a lane is its 4-byte state plus at most one 16-bit word per symbol
+            hi = 4 + 2 * _lane_count(symbols, s)
             if nbytes % 2 or not 4 <= nbytes <= hi:
                 raise r.fail(f"lane {s} size {nbytes} impossible (even, 4..{hi} expected)")
         payload = sum(sizes)
@@ -762,7 +812,96 @@ def _parse_step_fields(
         raise r.fail(f"clamp count {clamped} exceeds the {n} values")
     # decoded values are monotone in the level: the two extremes bound them all
     levels = np.array([qmin, qmin + (1 << bits) - 1], dtype=np.float64)
-    ends = dtype.cast(levels * step)  # bfloat16 overflows where float32 may not
+    with np.errstate(over="ignore"):
+        ends = dtype.cast(levels * step)  # bfloat16 overflows where float32 may not
     if not np.isfinite(ends).all():
         raise r.fail(f"levels {qmin}.. at step {step} overflow {dtype.name}")
     return step, qmin, clamped
+
+
+def _parse_member(
+    r: _Reader,
+    start: int,
+    name: str,
+    shape: tuple[int, ...],
+    wire: WireDtype,
+    mode: int,
+    version: int,
+) -> Record:
+    """A group member's record (after its mode byte): its step; the rest is the group's."""
+    if version < 3 or mode >> 4 != QUANT_STEP:
+        raise r.fail(f"coding mode {mode} needs format version 3 (packet says {version})")
+    n = math.prod(shape)
+    if n == 0:
+        raise r.fail("a group member must have at least one value")
+    (step,) = struct.unpack("<d", bytes(r.take(8, "step")))
+    if not (math.isfinite(step) and step > 0.0):
+        raise r.fail(f"step {step} is not finite and > 0")
+    info = TensorInfo(
+        name=name, shape=shape, dtype=wire.name, mode=MODE_NAMES[MODE_GROUP], bits=0,
+        w_min=0.0, w_max=0.0, entropy=None, nbytes=r.pos - start, num_values=n, step=step,
+    )  # fmt: skip
+    return Record(
+        info=info, dtype=wire.dtype, mode=MODE_GROUP, lengths=None, payload_start=r.pos,
+        payload_end=r.pos, wire=wire, quant=QUANT_STEP,
+    )  # fmt: skip
+
+
+def _parse_group(r: _Reader, records: list[Record], members: list[int]) -> None:
+    """Read the group section and complete its members' records in place."""
+    start = r.pos
+    bits = r.u8("group bits")
+    if bits > 16:
+        raise r.fail(f"group bits {bits} outside 0..16")
+    qmin = unzigzag(r.varint("group lowest level"))
+    if abs(qmin) > LEVEL_LIMIT:
+        raise r.fail(f"lowest level {qmin} exceeds +-{LEVEL_LIMIT}")
+    scale_bits = r.u8("ANS precision")
+    if not 1 <= scale_bits <= 16:
+        raise r.fail(f"ANS precision {scale_bits} outside 1..16")
+    table_len = r.varint("frequency table size")
+    table = np.frombuffer(r.take(table_len, "frequency table"), dtype=np.uint8)
+    freq, reason = ans.unpack_frequencies(table, 1 << bits, scale_bits)
+    if freq is None:
+        raise r.fail(reason)
+    total = sum(records[i].info.num_values for i in members)
+    sizes = [r.varint("lane size") for _ in range(ans.LANES)]
+    for s, nbytes in enumerate(sizes):
+        hi = 4 + 2 * _lane_count(total, s)
+        if nbytes % 2 or not 4 <= nbytes <= hi:
+            raise r.fail(f"lane {s} size {nbytes} impossible (even, 4..{hi} expected)")
+    stream_starts, stream_ends = _ranges(r.pos, sizes)
+    r.take(sum(sizes), "group payload")
+    section = r.pos - start
+    offset = shared = 0
+    top = np.array([qmin, qmin + (1 << bits) - 1], np.float64)
+    steps = np.array([records[i].info.step for i in members], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        extremes = np.outer(steps, top)  # binary64 products, cast per dtype below
+    casts: dict[str, np.ndarray] = {}
+    for code in {records[i].wire.name for i in members}:
+        wire = next(records[i].wire for i in members if records[i].wire.name == code)
+        casts[code] = wire.cast(extremes).astype(np.float64)
+    for k, i in enumerate(members):
+        rec = records[i]
+        info = rec.info
+        lo, hi = casts[rec.wire.name][k].tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise CorruptPacketError(
+                f"levels {qmin}.. at step {info.step} overflow {rec.wire.name} "
+                f"(in tensor {i} {info.name!r})"
+            )
+        share = section - shared if k == len(members) - 1 else section * info.num_values // total
+        shared += share
+        info = TensorInfo(
+            name=info.name, shape=info.shape, dtype=info.dtype, mode=info.mode, bits=bits,
+            w_min=lo, w_max=hi, entropy=None, nbytes=info.nbytes + share,
+            num_values=info.num_values, step=info.step,
+        )  # fmt: skip
+        records[i] = Record(
+            info=info, dtype=rec.dtype, mode=MODE_GROUP, lengths=None,
+            payload_start=rec.payload_start, payload_end=rec.payload_end, wire=rec.wire,
+            stream_starts=stream_starts, stream_ends=stream_ends, quant=QUANT_STEP,
+            qmin=qmin, freq=freq, scale_bits=scale_bits, group_offset=offset,
+        )  # fmt: skip
+        offset += info.num_values

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from tenfold.errors import ConfigError
+
 __all__ = [
     "MIN_CHUNK",
     "available_cores",
@@ -79,7 +81,7 @@ def resolve_threads(threads: int | None) -> int:
     if threads is None:
         return available_cores()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(
+        raise ConfigError(
             f"threads must be None (all available cores) or an int >= 1, got {threads!r}"
         )
     return threads

@@ -1,7 +1,9 @@
 """Policies: how many bits N each tensor is quantized to.
 
+The paper's policies (they write version-1 packets, byte for byte as they always did):
+
 * :class:`Fixed` - the same N for every tensor (paper Fig. 1).
-* :class:`EntropyAdaptive` - the paper's Algorithm 1: ``N = ceil(H + c)`` where H is the
+* :class:`EntropyAdaptive` - the paper's scheme, its Algorithm 1: ``N = ceil(H + c)`` where H is the
   entropy (bits) of an M-bit quantization of a seeded sample of a fraction F of the tensor.
 * :class:`GradientRMS` - paper section 3.2: ``N = ceil(log2(G + c0) + c1)`` from the
   tensor's RMS gradient G, supplied by the caller (``compress(..., grad_rms={name: G})``).
@@ -11,8 +13,9 @@ Step policies choose the step ``s`` of the zero-centred mid-tread quantizer
 (``tenfold.codec.midtread``) instead of N; they are meant for deltas (pseudo-gradients):
 
 * :class:`RelativeStep` - ``s = alpha * RMS``;
-* :class:`TargetRate` - rate control: ``s`` such that the tensor costs about a target
-  number of bits per value, headers included.
+* :class:`TargetRate` - rate control, the library's default (``TargetRate(1.0)``): one
+  multiplier for the whole packet, ``s = alpha * RMS`` per tensor, such that the packet
+  costs the target bits per value, headers included.
 
 N is always clamped to ``[1, 24]`` (:data:`MIN_BITS`, :data:`MAX_BITS`). In particular an
 EntropyAdaptive with ``M + c > 24`` saturates at 24 bits for high-entropy tensors, and one
@@ -30,6 +33,7 @@ Policies are frozen, validated dataclasses with JSON-safe configs::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -43,9 +47,16 @@ from numba import njit
 from tenfold.codec import huffman
 from tenfold.codec.midtread import LEVEL_LIMIT, LevelCounter, sample_values
 from tenfold.codec.quantize import sample_seed, sampled_entropy
+from tenfold.errors import ConfigError, InputTypeError
 
 __all__ = [
     "CODERS",
+    "GROUP_BYTES",
+    "GROUP_MAX_VALUES",
+    "SMALL_PACKET_ALPHA",
+    "SMALL_TENSOR_ALPHA",
+    "SMALL_TENSOR_SHARE",
+    "SMALL_TENSOR_VALUES",
     "MAX_BITS",
     "MIN_BITS",
     "EntropyAdaptive",
@@ -75,7 +86,7 @@ def clamp_bits(value: float) -> int:
         (8, 8, 1, 24)
     """
     if math.isnan(value):
-        raise ValueError("bit count is NaN")
+        raise ConfigError("bit count is NaN")
     if math.isinf(value):
         return MAX_BITS if value > 0 else MIN_BITS
     return int(min(MAX_BITS, max(MIN_BITS, math.ceil(value - _CEIL_TOLERANCE))))
@@ -87,6 +98,32 @@ def _is_int(value: object) -> bool:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def derive_seed(base_seed: int, rank: int, round: int) -> int:
+    """The sampling seed rank ``rank`` uses in synchronisation ``round``: an int in [0, 2**32).
+
+    ``SeedSequence([base_seed, rank, round])``'s first 32-bit word, so ranks and rounds draw
+    independent samples, reproducibly; pass it as ``compress(..., seed=...)``.
+
+    Example:
+        >>> derive_seed(0, 0, 0) == derive_seed(0, 0, 0) != derive_seed(0, 1, 0)
+        True
+    """
+    state = np.random.SeedSequence([int(base_seed), int(rank), int(round)]).generate_state(
+        1, np.uint32
+    )
+    return int(state[0])
+
+
+def with_seed(policy: Policy, seed: int | None) -> Policy:
+    """``policy`` sampling with ``seed`` instead of its own (unchanged when ``seed`` is None
+    or the policy draws no samples: it has no ``seed`` field)."""
+    if seed is None or not dataclasses.is_dataclass(policy):
+        return policy
+    if "seed" not in {f.name for f in dataclasses.fields(policy)}:
+        return policy
+    return dataclasses.replace(policy, seed=int(seed))
 
 
 class Policy(ABC):
@@ -147,19 +184,19 @@ class Policy(ABC):
         also check the id is theirs. Unknown ids or fields raise ``ValueError``.
         """
         if not isinstance(config, Mapping) or "id" not in config:
-            raise ValueError(f"policy config must be a mapping with an 'id', got {config!r}")
+            raise ConfigError(f"policy config must be a mapping with an 'id', got {config!r}")
         target = Policy._registry.get(str(config["id"]))
         if target is None:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown policy id {config['id']!r}; known: {sorted(Policy._registry)}"
             )
         if cls is not Policy and target is not cls:
-            raise ValueError(f"config id {config['id']!r} is not a {cls.__name__} config")
+            raise ConfigError(f"config id {config['id']!r} is not a {cls.__name__} config")
         params = {k: v for k, v in config.items() if k != "id"}
         names = {f.name for f in fields(target)}  # type: ignore[arg-type]
         unknown = sorted(set(params) - names)
         if unknown:
-            raise ValueError(f"unknown {target.__name__} config field(s): {unknown}")
+            raise ConfigError(f"unknown {target.__name__} config field(s): {unknown}")
         return target(**params)
 
 
@@ -182,7 +219,7 @@ class Fixed(Policy):
 
     def __post_init__(self) -> None:
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
-            raise ValueError(f"Fixed.bits must be an integer in [1, 24], got {self.bits!r}")
+            raise ConfigError(f"Fixed.bits must be an integer in [1, 24], got {self.bits!r}")
         object.__setattr__(self, "bits", int(self.bits))
 
     def choose_bits(
@@ -201,7 +238,7 @@ class Fixed(Policy):
 
 @dataclass(frozen=True, kw_only=True)
 class EntropyAdaptive(Policy):
-    """The paper's Algorithm 1: ``N = ceil(H + c)``, clamped to [1, 24].
+    """The paper's scheme, its Algorithm 1: ``N = ceil(H + c)``, clamped to [1, 24].
 
     H is the entropy (bits) of the M-bit quantization (over the tensor's own range) of a
     seeded random sample of ``round(F * n)`` values (at least 1; F = 1 uses the whole tensor).
@@ -225,13 +262,13 @@ class EntropyAdaptive(Policy):
 
     def __post_init__(self) -> None:
         if not _is_real(self.F) or not 0.0 < float(self.F) <= 1.0:
-            raise ValueError(f"EntropyAdaptive.F must be in (0, 1], got {self.F!r}")
+            raise ConfigError(f"EntropyAdaptive.F must be in (0, 1], got {self.F!r}")
         if not _is_int(self.M) or not 1 <= self.M <= 16:
-            raise ValueError(f"EntropyAdaptive.M must be an integer in [1, 16], got {self.M!r}")
+            raise ConfigError(f"EntropyAdaptive.M must be an integer in [1, 16], got {self.M!r}")
         if not _is_real(self.c) or not 0.0 <= float(self.c) <= MAX_BITS:
-            raise ValueError(f"EntropyAdaptive.c must be a number in [0, 24], got {self.c!r}")
+            raise ConfigError(f"EntropyAdaptive.c must be a number in [0, 24], got {self.c!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 1 << 64:
-            raise ValueError(
+            raise ConfigError(
                 f"EntropyAdaptive.seed must be an integer in [0, 2**64), got {self.seed!r}"
             )
         object.__setattr__(self, "F", float(self.F))
@@ -280,9 +317,9 @@ class GradientRMS(Policy):
 
     def __post_init__(self) -> None:
         if not _is_real(self.c1) or not -24.0 <= float(self.c1) <= 48.0:
-            raise ValueError(f"GradientRMS.c1 must be a number in [-24, 48], got {self.c1!r}")
+            raise ConfigError(f"GradientRMS.c1 must be a number in [-24, 48], got {self.c1!r}")
         if not _is_real(self.c0) or not (math.isfinite(float(self.c0)) and float(self.c0) > 0):
-            raise ValueError(f"GradientRMS.c0 must be a finite number > 0, got {self.c0!r}")
+            raise ConfigError(f"GradientRMS.c0 must be a finite number > 0, got {self.c0!r}")
         object.__setattr__(self, "c1", float(self.c1))
         object.__setattr__(self, "c0", float(self.c0))
 
@@ -298,10 +335,10 @@ class GradientRMS(Policy):
     ) -> tuple[int, float | None]:
         """``(ceil(log2(G + c0) + c1) clamped to [1, 24], None)``."""
         if grad_rms is None or name not in grad_rms:
-            raise ValueError(f"GradientRMS needs grad_rms[{name!r}] (the tensor's RMS gradient)")
+            raise ConfigError(f"GradientRMS needs grad_rms[{name!r}] (the tensor's RMS gradient)")
         g = grad_rms[name]
         if not _is_real(g) or not (math.isfinite(float(g)) and float(g) >= 0.0):
-            raise ValueError(f"grad_rms[{name!r}] must be a finite number >= 0, got {g!r}")
+            raise ConfigError(f"grad_rms[{name!r}] must be a finite number >= 0, got {g!r}")
         return clamp_bits(math.log2(float(g) + self.c0) + self.c1), None
 
 
@@ -343,7 +380,7 @@ CODERS = ("auto", "huffman")
 
 def _check_coder(owner: str, coder: object) -> None:
     if coder not in CODERS:
-        raise ValueError(f"{owner}.coder must be one of {CODERS}, got {coder!r}")
+        raise ConfigError(f"{owner}.coder must be one of {CODERS}, got {coder!r}")
 
 
 @njit(cache=True, nogil=True)
@@ -405,7 +442,7 @@ class StepPolicy(Policy):
         grad_rms: Mapping[str, float] | None,
     ) -> tuple[int, float | None]:
         """Not used: step policies choose a step (:meth:`choose_step`)."""
-        raise TypeError(f"{type(self).__name__} chooses a quantizer step, not a bit count")
+        raise InputTypeError(f"{type(self).__name__} chooses a quantizer step, not a bit count")
 
     @abstractmethod
     def choose_step(
@@ -461,7 +498,7 @@ class RelativeStep(StepPolicy):
         if not _is_real(self.alpha) or not (
             math.isfinite(float(self.alpha)) and float(self.alpha) > 0
         ):
-            raise ValueError(f"RelativeStep.alpha must be a finite number > 0, got {self.alpha!r}")
+            raise ConfigError(f"RelativeStep.alpha must be a finite number > 0, got {self.alpha!r}")
         _check_coder("RelativeStep", self.coder)
         object.__setattr__(self, "alpha", float(self.alpha))
 
@@ -493,36 +530,59 @@ _RATE_ITERATIONS = 30
 _RATE_TOLERANCE = 0.01
 
 
+#: TargetRate codes a tensor in the packet's shared group when its payload at the target
+#: would be under this many bytes (and it has at most GROUP_MAX_VALUES values)
+GROUP_BYTES = 1024
+GROUP_MAX_VALUES = 1 << 16
+#: tensors of at most this many values (biases, norms) are coded no coarser than
+#: SMALL_TENSOR_ALPHA times their scale, when together they are at most
+#: SMALL_TENSOR_SHARE of the packet's values
+SMALL_TENSOR_VALUES = 1 << 13
+SMALL_TENSOR_SHARE = 0.05
+#: a packet whose headers take over half its budget is coded no coarser than this many
+#: times each tensor's scale (about 0.6 bits per value on Laplace-like deltas)
+SMALL_PACKET_ALPHA = 3.0
+
+
 @dataclass(frozen=True)
 class TargetRate(StepPolicy):
-    """Rate control: each tensor's step is chosen so that it costs about ``bits_per_param``.
+    """Rate control for the packet as a whole: it costs about ``bits_per_param`` per value.
 
-    How: a seeded stratified sample of up to :data:`RATE_SAMPLE` values (the whole tensor
-    when smaller) is quantized at trial steps; the cost model is the record header, the
-    code table (about 1.5 bytes per used symbol) and the coded payload, scaled to the
-    tensor's size: the sample's empirical entropy for ``coder="auto"`` (ANS codes within a
-    fraction of a percent of it, and is chosen whenever it is smaller), its Huffman code
-    lengths for ``coder="huffman"``. Up to thirty bisection steps on
-    ``log(step)``, between ``max|x| / 32767`` and ``1.9 max|x|`` (the coarsest step at which
-    the largest value still rounds to +-1), keep the largest cost at or below the target.
-    Bisection stops early once the model is within 1% below the target. Deterministic for a
-    given seed. The target counts every byte of the tensor's record;
-    where even the coarsest step costs more (Huffman below 1 bit/value), the target becomes
-    :data:`FLOOR_MARGIN` times that cheapest cost: the tensor overshoots its target rather
-    than never moving.
+    ``coder="auto"`` (the default, and the library's default policy at 1.0): **one step
+    multiplier for the packet** (``tenfold.codec.ratecontrol``). Each tensor's step is
+    ``alpha * scale``, its scale the caller's ``compress(..., scale=)`` hint (the fresh
+    delta's RMS) or else the RMS of the values coded, so every tensor gets the same
+    relative error. One pass per tensor gives its range, RMS and a 1/16-octave histogram
+    of its values; from those histograms alone a bisection on ``alpha`` finds the finest
+    steps whose modelled packet (the levels' empirical entropy, which ANS codes within a
+    fraction of a percent, plus about 1.25 bytes per used level of table, plus every
+    header) fits the budget ``bits_per_param * values / 8`` bytes. Its cost grows with the
+    occupied histogram buckets, not with the values: no sample, no bisection per tensor.
+    Tensors whose payload at the target would be under :data:`GROUP_BYTES` (biases, norms,
+    a small model's layers) share one frequency table and one set of ANS lanes, the
+    packet's group section (format version 3), and send only name, shape and step.
 
-    The step comes from the values coded, residual included: a rate target cannot starve
-    (a step that grows with the backlog still spends the same bits), unlike an RMS-relative
-    step (docs/DESIGN.md). With ``coder="huffman"`` a target below 1 bit/value cannot be
-    met: Huffman needs a whole bit per symbol, so such a tensor costs about 1.1 bits/value.
+    **Small tensors** of a larger model (at most :data:`SMALL_TENSOR_VALUES` values each,
+    together at most :data:`SMALL_TENSOR_SHARE` of the packet: biases, norms) are coded
+    no coarser than :data:`SMALL_TENSOR_ALPHA` times their scale, a few bits per value and
+    a fraction of a percent of the packet, so that they never freeze, as with the
+    per-tensor rate control (frozen output biases cost 11 points of accuracy on the
+    paper's task).
 
-    **Small tensors** (biases, norms): when the record's header would take more than a
-    quarter of the tensor's budget, rate control would send nothing at all, round after
-    round (the residual grows, the step with it), and the tensor would never move: a
-    measured 11-point accuracy loss on the paper's task, with the output biases frozen.
-    Those tensors are coded at :data:`SMALL_TENSOR_ALPHA` times the RMS of the fresh delta
-    (``scale``) instead: a few hundred bytes per model, while every tensor of >= 100k values
-    keeps its target.
+    **Small packets**: when the headers alone would take more than half the budget (a
+    model of a few thousand values), the payload gets half the budget and ``alpha`` is at
+    most :data:`SMALL_PACKET_ALPHA`: such a packet overshoots its target (a 1,478-value
+    two-layer MLP costs 1.3-1.6 bits/param at a target of 1, by its names' lengths) rather
+    than sending nothing round after round (a tensor that never moves cost 11 points of
+    accuracy on the paper's task).
+
+    ``coder="huffman"`` (a comparison with the paper's coder): per tensor, a seeded
+    stratified sample of up to :data:`RATE_SAMPLE` values is quantized at trial steps and
+    up to thirty bisection steps on ``log(step)`` keep the cost (header, table, Huffman
+    code lengths) at or below the target; below 1 bit/value Huffman cannot meet it, and the
+    tensor costs about :data:`FLOOR_MARGIN` times the coarsest step's cost instead. A
+    tensor whose header would take over a quarter of its budget is coded at
+    :data:`SMALL_TENSOR_ALPHA` times its scale.
 
     Attributes:
         bits_per_param: the target, bits per value, 0 < target <= 32.
@@ -544,10 +604,12 @@ class TargetRate(StepPolicy):
     def __post_init__(self) -> None:
         b = self.bits_per_param
         if not _is_real(b) or not (math.isfinite(float(b)) and 0.0 < float(b) <= 32.0):
-            raise ValueError(f"TargetRate.bits_per_param must be in (0, 32], got {b!r}")
+            raise ConfigError(f"TargetRate.bits_per_param must be in (0, 32], got {b!r}")
         _check_coder("TargetRate", self.coder)
         if not _is_int(self.seed) or not 0 <= self.seed < 1 << 64:
-            raise ValueError(f"TargetRate.seed must be an integer in [0, 2**64), got {self.seed!r}")
+            raise ConfigError(
+                f"TargetRate.seed must be an integer in [0, 2**64), got {self.seed!r}"
+            )
         object.__setattr__(self, "bits_per_param", float(b))
         object.__setattr__(self, "seed", int(self.seed))
 

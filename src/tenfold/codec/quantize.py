@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit
 
 from tenfold.codec.parallel import chunk_bounds, run_in_order
+from tenfold.errors import ConfigError
 
 __all__ = [
     "Quantizer",
@@ -86,9 +87,9 @@ class Quantizer:
         """
         a, b = float(w_min), float(w_max)
         if not (math.isfinite(a) and math.isfinite(b) and a < b):
-            raise ValueError(f"need finite w_min < w_max, got {a!r}, {b!r}")
+            raise ConfigError(f"need finite w_min < w_max, got {a!r}, {b!r}")
         if not 1 <= bits <= 24:
-            raise ValueError(f"bits must be within [1, 24], got {bits}")
+            raise ConfigError(f"bits must be within [1, 24], got {bits}")
         r = b - a
         p = 0.5 if math.isinf(r) else _TINY_SCALE if r < _TINY_RANGE else 1.0
         rp = b * p - a * p
@@ -196,7 +197,7 @@ def quantize_histogram(
     per chunk at least) into chunks coded in parallel: the same ``idx`` and ``hist``.
     """
     if q.bits > 16:
-        raise ValueError("quantize_histogram supports bits <= 16 (use quantize)")
+        raise ConfigError("quantize_histogram supports bits <= 16 (use quantize)")
     idx = np.empty(x.size, dtype=np.uint16)
     bounds = chunk_bounds(x.size, threads)
     hists = [np.zeros((4, q.top + 1), dtype=np.int64) for _ in bounds]
@@ -250,7 +251,7 @@ def sample_size(n: int, fraction: float) -> int:
     ``F == 1.0`` gives ``n``: the whole tensor, every value exactly once.
     """
     if n <= 0:
-        raise ValueError("cannot sample an empty tensor")
+        raise ConfigError("cannot sample an empty tensor")
     return max(1, min(n, round(fraction * n)))
 
 

@@ -10,9 +10,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tenfold.distributed.exchange import comm_device, is_distributed, local_rank_or_zero
+from tenfold.distributed.averager_base import align_ranks
 from tenfold.distributed.params import ParamsLike, named_tensors, require_parameters, wire_dtype
-from tenfold.distributed.shared_model import align_ranks
+from tenfold.distributed.process_group import (
+    comm_device,
+    is_distributed,
+    local_rank_or_zero,
+    require_process_group,
+)
 from tenfold.distributed.stats import SyncStats, TensorStats, noop_stats
 
 __all__ = [
@@ -55,11 +60,15 @@ class AllReduceAverager:
 
     NaN/Inf are not checked: they spread to every rank's mean, as with DDP.
 
-    Backends: the flat buffer lives on :func:`tenfold.distributed.exchange.comm_device`
+    Backends: the flat buffer lives on :func:`tenfold.distributed.process_group.comm_device`
     (CUDA under NCCL, so CUDA tensors never leave the device; the CPU under gloo).
 
     Args:
         process_group: the group to average over (None: the default group).
+        allow_single_process: as for :class:`CompressedAverager`: without an initialised
+            process group :meth:`initialize` and :meth:`average` raise
+            :class:`~tenfold.distributed.errors.ProcessGroupError`; True accepts that, and
+            then every sync is a no-op.
 
     Attributes:
         round: index of the next synchronisation.
@@ -71,11 +80,18 @@ class AllReduceAverager:
         stats = avg.average(model.named_parameters())   # stats.bits_per_param == 32.0
     """
 
-    def __init__(self, *, process_group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        process_group: dist.ProcessGroup | None = None,
+        allow_single_process: bool = False,
+    ) -> None:
         self.process_group = process_group
+        self.allow_single_process = allow_single_process
         self.round = 0
 
     def _distributed(self) -> bool:
+        require_process_group(self.process_group, self.allow_single_process, type(self).__name__)
         return is_distributed(self.process_group)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,188 +1,48 @@
-"""Synchronous model averaging with compressed weights: every rank ends bit-identical.
-
-The protocol of one synchronisation ("round"), on each of K ranks:
-
-1. compress the local tensors into ONE packet with this rank's policy for this round
-   (:func:`round_policy`: the policy's sampling seed is derived from ``(seed, rank, round)``);
-2. if that failed because a tensor holds NaN/Inf, send a status instead (every rank
-   fails, see below);
-3. exchange packet sizes (:func:`tenfold.distributed.exchange.exchange_sizes`), then the packets
-   themselves around a ring of point-to-point transfers
-   (:class:`tenfold.distributed.exchange.PacketTransfer`: exact sizes, no padding; the peers'
-   packets arrive one after the other);
-4. decode every rank's packet, its own included, and add it into float32 accumulators
-   (:func:`tenfold.codec.accumulate`, which validates names/shapes/dtypes first) in rank
-   order 0..K-1, divide by K, copy into the parameters in place.
-
-Steps 3 and 4 overlap: a packet is decoded while the next ones are still on the wire
-(:class:`RankOrderSum`). The SUM is still formed in rank order 0..K-1 on every rank: a
-packet that arrives before its predecessors are in is decoded into zeroed spare arrays
-and added when its turn comes, which is bit for bit the same as decoding it into the
-accumulators then (``0 + v == v``, and an accumulator started at +0.0 is never -0.0).
-Every rank therefore runs the same additions in the same order on the same K packets,
-so the result is bit-identical on every rank whatever the policy (lossy or not). Nobody
-keeps its own unquantized weights: that is what makes the ranks agree.
-
-:class:`SimulatedAverager` runs the same arithmetic (same functions) for K workers held in
-one process; it produces bit for bit the weights K real ranks would.
-
-A rank whose weights are not finite sends a status instead of a packet size; every rank
-then raises :class:`NonFiniteWeightsError` at the same collective, instead of the healthy
-ones blocking until the timeout.
-
-**What travels: ``transmit="delta"`` (the default) or ``"weights"`` (the paper).** Every
-rank holds the last shared model ``w_shared`` (the *reference*), bit for bit. In delta mode
-a rank sends only how far it moved, the pseudo-gradient ``d = w_local - w_shared``, plus
-its error-feedback residual ``e`` (what its previous packets failed to carry):
-``x = d + e`` is coded, ``e' = x - decoded(x)`` is kept, and every rank sets
-``w_shared' = w_shared + (sum_k decoded(x_k)) / K``, the sum in rank order, and continues
-from it. Deltas are small, centred and peaked, so the same error costs far fewer bits than
-coding weights (docs/DESIGN.md). Step policies take their RMS from the fresh ``d``, not
-from ``x``: a residual backlog must not coarsen the step (that starved a probe to 22%
-accuracy). In weights mode each rank codes its weights and the mean replaces them.
-
-The reference is established once: :meth:`CompressedAverager.initialize` (call it before
-training, like DDP's constructor) makes the ranks agree on the starting weights at no cost
-when they already do (a hash is compared) and broadcasts rank 0's otherwise; a first sync
-without it averages the weights exactly (Lossless packets, 32 bits/param, once). From then
-on every size exchange carries a hash of each rank's reference, chained through the
-packets' CRCs (a scheme that moves the model between syncs in the same way on every rank,
-DiLoCo's outer step, re-bases it with :meth:`CompressedAverager.set_reference`, which
-hashes the new reference); a rank whose reference differs (resumed from another checkpoint, or one
-that missed a sync) makes every rank raise :class:`ReferenceMismatchError` naming it at
-that collective, before anything is averaged.
-
-**Two collectives: ``collective="all-gather"`` or ``"reduce-scatter"``, and ``"auto"``
-(the default), which picks reduce-scatter from 3 ranks and 8M values up
-(:func:`tenfold.distributed.collectives.resolve_collective`, measurements below).**
-The protocol above is the all-gather: every rank decodes all P packets (P n values) and
-each link carries every packet. The reduce-scatter (:mod:`tenfold.distributed.collectives`)
-cuts the flat model into P contiguous shards (named pieces ``"fc1.weight[lo:hi]"`` of the
-flattened tensors, so the codec still sees each tensor's own scale); each rank codes each
-shard into its own packet and sends shard j to rank j (exact sizes, one all-gather of
-the P x P sizes first, so every rank can check them); rank j decodes the P packets of its
-shard as they arrive, sums them in rank order, divides by P, and codes the mean again
-(in delta mode with error feedback, with its own second-stage residual for shard j:
-``e2' = y - decoded(y)``, ``y = mean + e2``; in :meth:`CompressedAverager.state_dict` as
-``residual2``); the P reduced packets go round the all-gather ring and every rank decodes
-the same P reduced packets, so the ranks stay bit-identical. Step policies take their
-RMS from the fresh delta in stage 1 (per tensor, for all of its pieces) and from the
-reduced values in stage 2; the stage-2 policy's seed is derived as for rank ``P + j``. The
-reference hash chains the reduced packets' CRCs. Per rank: n + n/P values coded,
-2n decoded (plus n(P-1)/P with error feedback: its own packets, for its residual),
-2n(P-1)/P coded values sent, against n, P n and (P-1) n for the all-gather. A failure only
-one reducer can see (a corrupt or mismatching shard packet) is reported in a small
-all-gather of verdicts, so every rank raises the same error naming the sender.
-
-Measured on the 2-core build machine (``benchmarks/collectives.py --threads 1``: 4.1M
-float32 values in four tensors, delta mode, ``TargetRate(1.0)``, every rank on the same
-two cores under a busy load; median of 5 syncs, rank 0, two runs): P = 3, all-gather
-0.76 / 0.54 s, reduce-scatter 1.07 / 0.89 s; P = 4, 1.05 / 0.77 s vs 1.14 / 0.77 s (a first
-run of 3 syncs: 0.65 vs 1.22 s and 0.90 vs 0.60 s). With all ranks on two cores the total
-CPU work decides, and the
-reduce-scatter codes more (coding costs more than decoding). At 25M values and P = 4
-(``benchmarks/sync.py``, 1 Gbit/s) reduce-scatter was faster on both topologies, delta and
-weights (switch, delta: 1.43 s against 1.60 s): it sends 1/2 of the bytes at P = 4 and
-decodes less per rank. Hence **"auto"**: reduce-scatter from 3 ranks and 8M values up,
-all-gather below (at P = 2 all-gather always measured faster).
-
-**The contribution guard** (``max_contribution_ratio=``, off by default): each rank's
-decoded contribution's RMS over the whole model, from sums of squares every rank computes
-alike (reduce-scatter: per shard, on its reducer, combined through the verdicts'
-all-gather); a rank above that multiple of the median rank's makes every rank raise
-:class:`ContributionRatioError` naming it, at the same collective, before anything is
-applied.
-
-**One interface.** :class:`Averager` is the protocol every in-process-group averager
-follows: :class:`CompressedAverager`, and :class:`AllReduceAverager`, the uncompressed
-fp32 baseline (one ``all_reduce``). :class:`tenfold.distributed.LocalSGD` drives any of
-them. :class:`SimulatedAverager` has the same methods lifted over K workers (a list of
-``ParamsLike`` in, a list of :class:`SyncStats` out), so it is not an :class:`Averager`.
-"""
+"""Averaging over the ranks of a process group through compressed packets: the
+:class:`Averager` interface and :class:`CompressedAverager`, a thin driver of
+:mod:`tenfold.distributed.protocol` (the protocol, its two collectives and what they
+measured: docs/PROTOCOL.md)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.codec import Lossless
-from tenfold.distributed.allreduce import AllReduceAverager
-from tenfold.distributed.collectives import (
-    DEFAULT_COLLECTIVE,
-    ContributionRatioError,
-    check_contributions,
-    sum_of_squares,
-)
-from tenfold.distributed.errors import NonFiniteWeightsError, ReferenceMismatchError
-from tenfold.distributed.exchange import (
-    PacketTransfer,
-    PeerStatusError,
-    exchange_sizes_and_tags,
-    is_distributed,
-    local_rank_or_zero,
-)
-from tenfold.distributed.packets import (
-    accumulate_from,
-    check_announced_sizes,
-    decode_own,
-    encode_timed,
-)
+from tenfold.codec import Lossless, Policy
+from tenfold.distributed.averager_base import AveragerBase, align_ranks
+from tenfold.distributed.collective import DEFAULT_COLLECTIVE
 from tenfold.distributed.params import (
     ParamsLike,
-    Policy,
     array_dict,
     copy_back,
-    fail_nonfinite,
+    copy_parts,
     host_arrays,
     named_tensors,
-    nonfinite_names,
     require_parameters,
-    round_policy,
     tensor_dict,
     uses_scale,
     zeros_like_wire,
 )
-from tenfold.distributed.rank_order import BufferPool, RankOrderSum, divide_in_place
-from tenfold.distributed.reduce_scatter import reduce_scatter_sync
-from tenfold.distributed.reference import (
-    TRANSMIT_MODES,
-    DeltaRank,
-    aligned_reference,
-    chain_tag,
-    reference_tag,
+from tenfold.distributed.process_group import (
+    is_distributed,
+    local_rank_or_zero,
+    require_process_group,
 )
-from tenfold.distributed.shared_model import SharedModel, align_ranks
-from tenfold.distributed.simulated import SimulatedAverager
-from tenfold.distributed.stats import (
-    SyncStats,
-    TensorStats,
-    all_gather_sent,
-    noop_stats,
-    packet_stats,
-)
+from tenfold.distributed.protocol import Outgoing, SyncResult, all_gather, reduce_scatter
+from tenfold.distributed.protocol.all_gather import ChunkSink
+from tenfold.distributed.protocol.chunks import DEFAULT_CHUNK_VALUES, Chunk, chunk_views
+from tenfold.distributed.sender import SenderState, add_chunk, reference_tag, scales
+from tenfold.distributed.stats import SyncStats, noop_stats
+from tenfold.distributed.transport import TorchTransport
 
 __all__ = [
-    "AllReduceAverager",
     "Averager",
-    "BufferPool",
     "CompressedAverager",
-    "ContributionRatioError",
-    "NonFiniteWeightsError",
-    "ParamsLike",
-    "RankOrderSum",
-    "ReferenceMismatchError",
-    "SimulatedAverager",
-    "SyncStats",
-    "TRANSMIT_MODES",
-    "TensorStats",
-    "named_tensors",
-    "reference_tag",
-    "round_policy",
 ]
 
 
@@ -226,7 +86,28 @@ class Averager(Protocol):
         ...
 
 
-class CompressedAverager(SharedModel):
+class AllGatherPlan:
+    """One all-gather sync of a :class:`CompressedAverager` (its seeds, guard, chunks)."""
+
+    def __init__(
+        self,
+        avg: CompressedAverager,
+        transport: TorchTransport,
+        named: Sequence[tuple[str, torch.Tensor]],
+        round_: int,
+    ) -> None:
+        self.avg, self.transport, self.named, self.round = avg, transport, named, round_
+
+    def run(self, send: Outgoing, sink: ChunkSink) -> SyncResult:
+        t = self.transport
+        return all_gather(
+            t, self.avg._seeded(send, t.rank, t.world_size, self.round), self.named,
+            round=self.round, threads=self.avg.threads, ratio=self.avg.max_contribution_ratio,
+            chunk_values=self.avg.chunk_values, sink=sink,
+        )  # fmt: skip
+
+
+class CompressedAverager(AveragerBase):
     """Average parameters across the ranks of a process group through compressed packets.
 
     Args:
@@ -253,20 +134,25 @@ class CompressedAverager(SharedModel):
         threads: the codec's threads for every compress/decode (None: every core this
             process may run on, ``len(os.sched_getaffinity(0))``); results do not depend
             on it. With several ranks per machine, pass ``cores // ranks``.
+        allow_single_process: without an initialised process group, :meth:`initialize`
+            and :meth:`average` raise :class:`~tenfold.distributed.errors.ProcessGroupError`
+            (a forgotten ``init_process_group`` would otherwise train K independent
+            models); True accepts that, and then every sync is a no-op.
+        chunk_values: the all-gather codes the model in chunks of about this many values
+            (one packet each; the next is coded while the previous one travels, and no
+            whole-model temporary is made); the same on every rank. A model of one chunk
+            sends exactly the packet of an unchunked sync.
 
     Attributes:
         round: index of the next synchronisation (part of the training state: restore it
             on resume so the derived sampling seeds continue the same sequence).
 
-    Not distributed (torch.distributed unavailable or not initialised, or a group of one
-    rank): :meth:`average` leaves the tensors untouched and returns stats with
-    ``world_size=1`` and nothing sent.
+    A group of one rank (or no group, with ``allow_single_process=True``): :meth:`average`
+    leaves the tensors untouched and returns stats with ``world_size=1`` and nothing sent.
 
-    Memory: between synchronisations the averager keeps the float32 arrays it summed into
-    (:class:`BufferPool`): one model-sized accumulator, plus one per packet that arrived
-    before its turn in the rank-order sum (up to K-1 on the rank worst placed in the
-    ring), so up to K times the model in float32; a fresh averager starts empty. Delta
-    mode adds the reference and the residual, one model each.
+    Memory: delta mode keeps the reference and the residual, one model each in float32;
+    the all-gather's sync adds chunk-sized buffers only (docs/PROTOCOL.md, "Memory"). The
+    reduce-scatter keeps its result and own-decode arrays between syncs (two more).
 
     Backends: gloo codes and exchanges on the CPU. With NCCL the tensors are copied to the
     CPU, coded there, the packets are exchanged as CUDA uint8 tensors and the averaged
@@ -292,14 +178,20 @@ class CompressedAverager(SharedModel):
         collective: str = DEFAULT_COLLECTIVE,
         max_contribution_ratio: float | None = None,
         threads: int | None = None,
+        allow_single_process: bool = False,
+        chunk_values: int = DEFAULT_CHUNK_VALUES,
     ) -> None:
         super().__init__(
-            policy, transmit, error_feedback, collective, max_contribution_ratio, threads
-        )
+            policy, transmit, error_feedback, collective, max_contribution_ratio, threads,
+            chunk_values,
+        )  # fmt: skip
         self.process_group = process_group
-        self._rank_state = DeltaRank()
+        self.allow_single_process = allow_single_process
+        #: this rank's residuals (error feedback)
+        self.sender = SenderState()
 
     def _distributed(self) -> bool:
+        require_process_group(self.process_group, self.allow_single_process, type(self).__name__)
         return is_distributed(self.process_group)
 
     # -- state ------------------------------------------------------------------------------
@@ -314,14 +206,14 @@ class CompressedAverager(SharedModel):
         """
         return {
             **self._shared_state(),
-            "residual": tensor_dict(self._rank_state.residual),
-            "residual2": tensor_dict(self._rank_state.residual2),
+            "residual": tensor_dict(self.sender.residual),
+            "residual2": tensor_dict(self.sender.residual2),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (a resumed run continues bit for bit)."""
         self._load_shared(state)
-        self._rank_state = DeltaRank(
+        self.sender = SenderState(
             array_dict(state.get("residual")), array_dict(state.get("residual2"))
         )
 
@@ -337,13 +229,15 @@ class CompressedAverager(SharedModel):
 
         Returns:
             Bytes this rank received in the broadcast (0 when the ranks agreed).
+
+        Raises:
+            ProcessGroupError: no process group (see ``allow_single_process``).
         """
         named = named_tensors(params)
         require_parameters(named)
         received = align_ranks(named, self.process_group) if self._distributed() else 0
-        self._reference = {n: a.copy() for n, a in host_arrays(named).items()}
-        self._tag = reference_tag(self._reference)
-        self._rank_state = DeltaRank()
+        self.reference.set(host_arrays(named))
+        self.sender = SenderState()
         return received
 
     def set_reference(self, params: ParamsLike) -> None:
@@ -364,17 +258,16 @@ class CompressedAverager(SharedModel):
         is not advanced. In weights mode (no reference) it does nothing.
 
         Raises:
-            ValueError: ``params`` are not the tensors of the current reference (names,
-                shapes, dtypes), when there is one.
+            tenfold.ConfigError: ``params`` are not the tensors of the current reference
+                (names, shapes, dtypes), when there is one.
         """
         if self.transmit != "delta":
             return
         named = named_tensors(params)
         require_parameters(named)
-        if self._reference is not None:
-            aligned_reference(named, self._reference)  # the same tensors, or a clear error
-        self._reference = {n: a.copy() for n, a in host_arrays(named).items()}
-        self._tag = reference_tag(self._reference)
+        if self.reference.arrays is not None:
+            self.reference.align(named)  # the same tensors, or a clear error
+        self.reference.set(host_arrays(named))
 
     # -- one synchronisation ----------------------------------------------------------------------
 
@@ -399,6 +292,7 @@ class CompressedAverager(SharedModel):
             This rank's :class:`SyncStats`.
 
         Raises:
+            ProcessGroupError: no process group (see ``allow_single_process``).
             NonFiniteWeightsError: on every rank, if any rank's tensors hold NaN/Inf.
             ReferenceMismatchError: on every rank, if ranks hold different shared models.
             tenfold.codec.PacketMismatchError: a peer's packet has other tensors (names,
@@ -414,171 +308,125 @@ class CompressedAverager(SharedModel):
         round_ = self.round
         self.round += 1
         if not self._distributed():
-            rank = local_rank_or_zero()
-            return noop_stats(named, rank=rank, round=round_)
-        group = self.process_group
-        rank = dist.get_rank(group)
-        policy = round_policy(self.policy, rank=rank, round=round_)
+            return noop_stats(named, rank=local_rank_or_zero(), round=round_)
+        transport = TorchTransport(self.process_group)
+        if self._protocol_for(dict(named), transport.world_size) == "all-gather":
+            return self._all_gather(transport, named, grad_rms)
         host = host_arrays(named)
         if self.transmit == "weights":
-            stats, acc, _ = self._sync(named, host, self.policy, grad_rms, None, None, round_)
-            copy_back(named, acc)
-            self._pool.give(acc)
-        elif self._reference is None:  # no shared model yet: average the weights exactly
-            stats, acc, _ = self._sync(named, host, Lossless(), grad_rms, None, None, round_)
-            copy_back(named, acc)
-            self._reference = {n: a.copy() for n, a in acc.items()}
-            self._pool.give(acc)
-            self._tag = reference_tag(self._reference)
+            result = self._sync(transport, named, Outgoing(host, self.policy, grad_rms=grad_rms))
+            assert result.mean is not None
+            copy_back(named, result.mean)
+        elif self.reference.arrays is None:  # no shared model yet: average the weights exactly
+            result = self._sync(transport, named, Outgoing(host, Lossless(), grad_rms=grad_rms))
+            assert result.mean is not None
+            copy_back(named, result.mean)
+            self.reference.set(result.mean)
         else:
-            self._reference = aligned_reference(named, self._reference)
-            x, scale = self._rank_state.inputs(
-                host, self._reference, error_feedback=self.error_feedback,
-                want_scale=uses_scale(policy),
+            reference = self.reference.align(named)
+            x, scale = self.sender.inputs(
+                host, reference, error_feedback=self.error_feedback,
+                want_scale=uses_scale(self.policy),
             )  # fmt: skip
-            keep = (
-                (lambda own: self._rank_state.keep_residual(x, own))
-                if self.error_feedback
-                else None
-            )
-            stats, acc, packets = self._sync(
-                named, x, self.policy, grad_rms, scale, self._tag, round_, keep_own=keep,
+            send = Outgoing(
+                x, self.policy, grad_rms=grad_rms, scale=scale, tag=self.reference.tag,
+                keep_own=self.error_feedback, residual2=self.sender.residual2,
                 recode_feedback=self.error_feedback,
             )  # fmt: skip
-            for name, ref in self._reference.items():
-                np.add(ref, acc[name], out=ref)
-            self._pool.give(acc)
-            copy_back(named, self._reference)
-            self._tag = chain_tag(self._tag, round_, packets)
-        return stats
+            result = self._sync(transport, named, send)
+            assert result.mean is not None
+            # the sync went through: keep the residuals (a failed one changes nothing)
+            if result.own is not None:
+                self.sender.keep_residual(x, result.own)
+                self._pool.give(result.own)
+            if result.recoded is not None:
+                self.sender.keep_residual2(*result.recoded)
+            copy_back(named, self.reference.advance(result.mean, round_, result.packets))
+        assert result.mean is not None
+        self._pool.give(result.mean)
+        return result.stats
+
+    def _all_gather(
+        self,
+        transport: TorchTransport,
+        named: Sequence[tuple[str, torch.Tensor]],
+        grad_rms: Mapping[str, float] | None,
+    ) -> SyncStats:
+        """The pipelined all-gather: each finished chunk is applied at once (reference,
+        residual, parameters), so only chunk-sized temporaries exist."""
+        round_ = self.round - 1
+        host = host_arrays(named)  # views of CPU float32 parameters: no copy
+        tensors = dict(named)
+        plan = AllGatherPlan(self, transport, named, round_)
+        if self.transmit == "weights" or self.reference.arrays is None:
+            first = self.transmit == "delta"  # the first delta sync: the weights, exactly
+            fresh = zeros_like_wire(named) if first else None
+
+            def apply_weights(chunk: Chunk, mean: dict[str, np.ndarray], *_: Any) -> None:
+                copy_parts(tensors, chunk, mean)
+                if fresh is not None:
+                    for key, view in chunk_views(fresh, chunk).items():
+                        view[...] = mean[key]
+
+            policy = Lossless() if first else self.policy
+            result = plan.run(Outgoing(host, policy, grad_rms=grad_rms), apply_weights)
+            if fresh is not None:
+                self.reference.arrays = fresh
+                self.reference.tag = reference_tag(fresh)
+                self.sender = SenderState()
+            return result.stats
+        reference = self.reference.align(named)
+        sender = self.sender
+        feedback = self.error_feedback
+        residual = sender.residual if sender.residual is not None else zeros_like_wire(named)
+
+        def apply_delta(
+            chunk: Chunk,
+            mean: dict[str, np.ndarray],
+            x: Mapping[str, np.ndarray],
+            own: dict[str, np.ndarray] | None,
+        ) -> None:
+            if own is not None:
+                sender.keep_chunk(residual, chunk, x, own)
+            copy_parts(tensors, chunk, add_chunk(reference, chunk, mean))
+
+        send = Outgoing(
+            host, self.policy, grad_rms=grad_rms,
+            scale=scales(host, reference) if uses_scale(self.policy) else None,
+            tag=self.reference.tag, keep_own=feedback,
+            values=sender.chunk_inputs(host, reference, error_feedback=feedback),
+        )  # fmt: skip
+        result = plan.run(send, apply_delta)
+        if feedback:
+            sender.residual = residual
+        self.reference.chain(round_, result.packets)
+        return result.stats
+
+    def _seeded(self, send: Outgoing, rank: int, world: int, round_: int) -> Outgoing:
+        """``send`` with this rank's sampling seeds for this round."""
+        return dataclasses.replace(
+            send,
+            seed=self._seed(send.policy, rank, round_),
+            recode_seed=self._seed(send.policy, world + rank, round_),
+        )
 
     def _sync(
-        self,
-        named: Sequence[tuple[str, torch.Tensor]],
-        arrays: Mapping[str, np.ndarray],
-        base_policy: Policy,
-        grad_rms: Mapping[str, float] | None,
-        scale: Mapping[str, float] | None,
-        tag: int | None,
-        round_: int,
-        keep_own: Callable[[dict[str, np.ndarray]], None] | None = None,
-        recode_feedback: bool = False,
-    ) -> tuple[SyncStats, dict[str, np.ndarray], list[Any]]:
-        """One collective over ``arrays`` with ``base_policy`` (seeded per rank and round).
-
-        Returns this rank's stats, the mean (pool arrays: give them back) and the packets
-        every rank decoded, in rank order (the reference hash chains their CRCs).
-        """
-        world = dist.get_world_size(self.process_group)
-        if self._protocol_for(arrays, world) == "all-gather":
-            rank = dist.get_rank(self.process_group)
-            policy = round_policy(base_policy, rank=rank, round=round_)
-            return self._exchange(named, arrays, policy, grad_rms, scale, tag, round_, keep_own)
-        return reduce_scatter_sync(
-            named, arrays, base_policy, grad_rms, scale, tag, round_, keep_own, recode_feedback,
-            group=self.process_group, state=self._rank_state, pool=self._pool,
-            shard_pool=self._shard_pool, threads=self.threads,
-            ratio=self.max_contribution_ratio,
-        )  # fmt: skip
-
-    def _exchange(
-        self,
-        named: Sequence[tuple[str, torch.Tensor]],
-        arrays: Mapping[str, np.ndarray],
-        policy: Policy,
-        grad_rms: Mapping[str, float] | None,
-        scale: Mapping[str, float] | None,
-        tag: int | None,
-        round_: int,
-        keep_own: Callable[[dict[str, np.ndarray]], None] | None = None,
-    ) -> tuple[SyncStats, dict[str, np.ndarray], list[Any]]:
-        """Code ``arrays``, all-gather the packets, decode-sum in rank order, divide by K.
-
-        ``keep_own`` receives this rank's packet decoded (for error feedback), before the
-        exchange; the sum then adds those arrays rather than decoding the packet twice.
-        Returns this rank's stats, the mean (pool arrays: give them back) and every packet.
-        """
-        group = self.process_group
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        try:
-            # The codec refuses NaN/Inf itself (ValueError), so finiteness is only
-            # checked, tensor by tensor, when encoding failed: no extra pass when healthy.
-            blob, t_encode = encode_timed(arrays, policy, grad_rms, scale, self.threads)
-        except ValueError:
-            bad = nonfinite_names(named)
-            if not bad:
-                raise
-            fail_nonfinite(bad, group)
-        t_start = time.perf_counter()
-        try:
-            sizes, tags = exchange_sizes_and_tags(len(blob), tag or 0, group=group)
-        except PeerStatusError as exc:
-            raise NonFiniteWeightsError(exc.statuses) from None
-        t_sizes = time.perf_counter() - t_start
-        if tag is not None and len(set(tags)) > 1:
-            raise ReferenceMismatchError(tags, round_)
-        check_announced_sizes(sizes, named)
-        guard = self.max_contribution_ratio is not None
-        sumsq = [0.0] * world
-        summer = RankOrderSum(named, world, pool=self._pool, threads=self.threads)
-        own: dict[str, np.ndarray] | None = None
-        if keep_own is not None:
-            own, info = decode_own(blob, self.threads)
-            if guard:
-                sumsq[rank] = sum_of_squares(own)
-            summer.offer_decoded(rank, own, info)
-        elif guard:
-            spare = zeros_like_wire(named)
-            info = accumulate_from(rank, blob, spare, self.threads)
-            sumsq[rank] = sum_of_squares(spare)
-            summer.offer_decoded(rank, spare, info)
-        else:
-            summer.offer(rank, blob)
-        packets: list[Any] = [None] * world
-        packets[rank] = blob
-        with PacketTransfer(blob, sizes, group=group) as transfer:
-            # Decode whatever can be decoded; wait for the network only when nothing can.
-            # On an error (a peer's packet does not match) the exit still completes the
-            # exchange, so every rank raises the same error and the group stays usable.
-            while not summer.done:
-                item = transfer.poll()
-                if item is None and not summer.step():
-                    item = transfer.get()
-                if item is not None:
-                    packets[item[0]] = item[1]
-                    if guard:  # each contribution decoded alone, for its sum of squares
-                        spare = zeros_like_wire(named)
-                        info = accumulate_from(item[0], item[1], spare, self.threads)
-                        sumsq[item[0]] = sum_of_squares(spare)
-                        summer.offer_decoded(item[0], spare, info)
-                    else:
-                        summer.offer(*item)
-        # Every rank decoded the same K packets: the same sums, the same verdict.
-        n_all = sum(t.numel() for _, t in named)
-        check_contributions(sumsq, n_all, self.max_contribution_ratio, round_)
-        if keep_own is not None:  # the sync went through: keep the residual
-            assert own is not None
-            keep_own(own)
-        divide_in_place(summer.acc, world)
-        t_comm = t_sizes + transfer.wait_seconds
-        t_total = time.perf_counter() - t_start
-        stats = packet_stats(
-            infos=[summer.infos[rank]],
-            world_size=world,
-            rank=rank,
-            round=round_,
-            packet_bytes=sizes,
-            grad_rms=grad_rms,
-            encode_seconds=t_encode,
-            comm_seconds=t_comm,
-            # everything else between the start of the exchange and the end: decoding
-            # and adding (mostly overlapped with the transfers), dividing (the caller's
-            # copy back is not included)
-            decode_seconds=max(0.0, t_total - t_comm),
-            bytes_sent=all_gather_sent(sizes, rank, group),
-            bytes_received=int(sum(sizes)) - int(sizes[rank]),
-            collective="all-gather",
-            values_encoded=n_all,
-            values_decoded=world * n_all,
+        self, transport: TorchTransport, named: Sequence[tuple[str, torch.Tensor]], send: Outgoing
+    ) -> SyncResult:
+        """One collective: ``send`` with this rank's seeds for this round."""
+        rank, world = transport.rank, transport.world_size
+        round_ = self.round - 1
+        send = dataclasses.replace(
+            send,
+            seed=self._seed(send.policy, rank, round_),
+            recode_seed=self._seed(send.policy, world + rank, round_),
         )
-        return stats, summer.acc, packets
+        if self._protocol_for(dict(named), world) == "all-gather":
+            return all_gather(
+                transport, send, named, round=round_, pool=self._pool, threads=self.threads,
+                ratio=self.max_contribution_ratio,
+            )  # fmt: skip
+        return reduce_scatter(
+            transport, send, named, round=round_, pool=self._pool, shard_pool=self._shard_pool,
+            threads=self.threads, ratio=self.max_contribution_ratio,
+        )  # fmt: skip

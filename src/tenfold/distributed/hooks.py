@@ -1,80 +1,12 @@
 """A DDP communication hook that sends tenfold-coded gradients: every rank applies the same bits.
 
-``DistributedDataParallel`` hands each gradient bucket (a flat tensor of many parameters'
-gradients, ``bucket.buffer()``) to a communication hook instead of allreducing it. This
-hook, on each of K ranks and for each bucket:
-
-1. adds this rank's error-feedback residual for the bucket, ``x = g + e``, and codes
-   ``x`` into one packet with :func:`tenfold.compress`, using this rank's policy for this
-   step and bucket (:func:`~tenfold.distributed.params.round_policy`: per-rank,
-   per-round sampling seeds); keeps ``e' = x - decoded(x)`` (what the packet failed to
-   carry, sent with the next step's gradient);
-2. exchanges packet sizes (one collective; a rank whose gradient holds NaN/Inf sends a
-   status instead, so every rank raises :class:`NonFiniteGradientsError` there instead of
-   the healthy ones waiting for the timeout), then the exact packets as uint8 tensors
-   (:class:`~tenfold.distributed.exchange.PacketTransfer`, no pickle, no padding);
-3. decodes every rank's packet and sums them in RANK ORDER 0..K-1 into a float32
-   accumulator (:class:`~tenfold.distributed.rank_order.RankOrderSum`, overlapped with the
-   transfers), divides by K, writes the mean into the bucket and returns a completed
-   ``torch.futures.Future`` holding it.
-
-With ``CompressionState(..., collective="reduce-scatter")`` steps 1-3 are the averager's
-reduce-scatter instead (:mod:`tenfold.distributed.collectives`): the flat bucket is cut
-into K shards, rank j reduces shard j (rank-order sum, divide by K) and codes it again
-with its own second-stage residual, and every rank decodes the same K reduced packets.
-
-Every rank runs the same additions in the same order on the same K packets, so the
-averaged gradient, hence the optimizer step, is bit-identical on every rank for any policy
-(lossy or not), and so are the parameters after each step.
-
-Policies: the step policies ``tenfold.TargetRate(bits_per_param=b)`` (rate control) and
-``tenfold.RelativeStep(alpha=a)`` (a step of ``a`` times the fresh gradient's RMS: the
-RMS is taken from ``g``, not from ``g + e``, so a residual backlog never coarsens the step,
-as in :class:`~tenfold.distributed.averaging.CompressedAverager`), ``tenfold.Lossless()``
-(exact fp32 gradients: the mean equals a plain allreduce up to float rounding), or any
-other tenfold policy.
-
-What is coded: the whole bucket as ONE flat tensor (not one tensor per parameter).
-Measured on small MLPs (17k, 51k and 400k values, real gradients): at
-``TargetRate(1.0)`` the flat bucket cost 1.00 bits/param with a relative L2 error of
-0.50 / 0.60 / 0.52, one tensor per parameter 1.12 / 1.07 / 1.01 bits/param with 0.52 /
-0.58 / 0.62; at ``RelativeStep(1.0)`` flat 1.88 / 2.02 / 1.86 vs per-parameter 2.21 /
-2.15 / 2.09 bits/param at the same error. One step for the whole bucket is what minimises
-the total squared error at a given rate (equal slope everywhere), and one record header
-and code table per bucket instead of per parameter saves ~0.1 bits/param on small models.
-
-Coding order: a bucket's parameters are coded in the order the hook first saw them (their
-*canonical index*: DDP's initial bucket layout, which is deterministic for a model and a
-bucket size), whatever order DDP's buffer holds them in. DDP rebuilds its buckets after
-the first iteration, in the order the gradients became ready (for a feed-forward model,
-the reverse of the initial order); with this, a rebuild that only reorders a bucket (the
-whole model in one bucket: every model under DDP's 1 MB first bucket) codes exactly the
-same vector, and a run resumed in a fresh DDP (which starts from the initial layout
-again) codes what the uninterrupted run codes.
-
-Error feedback and bucket layout: the residual is kept per bucket (keyed by
-``bucket.index()``) with the canonical indices and sizes of its parameters. When a
-bucket's parameters change (a rebuild that moves parameters between buckets), every
-stored residual is split by parameter and each new bucket reassembles its own, so nothing
-is lost (a parameter new to the state starts at zero).
-
-Statistics: :attr:`CompressionState.stats` (a :class:`HookStats`), cumulative and for the
-last completed backward pass.
-
-Resume: :meth:`CompressionState.state_dict` holds the residuals (CPU tensors, per bucket
-index, with their parameters' canonical indices and sizes) and the step counter; a run
-restored from it (with the model and the optimizer, in a fresh DDP with the same bucket
-size) continues bit for bit when each bucket holds the same parameters before and after
-DDP's rebuild (in particular a model that fits one bucket). Where the rebuild moves
-parameters between buckets, the resumed run's first step groups them as DDP's initial
-layout does, unlike the uninterrupted run: the residuals still follow their parameters,
-but that step's packets (hence the bits) differ.
-
-CUDA/NCCL: a CUDA bucket is copied to the CPU, coded there, the packets travel as CUDA
-uint8 tensors (:func:`~tenfold.distributed.exchange.comm_device`), decoding and the sum
-run on the CPU, and the mean is copied back into the CUDA bucket. The hook runs
-synchronously (the returned Future is already complete), so it does not overlap with the
-rest of the backward pass on the GPU; the coding is the cost.
+:func:`compressed_allreduce_hook` with a :class:`CompressionState` codes each gradient
+bucket (one flat tensor, its parameters in a canonical order) plus its error-feedback
+residual, and runs it through the same protocol as the averagers
+(:mod:`tenfold.distributed.protocol`, all-gather or reduce-scatter per bucket); this module
+only keeps the buckets' bookkeeping: coding order, residuals across DDP's bucket rebuilds,
+the step counter, the stats. Coding order, rebuilds, resume and what was measured:
+docs/PROTOCOL.md ("The DDP hook").
 
 Example (each rank, after ``torch.distributed.init_process_group``)::
 
@@ -95,10 +27,12 @@ Example (each rank, after ``torch.distributed.init_process_group``)::
 # No ``from __future__ import annotations`` here: DDP's ``register_comm_hook`` compares the
 # hook's annotations with ``dist.GradBucket`` and ``torch.futures.Future[torch.Tensor]``
 # themselves, and string annotations fail that check.
+import queue
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,72 +40,40 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.codec import PacketInfo, compress, decompress, inspect
+from tenfold.codec import Policy
 from tenfold.codec.policy import rms
-from tenfold.distributed.collectives import (
+from tenfold.distributed.collective import (
     DEFAULT_COLLECTIVE,
     check_collective,
     resolve_collective,
 )
-from tenfold.distributed.errors import NonFiniteWeightsError, ReferenceMismatchError
-from tenfold.distributed.exchange import (
-    STATUS_NONFINITE,
-    PacketTransfer,
-    PeerStatusError,
-    exchange_sizes_and_tags,
+from tenfold.distributed.errors import (
+    BucketMismatchError,
+    CommunicationError,
+    NonFiniteGradientsError,
+    NonFiniteWeightsError,
+    ReferenceMismatchError,
 )
-from tenfold.distributed.packets import check_announced_sizes
-from tenfold.distributed.params import round_policy, uses_scale
-from tenfold.distributed.rank_order import BufferPool, RankOrderSum, divide_in_place
-from tenfold.distributed.reduce_scatter import reduce_scatter_sync
-from tenfold.distributed.reference import DeltaRank
+from tenfold.distributed.params import uses_scale
+from tenfold.distributed.process_group import is_distributed, require_process_group
+from tenfold.distributed.protocol import Outgoing, all_gather, reduce_scatter
+from tenfold.distributed.sender import round_seed
+from tenfold.distributed.transport import TorchTransport
+from tenfold.errors import ConfigError, InputTypeError
 
 __all__ = [
-    "BucketMismatchError",
     "CompressionState",
     "HookStats",
-    "NonFiniteGradientsError",
     "StepCost",
     "compressed_allreduce_hook",
 ]
 
-#: Any tenfold policy.
-Policy = Any
-
 #: The name of the one tensor in each bucket's packet (short: it is in every packet).
 _NAME = "g"
 
-#: ``round_policy``'s round for step s and bucket b is ``s * _ROUND_STRIDE + b``, so every
+#: The seed's round for step s and bucket b is ``s * _ROUND_STRIDE + b``, so every
 #: (step, bucket) pair draws its own sampling seed.
 _ROUND_STRIDE = 1 << 32
-
-
-class NonFiniteGradientsError(NonFiniteWeightsError):
-    """A gradient held NaN/Inf (training diverged), on this rank or a peer.
-
-    Raised on every rank, at the same collective of the same bucket (it surfaces from
-    ``loss.backward()``). ``statuses`` maps the failing ranks to their status; ``bucket``
-    is the DDP bucket index.
-    """
-
-    def __init__(self, statuses: dict[int, int], bucket: int, local: bool) -> None:
-        super().__init__(statuses)
-        self.bucket = bucket
-        ranks = ", ".join(str(r) for r in sorted(statuses))
-        here = " (this rank included)" if local else ""
-        self.args = (
-            f"gradient synchronisation aborted: rank(s) {ranks}{here} have non-finite "
-            f"gradients (NaN or Inf) in DDP bucket {bucket}; training diverged: lower the "
-            "learning rate or check the data",
-        )
-
-
-class BucketMismatchError(RuntimeError):
-    """Ranks disagree on a bucket's layout or on the step counter (raised on every rank).
-
-    Happens when a rank's hook state was restored from another checkpoint, or the ranks
-    bucket the model differently.
-    """
 
 
 @dataclass(frozen=True)
@@ -311,7 +213,13 @@ class _Layout:
             self.scatter(x, scattered)
             x = scattered
         with torch.no_grad():
-            buffer.copy_(torch.from_numpy(x))
+            if buffer.is_cuda:  # on a side stream, waited for: complete before the Future
+                side = torch.cuda.Stream(buffer.device)
+                with torch.cuda.stream(side):
+                    buffer.copy_(torch.from_numpy(x).pin_memory(), non_blocking=True)
+                side.synchronize()
+            else:
+                buffer.copy_(torch.from_numpy(x))
 
 
 def _layout_tag(layout: _Layout, dtype: np.dtype, step: int) -> int:
@@ -334,6 +242,17 @@ class CompressionState:
             :class:`~tenfold.distributed.averaging.CompressedAverager` (the bucket is one
             flat tensor, cut into P shards; each reducer keeps a second-stage residual for
             its shard of each bucket, dropped when DDP moves parameters between buckets).
+        allow_single_process: without an initialised process group the first hook call
+            raises :class:`~tenfold.distributed.errors.ProcessGroupError` (DDP needs one
+            anyway; the check waits for the first call because Lightning builds the state
+            before it starts the group); True skips that check. A group of one rank (or
+            none, when allowed) returns each bucket unchanged, with no exchange.
+        asynchronous: True (the default): each bucket is coded and exchanged on this
+            state's worker thread (one, FIFO: buckets are reduced in DDP's order on every
+            rank) and the hook returns a Future that thread completes, so backward and
+            the other buckets proceed meanwhile (the codec's kernels release the GIL).
+            False: the bucket is reduced inside the hook call and the Future returned is
+            already complete. Same bits either way.
 
     Attributes:
         step: index of the backward pass in progress (advanced after each pass's last
@@ -349,13 +268,24 @@ class CompressionState:
         process_group: dist.ProcessGroup | None = None,
         error_feedback: bool = True,
         collective: str = DEFAULT_COLLECTIVE,
+        allow_single_process: bool = False,
+        asynchronous: bool = True,
     ) -> None:
         self.collective = check_collective(collective)
         if not isinstance(error_feedback, bool):
-            raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
+            raise InputTypeError(f"error_feedback must be a bool, got {error_feedback!r}")
+        if not isinstance(asynchronous, bool):
+            raise InputTypeError(f"asynchronous must be a bool, got {asynchronous!r}")
         if not hasattr(policy, "get_config"):
-            raise TypeError(f"policy must be a tenfold policy, got {policy!r}")
+            raise InputTypeError(f"policy must be a tenfold policy, got {policy!r}")
         self.policy = policy
+        self.allow_single_process = allow_single_process
+        self.asynchronous = asynchronous
+        self._worker: _FifoWorker | None = None
+        # the first communication error: later buckets fail at once instead of each
+        # waiting for the timeout on a broken group
+        self._broken: BaseException | None = None
+        self._checked = False
         self.process_group = process_group
         self.error_feedback = error_feedback
         self.step = 0
@@ -403,8 +333,9 @@ class CompressionState:
         (``loose``: residuals dissolved by a bucket rebuild whose new bucket has not run
         yet; empty between backward passes; ``residual2``: reduce-scatter's second-stage
         residuals of this rank's shards). Loadable with
-        ``torch.load(..., weights_only=True)``.
+        ``torch.load(..., weights_only=True)``. Waits for the buckets in flight first.
         """
+        self.wait()
         return {
             "step": self.step,
             "error_feedback": self.error_feedback,
@@ -429,15 +360,16 @@ class CompressionState:
         """Restore :meth:`state_dict` output (the stats are not part of it).
 
         Raises:
-            ValueError: a residual's length does not match its layout.
+            tenfold.ConfigError: a residual's length does not match its layout.
         """
+        self.wait()
         restored: dict[int, _Residual] = {}
         for key, tensor in (state.get("residual") or {}).items():
             values = _flat_array(tensor)
             params = tuple(int(p) for p in state["params"][key])
             sizes = tuple(int(n) for n in state["sizes"][key])
             if len(params) != len(sizes) or sum(sizes) != values.size:
-                raise ValueError(
+                raise ConfigError(
                     f"hook state: bucket {key} residual has {values.size} values, its "
                     f"layout {sum(sizes)} in {len(sizes)} parameters ({len(params)} indices)"
                 )
@@ -454,6 +386,28 @@ class CompressionState:
         self._residuals = restored
         self._residuals2 = second
         self._loose = {int(k): _flat_array(v) for k, v in (state.get("loose") or {}).items()}
+
+    # -- the worker thread ---------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Block until every bucket handed to the worker thread is done (no-op otherwise)."""
+        if self._worker is not None:
+            self._worker.drain()
+
+    def close(self) -> None:
+        """Finish the buckets in flight and stop the worker thread (it is a daemon thread:
+        a process that exits without calling this does not hang). A later hook call
+        starts a new one."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def _submit(
+        self, job: Callable[[], torch.Tensor], fut: "torch.futures.Future[torch.Tensor]"
+    ) -> None:
+        if self._worker is None:
+            self._worker = _FifoWorker(f"tenfold-hook-{id(self):x}")
+        self._worker.submit(job, fut)
 
     # -- coding order and error feedback ---------------------------------------------------
 
@@ -508,134 +462,72 @@ class CompressionState:
 
     # -- one bucket --------------------------------------------------------------------------
 
-    def _run(self, bucket: dist.GradBucket) -> torch.Tensor:
-        group = self.process_group
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        buffer = bucket.buffer()
-        index = bucket.index()
-        last = bucket.is_last()
+    def _prepare(self, bucket: dist.GradBucket) -> Callable[[], torch.Tensor]:
+        """In the hook's own thread: check the group, take what the bucket is (its buffer,
+        index, coding order) and its step; returns the work that reduces it."""
+        if not self._checked:
+            require_process_group(self.process_group, self.allow_single_process, "CompressionState")
+            self._checked = True
+        buffer, index, last, step = bucket.buffer(), bucket.index(), bucket.is_last(), self.step
+        layout = self._layout(bucket.parameters(), buffer.numel())
+        if self.asynchronous and last:
+            self.step += 1  # the next backward's buckets may be handed over before this runs
+        return lambda: self._run(buffer, index, last, step, layout)
+
+    def _run(
+        self, buffer: torch.Tensor, index: int, last: bool, step: int, layout: "_Layout"
+    ) -> torch.Tensor:
+        """One bucket: its coded gradient through the protocol, the mean written back."""
+        if self._broken is not None:
+            raise CommunicationError(
+                f"DDP bucket {index} not reduced: an earlier bucket failed ({self._broken})"
+            )
+        try:
+            return self._reduce(buffer, index, last, step, layout)
+        except CommunicationError as exc:
+            self._broken = exc
+            raise
+        finally:
+            if last and not self.asynchronous:
+                self.step += 1
+
+    def _reduce(
+        self, buffer: torch.Tensor, index: int, last: bool, step: int, layout: "_Layout"
+    ) -> torch.Tensor:
         wire = torch.float64 if buffer.dtype == torch.float64 else torch.float32
-        step = self.step
+        feedback = self.error_feedback and not self.policy.lossless
+        if not is_distributed(self.process_group):
+            return self._alone(buffer, index, last, layout, feedback)
+        transport = TorchTransport(self.process_group)
+        rank, world = transport.rank, transport.world_size
 
         t0 = time.perf_counter()
-        layout = self._layout(bucket.parameters(), buffer.numel())
         # A CPU view when possible (gloo, float32): no copy; CUDA/half buffers are copied.
-        host = buffer.detach().to("cpu", wire).contiguous().numpy().reshape(-1)
-        g = layout.gather(host)
-        dtype = g.dtype
-        policy = round_policy(self.policy, rank=rank, round=step * _ROUND_STRIDE + index)
-        feedback = self.error_feedback and not policy.lossless
-        residual = self._residual_for(index, layout, dtype) if feedback else None
-        # The step's unit is the fresh gradient's RMS, not that of g + e (module docstring).
-        scale = {_NAME: rms(g) if g.size else 0.0} if uses_scale(policy) else None
+        g = layout.gather(_to_host(buffer, wire))
+        residual = self._residual_for(index, layout, g.dtype) if feedback else None
         x = g if residual is None else np.add(g, residual)
         # "auto" per bucket (the same bucket sizes on every rank: the same answer)
-        if resolve_collective(self.collective, x.size, world) == "reduce-scatter":
-            return self._run_reduce_scatter(
-                bucket, layout, x, scale, feedback, t0, wire, world, group
-            )
-        try:
-            blob = compress({_NAME: x}, policy, scale=scale)
-        except ValueError:
-            # The codec refuses NaN/Inf (ValueError); finiteness is only checked then.
-            if np.isfinite(x).all():
-                raise
-            self._fail_nonfinite(index, group)
-        own: dict[str, np.ndarray] | None = None
-        info: PacketInfo | None = None
-        kept: _Residual | None = None
-        if feedback:
-            # Decoded once: for the residual here, and added as this rank's term in the sum.
-            own, info = decompress(blob), inspect(blob)
-            kept = _Residual(layout.params, layout.sizes, np.subtract(x, own[_NAME]))
-        t_encode = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        try:
-            packet_sizes, tags = exchange_sizes_and_tags(
-                len(blob), _layout_tag(layout, dtype, step), group=group
-            )
-        except PeerStatusError as exc:
-            raise NonFiniteGradientsError(exc.statuses, index, local=False) from None
-        t_sizes = time.perf_counter() - t1
-        if len(set(tags)) > 1:
-            raise BucketMismatchError(
-                f"DDP bucket {index} at step {step}: the ranks disagree on its layout or on "
-                f"the step counter (tags {', '.join(f'{t:08x}' for t in tags)}): every rank "
-                "must resume from the same checkpoint and bucket the model the same way"
-            )
-        named = [(_NAME, torch.empty(g.shape, dtype=wire, device="meta"))]
-        check_announced_sizes(packet_sizes, named)
-        summer = RankOrderSum(named, world)
-        if own is None:
-            summer.offer(rank, blob)
-        else:
-            assert info is not None
-            summer.offer_decoded(rank, own, info)
-        with PacketTransfer(blob, packet_sizes, group=group) as transfer:
-            # Decode what can be decoded; wait for the network only when nothing can.
-            while not summer.done:
-                item = transfer.poll()
-                if item is None and not summer.step():
-                    item = transfer.get()
-                if item is not None:
-                    summer.offer(*item)
-        divide_in_place(summer.acc, world)
-        layout.copy_into(summer.acc[_NAME].reshape(-1), buffer)
-        t_comm = t_sizes + transfer.wait_seconds
-        t_rest = max(0.0, time.perf_counter() - t1 - t_comm)
-
-        if kept is not None:  # only once the step went through (not on an error above)
-            self._residuals[index] = kept
-        sent = int(packet_sizes[rank])
-        self._record(
-            StepCost(
-                calls=1,
-                bytes_sent=sent,
-                bytes_received=int(sum(packet_sizes)) - sent,
-                num_values=int(g.size),
-                encode_seconds=t_encode,
-                comm_seconds=t_comm,
-                decode_seconds=t_rest,
-            ),
-            last,
-        )
-        if last:
-            self.step += 1
-        return buffer
-
-    def _run_reduce_scatter(
-        self,
-        bucket: dist.GradBucket,
-        layout: _Layout,
-        x: np.ndarray,
-        scale: dict[str, float] | None,
-        feedback: bool,
-        t0: float,
-        wire: torch.dtype,
-        world: int,
-        group: dist.ProcessGroup | None,
-    ) -> torch.Tensor:
-        """One bucket through the averager's reduce-scatter (its flat values: one tensor)."""
-        buffer, index, last, step = bucket.buffer(), bucket.index(), bucket.is_last(), self.step
-        named = [(_NAME, torch.empty(x.shape, dtype=wire, device="meta"))]
+        collective = resolve_collective(self.collective, x.size, world)
         key = (layout.params, layout.sizes, world)
         second = self._residuals2.get(index)
-        holder = DeltaRank(None, second[1] if feedback and second and second[0] == key else None)
-        kept: list[np.ndarray] = []
-
-        def keep(own: dict[str, np.ndarray]) -> None:
-            kept.append(np.subtract(x, own[_NAME].reshape(-1)))
-
+        round_ = step * _ROUND_STRIDE + index
+        send = Outgoing(
+            {_NAME: x},
+            self.policy,
+            seed=round_seed(self.policy, rank=rank, round=round_),
+            recode_seed=round_seed(self.policy, rank=world + rank, round=round_),
+            # the step's unit is the fresh gradient's RMS, not that of g + e
+            scale={_NAME: rms(g) if g.size else 0.0} if uses_scale(self.policy) else None,
+            tag=_layout_tag(layout, g.dtype, step),
+            keep_own=feedback,
+            residual2=second[1] if feedback and second and second[0] == key else None,
+            recode_feedback=feedback,
+        )
+        named = [(_NAME, torch.empty(x.shape, dtype=wire, device="meta"))]
+        sync = all_gather if collective == "all-gather" else reduce_scatter
         t_prep = time.perf_counter() - t0
         try:
-            stats, acc, _ = reduce_scatter_sync(
-                named, {_NAME: x}, self.policy, None, scale,
-                _layout_tag(layout, x.dtype, step), step * _ROUND_STRIDE + index,
-                keep if feedback else None, feedback,
-                group=group, state=holder, pool=BufferPool(), shard_pool=BufferPool(),
-                threads=None, ratio=None,
-            )  # fmt: skip
+            result = sync(transport, send, named, round=round_)
         except NonFiniteWeightsError as exc:
             raise NonFiniteGradientsError(
                 exc.statuses, index, local=bool(exc.local_tensors)
@@ -643,37 +535,113 @@ class CompressionState:
         except ReferenceMismatchError as exc:
             raise BucketMismatchError(
                 f"DDP bucket {index} at step {step}: the ranks disagree on its layout or on "
-                f"the step counter (rank(s) {', '.join(map(str, exc.ranks))} differ): every "
+                "the step counter (rank(s) "
+                f"{', '.join(map(str, exc.ranks))} differ): every "
                 "rank must resume from the same checkpoint and bucket the model the same way"
             ) from None
-        layout.copy_into(acc[_NAME].reshape(-1), buffer)
-        if kept:
-            self._residuals[index] = _Residual(layout.params, layout.sizes, kept[0])
-        if feedback and holder.residual2 is not None:
-            self._residuals2[index] = (key, holder.residual2)
+        assert result.mean is not None
+        layout.copy_into(result.mean[_NAME].reshape(-1), buffer)
+        # only once the step went through (not on an error above)
+        if result.own is not None:
+            kept = np.subtract(x, result.own[_NAME].reshape(-1))
+            self._residuals[index] = _Residual(layout.params, layout.sizes, kept)
+        if result.recoded is not None:
+            y, decoded = result.recoded
+            self._residuals2[index] = (key, {k: np.subtract(v, decoded[k]) for k, v in y.items()})
+        stats = result.stats
+        own = int(stats.packet_bytes[rank])
+        ring = collective == "all-gather"  # counted as this rank's packet, not the ring's
         self._record(
             StepCost(
                 calls=1,
-                bytes_sent=stats.bytes_sent,
-                bytes_received=stats.bytes_received,
-                num_values=int(x.size),
+                bytes_sent=own if ring else stats.bytes_sent,
+                bytes_received=sum(stats.packet_bytes) - own if ring else stats.bytes_received,
+                num_values=int(g.size),
                 encode_seconds=t_prep + stats.encode_seconds,
                 comm_seconds=stats.comm_seconds,
                 decode_seconds=stats.decode_seconds,
             ),
             last,
         )
-        if last:
-            self.step += 1
         return buffer
 
-    def _fail_nonfinite(self, index: int, group: dist.ProcessGroup | None) -> Any:
-        """Send a status instead of a packet size; every rank then raises."""
-        try:
-            exchange_sizes_and_tags(0, 0, group=group, status=STATUS_NONFINITE)
-        except PeerStatusError as exc:
-            raise NonFiniteGradientsError(exc.statuses, index, local=True) from None
-        raise AssertionError("unreachable: own status was not reported")  # pragma: no cover
+    def _alone(
+        self, buffer: torch.Tensor, index: int, last: bool, layout: "_Layout", feedback: bool
+    ) -> torch.Tensor:
+        """A group of one rank: the bucket is the mean already. A residual carried over
+        (restored from a run with more ranks) is added in and dropped: the exact sum
+        carries everything the earlier packets failed to."""
+        wire = torch.float64 if buffer.dtype == torch.float64 else torch.float32
+        residual = None
+        if feedback:
+            residual = self._residual_for(index, layout, np.dtype(str(wire).split(".")[-1]))
+        if residual is not None:
+            g = layout.gather(_to_host(buffer, wire))
+            layout.copy_into(np.add(g, residual), buffer)
+            self._residuals.pop(index, None)
+        self._residuals2.pop(index, None)
+        self._record(StepCost(calls=1, num_values=int(buffer.numel())), last)
+        return buffer
+
+
+class _FifoWorker:
+    """One daemon thread running jobs in the order they were submitted; each job's result
+    (or exception) completes its Future."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, fut = item
+            try:
+                result = job()
+            except BaseException as exc:  # handed to the waiting thread (DDP raises it)
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def submit(self, job: Callable[[], Any], fut: "torch.futures.Future[Any]") -> None:
+        """Run ``job`` after every job submitted before it; ``fut`` gets its outcome."""
+        self._queue.put((job, fut))
+
+    def drain(self) -> None:
+        """Block until every job submitted so far has run."""
+        if threading.current_thread() is self._thread:
+            return
+        done = threading.Event()
+        self._queue.put((lambda: done.set(), torch.futures.Future()))
+        done.wait()
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread."""
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
+def _to_host(buffer: torch.Tensor, wire: torch.dtype) -> np.ndarray:
+    """The bucket as a flat CPU array in the wire dtype: a view for a CPU float32 buffer.
+
+    A CUDA buffer is copied on a side stream that first waits for the work queued so far
+    on the current stream (the gradients), so the copy never blocks other streams; the
+    host then waits for that copy only.
+    """
+    if buffer.is_cuda:
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(buffer.device))
+        side = torch.cuda.Stream(buffer.device)
+        with torch.cuda.stream(side):
+            side.wait_event(ready)
+            host = buffer.detach().to("cpu", wire, non_blocking=True)
+        side.synchronize()
+        return host.contiguous().numpy().reshape(-1)
+    return buffer.detach().to("cpu", wire).contiguous().numpy().reshape(-1)
 
 
 def _flat_array(value: Any) -> np.ndarray:
@@ -687,18 +655,34 @@ def compressed_allreduce_hook(
 ) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: the rank-order mean of every rank's coded bucket gradient.
 
-    Register with ``ddp_model.register_comm_hook(state, compressed_allreduce_hook)``. Runs
-    synchronously (see the module docstring for the protocol) and returns a completed
-    Future holding ``bucket.buffer()``, which now holds the mean gradient (same shape and
-    dtype as the bucket, bit-identical on every rank).
+    Register with ``ddp_model.register_comm_hook(state, compressed_allreduce_hook)``.
+    Returns a Future of ``bucket.buffer()``, which then holds the mean gradient (same
+    shape and dtype as the bucket, bit-identical on every rank). With
+    ``CompressionState(asynchronous=True)`` (the default) the state's worker thread
+    completes it while backward goes on; otherwise it is complete on return.
 
-    Raises (from ``loss.backward()``):
+    Raises (from ``loss.backward()``: DDP waits on the Future there):
+        ProcessGroupError: the first call, without a process group (see
+            ``allow_single_process``).
         NonFiniteGradientsError: on every rank, if any rank's bucket holds NaN/Inf.
         BucketMismatchError: on every rank, if the ranks disagree on the bucket's layout
             or the step counter.
         tenfold.distributed.CommunicationError: a peer died or the group's timeout expired.
     """
-    result = state._run(bucket)
+    job = state._prepare(bucket)
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    fut.set_result(result)
-    return fut
+    if not state.asynchronous:
+        fut.set_result(job())
+        return fut
+    state._submit(job, fut)  # the worker sets the result, or the exception
+    # DDP reads a failed Python Future's exception as a value ("Unable to cast ... to
+    # Tensor"); through a callback it raises "...: NonFiniteGradientsError: <message>"
+    return fut.then(_bucket_value)
+
+
+def _bucket_value(fut: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+    return fut.value()  # re-raises the worker's exception, with its type and message
+
+
+#: read by benchmark harnesses: the hook runs behind backward by default
+compressed_allreduce_hook.asynchronous = True  # type: ignore[attr-defined]

@@ -8,28 +8,22 @@ copies in the *wire dtype* (:func:`wire_dtype`: float32, float64 for float64 ten
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from tenfold.distributed.collectives import TensorLayout
-from tenfold.distributed.errors import NonFiniteWeightsError
-from tenfold.distributed.exchange import STATUS_NONFINITE, PeerStatusError, exchange_sizes
+from tenfold.errors import ConfigError, InputTypeError
 
 __all__ = [
     "ParamsLike",
-    "Policy",
     "array_dict",
     "copy_back",
-    "fail_nonfinite",
+    "copy_parts",
     "host_arrays",
-    "layout_of",
     "named_tensors",
     "nonfinite_names",
     "require_parameters",
-    "round_policy",
     "tensor_dict",
     "uses_scale",
     "wire_dtype",
@@ -41,14 +35,10 @@ __all__ = [
 ParamsLike = Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
-#: Any tenfold policy (``tenfold.EntropyAdaptive()``, ``tenfold.Fixed(8)``, ...).
-Policy = Any
-
-
 def require_parameters(named: list[tuple[str, torch.Tensor]]) -> None:
     """An empty model is a caller's mistake (often a spent ``parameters()`` generator)."""
     if not named:
-        raise ValueError(
+        raise ConfigError(
             "no parameters to average (an empty model, or a parameters() iterator already consumed)"
         )
 
@@ -57,40 +47,25 @@ def named_tensors(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
     """Normalise ``params`` to ``[(name, tensor), ...]``; unnamed tensors get ``"0"``, ``"1"``...
 
     Raises:
-        TypeError: for a mix of named and unnamed items, or a non-tensor.
-        ValueError: for duplicate names.
+        tenfold.InputTypeError: for a mix of named and unnamed items, or a non-tensor.
+        tenfold.ConfigError: for duplicate names.
     """
     items: list[Any] = list(params)
     named = [isinstance(item, tuple) for item in items]
     if any(named) and not all(named):
-        raise TypeError("params: mix of tensors and (name, tensor) pairs")
+        raise InputTypeError("params: mix of tensors and (name, tensor) pairs")
     pairs = list(items) if items and named[0] else [(str(i), t) for i, t in enumerate(items)]
     out: list[tuple[str, torch.Tensor]] = []
     for name, tensor in pairs:
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"params: {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+            raise InputTypeError(
+                f"params: {name!r} is a {type(tensor).__name__}, not a torch.Tensor"
+            )
         out.append((str(name), tensor))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"params: duplicate tensor names in {names}")
+        raise ConfigError(f"params: duplicate tensor names in {names}")
     return out
-
-
-def round_policy(policy: Policy, *, rank: int, round: int) -> Policy:
-    """The policy a rank codes with in a given round: same parameters, derived seed.
-
-    A policy with a ``seed`` in its config (EntropyAdaptive samples weights for its entropy
-    estimate) gets ``seed' = SeedSequence([seed, rank, round])`` so that ranks and rounds
-    draw independent samples, reproducibly. The distributed and the simulated averager both
-    call this function, which is what makes them agree bit for bit. Policies without a seed
-    (or with ``seed=None``) are returned unchanged.
-    """
-    config = policy.get_config()
-    seed = config.get("seed")
-    if seed is None:
-        return policy
-    derived = np.random.SeedSequence([int(seed), rank, round]).generate_state(1, np.uint32)[0]
-    return type(policy).from_config({**config, "seed": int(derived)})
 
 
 def wire_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -101,7 +76,7 @@ def wire_dtype(dtype: torch.dtype) -> torch.dtype:
     the mean is rounded back to their dtype when copied in.
     """
     if not dtype.is_floating_point:
-        raise TypeError(f"can only average floating-point tensors, got {dtype}")
+        raise InputTypeError(f"can only average floating-point tensors, got {dtype}")
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -115,15 +90,6 @@ def host_arrays(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarr
 def nonfinite_names(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]:
     """Names of the tensors holding NaN or Inf (numpy: ~15x faster than torch.isfinite)."""
     return [name for name, a in host_arrays(named).items() if not np.isfinite(a).all()]
-
-
-def fail_nonfinite(bad: Sequence[str], group: dist.ProcessGroup | None) -> NoReturn:
-    """Send a status instead of a packet size, then raise with every rank's statuses."""
-    try:
-        exchange_sizes(0, group=group, status=STATUS_NONFINITE)
-    except PeerStatusError as exc:
-        raise NonFiniteWeightsError(exc.statuses, bad) from None
-    raise AssertionError("unreachable: own status was not reported")  # pragma: no cover
 
 
 def tensor_dict(arrays: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
@@ -165,12 +131,26 @@ def copy_back(named: Sequence[tuple[str, torch.Tensor]], acc: Mapping[str, np.nd
             t.copy_(torch.from_numpy(acc[name]))
 
 
-def layout_of(named: Sequence[tuple[str, torch.Tensor]]) -> list[TensorLayout]:
-    """Names, shapes and wire dtypes, for the reduce-scatter's layout check."""
-    wire = zeros_like_wire(named, shape_only=True)
-    return [(n, tuple(t.shape), wire[n].dtype.str) for n, t in named]
+def copy_parts(
+    tensors: Mapping[str, torch.Tensor], parts: Sequence[Any], values: Mapping[str, np.ndarray]
+) -> None:
+    """Write one chunk's values into the parameters in place (cast to each tensor's dtype
+    and device). ``parts``: :class:`~tenfold.distributed.protocol.chunks.Part` s;
+    ``values``: part key -> array (a whole tensor's shape, or a flat piece)."""
+    with torch.no_grad():
+        for p in parts:
+            t = tensors[p.tensor]
+            src = torch.from_numpy(values[p.key])
+            if p.whole:
+                t.copy_(src)
+            elif t.is_contiguous():
+                t.view(-1)[p.lo : p.hi].copy_(src)
+            else:  # no flat view of it: through a flat copy (rare: parameters are contiguous)
+                flat = t.detach().reshape(-1).clone()
+                flat[p.lo : p.hi].copy_(src)
+                t.copy_(flat.view(t.shape))
 
 
-def uses_scale(policy: Policy) -> bool:
+def uses_scale(policy: Any) -> bool:
     """Whether the policy takes its step from an RMS hint (RelativeStep)."""
     return bool(getattr(policy, "uses_scale", False))

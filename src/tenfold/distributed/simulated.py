@@ -10,58 +10,71 @@ from typing import Any
 import numpy as np
 import torch
 
-from tenfold.codec import Lossless, PacketInfo, decompress, inspect
+from tenfold.codec import Lossless, PacketInfo, Policy
 from tenfold.codec.errors import PacketMismatchError
-from tenfold.distributed.collectives import (
-    DEFAULT_COLLECTIVE,
-    check_contributions,
-    layout_difference,
-    shard_named,
-    shard_plan,
-    shard_views,
-    sum_of_squares,
-)
-from tenfold.distributed.errors import NonFiniteWeightsError
-from tenfold.distributed.exchange import STATUS_NONFINITE
-from tenfold.distributed.packets import accumulate_from, decode_own, encode_timed
+from tenfold.distributed.averager_base import AveragerBase
+from tenfold.distributed.collective import DEFAULT_COLLECTIVE
+from tenfold.distributed.errors import STATUS_NONFINITE, NonFiniteWeightsError
 from tenfold.distributed.params import (
     ParamsLike,
-    Policy,
     array_dict,
     copy_back,
     host_arrays,
-    layout_of,
     named_tensors,
     nonfinite_names,
     require_parameters,
-    round_policy,
     tensor_dict,
     uses_scale,
     zeros_like_wire,
 )
-from tenfold.distributed.rank_order import decode_mean, divide_in_place
-from tenfold.distributed.reduce_scatter import (
+from tenfold.distributed.protocol import LocalArrivals, Outgoing
+from tenfold.distributed.protocol.all_gather import encode_chunk
+from tenfold.distributed.protocol.chunks import (
+    DEFAULT_CHUNK_VALUES,
+    chunk_named,
+    chunk_plan,
+    chunk_views,
+    split_parts,
+)
+from tenfold.distributed.protocol.guard import check_contributions, totals_over_shards
+from tenfold.distributed.protocol.packets import packet_info
+from tenfold.distributed.protocol.rank_order import divide_in_place
+from tenfold.distributed.protocol.reduce_scatter import (
+    apply_reduced,
+    check_residual2,
     decode_own_shards,
     encode_shards,
-    pieces_of,
     recode_shard,
+    reduce_scatter_stats,
 )
-from tenfold.distributed.reference import DeltaRank, aligned_reference, chain_tag, reference_tag
-from tenfold.distributed.shared_model import SharedModel
-from tenfold.distributed.stats import SyncStats, noop_stats, packet_stats, ring_sent
+from tenfold.distributed.protocol.shards import (
+    layout_difference,
+    layout_of,
+    shard_named,
+    shard_plan,
+    shard_views,
+)
+from tenfold.distributed.protocol.steps import sum_in_rank_order
+from tenfold.distributed.sender import SenderState, reference_tag
+from tenfold.distributed.stats import SyncStats, noop_stats, packet_stats
+from tenfold.distributed.transport import ring_sent
+from tenfold.errors import ConfigError
 
 __all__ = [
     "SimulatedAverager",
 ]
 
+_Named = Sequence[tuple[str, torch.Tensor]]
 
-class SimulatedAverager(SharedModel):
+
+class SimulatedAverager(AveragerBase):
     """K workers in one process, averaged exactly as K ranks of :class:`CompressedAverager`.
 
-    Same per-rank policy seeds (:func:`round_policy`), same packets, same decode-and-sum in
-    worker order, same division, same reference and residuals in delta mode: the weights
-    are bit for bit those of a real run with K ranks. Packets are decoded once (every rank
-    would decode the same K packets), and the result copied into every worker's tensors.
+    A thin driver of the same protocol functions (:mod:`tenfold.distributed.protocol`):
+    same per-rank seeds, same packets, same decode-and-sum in worker order, same
+    division, same reference and residuals in delta mode, so the weights are bit for bit
+    those of a real run with K ranks. The receiving side runs once (every rank would
+    decode the same K packets), and the result is copied into every worker's tensors.
     The accumulator stays allocated between rounds (:class:`BufferPool`), as in
     :class:`CompressedAverager`.
 
@@ -74,6 +87,7 @@ class SimulatedAverager(SharedModel):
             reduce-scatter re-codes the reduced shards).
         max_contribution_ratio: as for :class:`CompressedAverager`.
         threads: as for :class:`CompressedAverager`.
+        chunk_values: as for :class:`CompressedAverager` (the same chunks, the same bits).
 
     Attributes:
         round: index of the next synchronisation (see :class:`CompressedAverager`).
@@ -94,17 +108,20 @@ class SimulatedAverager(SharedModel):
         collective: str = DEFAULT_COLLECTIVE,
         max_contribution_ratio: float | None = None,
         threads: int | None = None,
+        chunk_values: int = DEFAULT_CHUNK_VALUES,
     ) -> None:
         super().__init__(
-            policy, transmit, error_feedback, collective, max_contribution_ratio, threads
-        )
-        self._ranks: list[DeltaRank] = []
+            policy, transmit, error_feedback, collective, max_contribution_ratio, threads,
+            chunk_values,
+        )  # fmt: skip
+        #: one sender state (residuals) per worker
+        self.senders: list[SenderState] = []
 
     def state_dict(self) -> dict[str, Any]:
         """As :meth:`CompressedAverager.state_dict`, with one residual (and one
         second-stage residual) per worker."""
-        residuals = {str(r): tensor_dict(s.residual) for r, s in enumerate(self._ranks)}
-        second = {str(r): tensor_dict(s.residual2) for r, s in enumerate(self._ranks)}
+        residuals = {str(r): tensor_dict(s.residual) for r, s in enumerate(self.senders)}
+        second = {str(r): tensor_dict(s.residual2) for r, s in enumerate(self.senders)}
         return {**self._shared_state(), "residual": residuals, "residual2": second}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -112,8 +129,8 @@ class SimulatedAverager(SharedModel):
         self._load_shared(state)
         residuals = state.get("residual") or {}
         second = state.get("residual2") or {}
-        self._ranks = [
-            DeltaRank(array_dict(residuals[str(r)]), array_dict(second.get(str(r))))
+        self.senders = [
+            SenderState(array_dict(residuals[str(r)]), array_dict(second.get(str(r))))
             for r in range(len(residuals))
         ]
 
@@ -131,9 +148,8 @@ class SimulatedAverager(SharedModel):
                     for (_, dst), (_, src) in zip(other, named[0], strict=True):
                         dst.copy_(src)
             received = sum(t.numel() * t.element_size() for _, t in named[0])
-        self._reference = {n: a.copy() for n, a in host_arrays(named[0]).items()}
-        self._tag = reference_tag(self._reference)
-        self._ranks = [DeltaRank() for _ in named]
+        self.reference.set(host_arrays(named[0]))
+        self.senders = [SenderState() for _ in named]
         return received
 
     def average(
@@ -163,7 +179,7 @@ class SimulatedAverager(SharedModel):
             require_parameters(tensors)
         k = len(named)
         if grad_rms is not None and len(grad_rms) != k:
-            raise ValueError(f"grad_rms: {len(grad_rms)} mappings for {k} workers")
+            raise ConfigError(f"grad_rms: {len(grad_rms)} mappings for {k} workers")
         rms_ = list(grad_rms) if grad_rms is not None else [None] * k
         round_ = self.round
         self.round += 1
@@ -186,97 +202,120 @@ class SimulatedAverager(SharedModel):
                 if problem is not None:
                     raise PacketMismatchError(f"workers hold different tensors: {problem}")
         hosts = [host_arrays(n) for n in named]
-        delta = self.transmit == "delta" and self._reference is not None
+        delta = self.transmit == "delta" and self.reference.arrays is not None
         if delta:
-            assert self._reference is not None
             for worker in named:  # every worker: one with other tensors is named clearly
-                self._reference = aligned_reference(worker, self._reference)
-            if len(self._ranks) != k:
-                raise ValueError(f"the averager holds {len(self._ranks)} workers' state, got {k}")
+                self.reference.align(worker)
+            if len(self.senders) != k:
+                raise ConfigError(f"the averager holds {len(self.senders)} workers' state, got {k}")
+        sends = [self._outgoing(r, k, hosts[r], delta, rms_[r], round_) for r in range(k)]
         if protocol == "reduce-scatter":
-            acc, packets, stats = self._reduce_scatter(named, hosts, delta, rms_, round_)
+            acc, packets, stats = self._reduce_scatter(named[0], sends, round_)
         else:
-            acc, packets, stats = self._all_gather(named, hosts, delta, rms_, round_)
+            acc, packets, stats = self._all_gather(named[0], sends, round_)
         t0 = time.perf_counter()
-        if delta:
-            assert self._reference is not None
-            for name, ref in self._reference.items():
-                np.add(ref, acc[name], out=ref)
-            result = self._reference
-        else:
-            result = acc
+        result = self.reference.advance(acc, round_, packets) if delta else acc
         copy_back(named[0], result)
         # What one rank does ends here; the rest only exists in the simulation.
         t_apply = time.perf_counter() - t0
         for n in named[1:]:
             copy_back(n, result)
-        if delta:
-            self._tag = chain_tag(self._tag, round_, packets)
-        elif self.transmit == "delta":
-            self._reference = {n: a.copy() for n, a in acc.items()}
-            self._tag = reference_tag(self._reference)
-            self._ranks = [DeltaRank() for _ in range(k)]
+        if not delta and self.transmit == "delta":
+            self.reference.set(acc)
+            self.senders = [SenderState() for _ in range(k)]
         self._pool.give(acc)
         return [dataclasses.replace(st, decode_seconds=st.decode_seconds + t_apply) for st in stats]
 
-    def _all_gather(
+    def _outgoing(
         self,
-        named: Sequence[Sequence[tuple[str, torch.Tensor]]],
-        hosts: Sequence[Mapping[str, np.ndarray]],
+        rank: int,
+        k: int,
+        host: Mapping[str, np.ndarray],
         delta: bool,
-        rms_: Sequence[Mapping[str, float] | None],
+        grad_rms: Mapping[str, float] | None,
         round_: int,
+    ) -> Outgoing:
+        """What worker ``rank`` sends, as its sender on a real rank computes it."""
+        if not delta:
+            # weights mode, or the first delta-mode sync (no shared model yet): the
+            # weights, exactly in delta mode
+            policy = Lossless() if self.transmit == "delta" else self.policy
+            return Outgoing(
+                host, policy, seed=self._seed(policy, rank, round_),
+                recode_seed=self._seed(policy, k + rank, round_), grad_rms=grad_rms,
+            )  # fmt: skip
+        assert self.reference.arrays is not None
+        sender = self.senders[rank]
+        x, scale = sender.inputs(
+            host, self.reference.arrays, error_feedback=self.error_feedback,
+            want_scale=uses_scale(self.policy),
+        )  # fmt: skip
+        feedback = self.error_feedback
+        return Outgoing(
+            x, self.policy, seed=self._seed(self.policy, rank, round_),
+            recode_seed=self._seed(self.policy, k + rank, round_), grad_rms=grad_rms,
+            scale=scale, keep_own=feedback,
+            residual2=sender.residual2 if feedback else None, recode_feedback=feedback,
+        )  # fmt: skip
+
+    def _all_gather(
+        self, model: _Named, sends: Sequence[Outgoing], round_: int
     ) -> tuple[dict[str, np.ndarray], list[Any], list[SyncStats]]:
-        """The all-gather collective for K workers: the mean, the packets, the stats."""
-        k = len(named)
-        packets: list[bytes] = []
-        t_encode: list[float] = []
-        inputs: list[dict[str, np.ndarray]] = []
-        for r in range(k):
-            policy = round_policy(self.policy, rank=r, round=round_)
-            scale = None
-            arrays: Mapping[str, np.ndarray] = hosts[r]
-            if delta:
-                assert self._reference is not None
-                arrays, scale = self._ranks[r].inputs(
-                    hosts[r], self._reference, error_feedback=self.error_feedback,
-                    want_scale=uses_scale(policy),
-                )  # fmt: skip
-                inputs.append(arrays)
-            elif self.transmit == "delta":  # no shared model yet: the weights, exactly
-                policy = Lossless()
-            blob, seconds = encode_timed(arrays, policy, rms_[r], scale, self.threads)
-            packets.append(blob)
-            t_encode.append(seconds)
-        t0 = time.perf_counter()
-        decoded = None
-        if delta and self.error_feedback:  # each packet decoded once: residual and sum
-            decoded = [decode_own(p, self.threads) for p in packets]
-        n_all = sum(t.numel() for _, t in named[0])
-        if self.max_contribution_ratio is not None:
-            # decompress and accumulate-into-zeros differ at most in the sign of a zero:
-            # the same sums of squares as the ranks'
-            values = (
-                [d[0] for d in decoded]
-                if decoded
-                else [decompress(p, threads=self.threads) for p in packets]
-            )
-            sumsq = [sum_of_squares(v) for v in values]
-            check_contributions(sumsq, n_all, self.max_contribution_ratio, round_)
-        if decoded is not None:
-            for r, (arrays, _) in enumerate(decoded):
-                self._ranks[r].keep_residual(inputs[r], arrays)
-        acc, infos = decode_mean(packets, named[0], self._pool, decoded, self.threads)
-        t_decode = time.perf_counter() - t0
-        sizes = [len(p) for p in packets]
+        """The all-gather for K workers, chunk by chunk as the ranks code it: the mean, the
+        packets (chunk by chunk, in rank order), the stats."""
+        k = len(sends)
+        plan = chunk_plan([(n, t.numel()) for n, t in model], self.chunk_values)
+        acc = self._pool.take(model)
+        own_full = [zeros_like_wire(model) if send.keep_own else None for send in sends]
+        packets: list[Any] = []
+        infos: list[list[PacketInfo]] = [[] for _ in range(k)]
+        sumsq = [0.0] * k
+        t_encode = [0.0] * k
+        t_decode = 0.0
+        sizes = [0] * k
+        for i, chunk in enumerate(plan):
+            coded = [encode_chunk(send, chunk, i, self.threads) for send in sends]
+            t0 = time.perf_counter()
+            decoded = {r: c.own for r, c in enumerate(coded) if c.own is not None}
+            summed = sum_in_rank_order(
+                chunk_named(model, chunk), k, LocalArrivals(),
+                local={r: c.blob for r, c in enumerate(coded)}, decoded=decoded,
+                guard=self.max_contribution_ratio is not None, threads=self.threads,
+            )  # fmt: skip
+            divide_in_place(summed.acc, k)
+            for key, view in chunk_views(acc, chunk).items():
+                view[...] = summed.acc[key]
+            for r, own in enumerate(own_full):
+                own_chunk = coded[r].own
+                if own is not None and own_chunk is not None:
+                    for key, view in chunk_views(own, chunk).items():
+                        view[...] = own_chunk[0][key]
+            for r in range(k):
+                sumsq[r] += summed.sumsq[r]
+                infos[r].append(summed.infos[r])
+                t_encode[r] += coded[r].seconds
+                sizes[r] += len(coded[r].blob)
+            packets.extend(summed.packets)
+            t_decode += time.perf_counter() - t0
+        n_all = sum(t.numel() for _, t in model)
+        check_contributions(sumsq, n_all, self.max_contribution_ratio, round_)
+        for r, own in enumerate(own_full):
+            if own is not None:
+                self.senders[r].keep_residual(sends[r].arrays, own)
+        pieces = (
+            {p.key: (p.tensor, tuple(dict(model)[p.tensor].shape)) for c in plan for p in c}
+            if split_parts(plan)
+            else None
+        )
         stats = [
             packet_stats(
-                infos=[infos[r]],
+                infos=infos[r],
                 world_size=k,
                 rank=r,
                 round=round_,
                 packet_bytes=sizes,
-                grad_rms=rms_[r],
+                grad_rms=sends[r].grad_rms,
+                pieces=pieces,
                 encode_seconds=t_encode[r],
                 comm_seconds=0.0,
                 decode_seconds=t_decode,
@@ -285,130 +324,93 @@ class SimulatedAverager(SharedModel):
                 collective="all-gather",
                 values_encoded=n_all,
                 values_decoded=k * n_all,
+                chunks=len(plan),
             )
             for r in range(k)
         ]
-        return acc, list(packets), stats
+        return acc, packets, stats
 
     def _reduce_scatter(
-        self,
-        named: Sequence[Sequence[tuple[str, torch.Tensor]]],
-        hosts: Sequence[Mapping[str, np.ndarray]],
-        delta: bool,
-        rms_: Sequence[Mapping[str, float] | None],
-        round_: int,
+        self, model: _Named, sends: Sequence[Outgoing], round_: int
     ) -> tuple[dict[str, np.ndarray], list[Any], list[SyncStats]]:
-        """The reduce-scatter collective for K workers, with K ranks' arithmetic exactly:
-        the mean, the reduced packets (rank order), the stats."""
-        k = len(named)
-        model = named[0]
+        """The reduce-scatter for K workers, every reducer's phases in turn: the mean, the
+        reduced packets (rank order), the stats."""
+        k = len(sends)
         plan = shard_plan([(n, t.numel()) for n, t in model], k)
         layouts = [shard_named(model, pieces) for pieces in plan]
-        # the first delta-mode sync (no shared model yet) averages the weights exactly
-        base = Lossless() if self.transmit == "delta" and not delta else self.policy
-        feedback = delta and self.error_feedback
-        guard = self.max_contribution_ratio is not None
-        n_all = sum(t.numel() for _, t in model)
+        for j, send in enumerate(sends):  # before anything changes
+            check_residual2(send.residual2 if send.recode_feedback else None, plan[j])
         blobs: list[list[bytes]] = []
         t_encode: list[float] = []
-        inputs: list[Mapping[str, np.ndarray]] = []
         own_full: list[dict[str, np.ndarray] | None] = []
         own_infos: list[list[PacketInfo] | None] = []
-        for r in range(k):
-            policy = round_policy(base, rank=r, round=round_)
-            scale = None
-            arrays: Mapping[str, np.ndarray] = hosts[r]
-            if delta:
-                assert self._reference is not None
-                arrays, scale = self._ranks[r].inputs(
-                    hosts[r], self._reference, error_feedback=self.error_feedback,
-                    want_scale=uses_scale(policy),
-                )  # fmt: skip
-            shard_blobs, seconds = encode_shards(arrays, plan, policy, rms_[r], scale, self.threads)
+        for r, send in enumerate(sends):
+            shard_blobs, seconds = encode_shards(send, plan, self.threads)
             blobs.append(shard_blobs)
             t_encode.append(seconds)
-            inputs.append(arrays)
             full, infos = (
                 decode_own_shards(r, shard_blobs, plan, model, self.threads)
-                if feedback
+                if send.keep_own
                 else (None, None)
             )
             own_full.append(full)
             own_infos.append(infos)
         t0 = time.perf_counter()
-        accs: list[dict[str, np.ndarray]] = []
-        parts: list[list[float]] = []  # [reducer j][rank i]: sums of squares
+        accs, parts = [], []  # per reducer j: the shard sum, each rank's sum of squares
         for j in range(k):
-            acc = zeros_like_wire(layouts[j])
-            sumsq = [0.0] * k
-            for i in range(k):
-                if guard:
-                    spare = zeros_like_wire(layouts[j])
-                    accumulate_from(i, blobs[i][j], spare, self.threads)
-                    sumsq[i] = sum_of_squares(spare)
-                    for key, a in acc.items():
-                        np.add(a, spare[key], out=a)
-                else:
-                    accumulate_from(i, blobs[i][j], acc, self.threads)
-            accs.append(acc)
-            parts.append(sumsq)
-        if guard:
-            totals = [sum(v[i] for v in parts) for i in range(k)]
+            full, infos = own_full[j], own_infos[j]
+            decoded = (
+                {j: (shard_views(full, plan[j]), infos[j])}
+                if full is not None and infos is not None
+                else {}
+            )
+            summed = sum_in_rank_order(
+                layouts[j], k, LocalArrivals(), local={i: blobs[i][j] for i in range(k)},
+                decoded=decoded, guard=self.max_contribution_ratio is not None,
+                threads=self.threads,
+            )  # fmt: skip
+            accs.append(summed.acc)
+            parts.append(summed.sumsq)
+        n_all = sum(t.numel() for _, t in model)
+        if self.max_contribution_ratio is not None:
+            totals = totals_over_shards(parts)
             check_contributions(totals, n_all, self.max_contribution_ratio, round_)
         result = self._pool.take(model)
         reduced: list[bytes] = []
         t_recode = [0.0] * k
-        for j in range(k):
+        for j, send in enumerate(sends):
             divide_in_place(accs[j], k)
-            recode = round_policy(base, rank=k + j, round=round_)
-            residual2 = self._ranks[j].residual2 if feedback else None
-            if residual2 is not None and list(residual2) != [p.key for p in plan[j]]:
-                raise ValueError(
-                    "the second-stage residual in this averager's state is for another "
-                    "shard plan (another model or world size)"
-                )
             t1 = time.perf_counter()
-            blob2, y = recode_shard(
-                accs[j], plan[j], recode, rms_[j], residual2, feedback, self.threads
-            )
+            residual2 = send.residual2 if send.recode_feedback else None
+            blob2, y = recode_shard(accs[j], plan[j], send, residual2, self.threads)
             t_recode[j] = time.perf_counter() - t1
-            views = shard_views(result, plan[j])
-            accumulate_from(j, blob2, views, self.threads)
-            if feedback:
-                self._ranks[j].residual2 = {key: np.subtract(v, views[key]) for key, v in y.items()}
+            own2 = apply_reduced(result, plan, j, blob2, self.threads)
+            if send.recode_feedback:
+                self.senders[j].keep_residual2(y, own2)
             reduced.append(blob2)
-        if feedback:
-            for r in range(k):
-                full = own_full[r]
-                assert full is not None
-                self._ranks[r].keep_residual(inputs[r], full)
+        for r, full in enumerate(own_full):
+            if full is not None:
+                self.senders[r].keep_residual(sends[r].arrays, full)
         t_decode = time.perf_counter() - t0 - sum(t_recode)
         sizes2 = [len(b) for b in reduced]
-        piece_tensors = pieces_of(model, plan)
-        stats = []
-        for r in range(k):
-            infos = own_infos[r] or [inspect(b) for b in blobs[r]]
-            n_mine = sum(p.size for p in plan[r])
-            stats.append(
-                packet_stats(
-                    infos=infos,
-                    world_size=k,
-                    rank=r,
-                    round=round_,
-                    packet_bytes=[sum(len(b) for b in row) for row in blobs],
-                    grad_rms=rms_[r],
-                    pieces=piece_tensors,
-                    encode_seconds=t_encode[r] + t_recode[r],
-                    comm_seconds=0.0,
-                    decode_seconds=max(0.0, t_decode),
-                    bytes_sent=sum(len(b) for j, b in enumerate(blobs[r]) if j != r)
-                    + ring_sent(sizes2, r),
-                    bytes_received=sum(len(blobs[i][r]) for i in range(k) if i != r)
-                    + sum(sizes2)
-                    - sizes2[r],
-                    collective="reduce-scatter",
-                    values_encoded=n_all + n_mine,
-                    values_decoded=k * n_mine + (n_all - n_mine if feedback else 0) + n_all,
-                )
-            )
-        return result, list(reduced), stats
+        contributed = [sum(len(b) for b in row) for row in blobs]
+        stats = [
+            reduce_scatter_stats(
+                model,
+                plan,
+                r,
+                round_,
+                sends[r],
+                own_infos[r] or [packet_info(b) for b in blobs[r]],
+                contributed,
+                encode_seconds=t_encode[r] + t_recode[r],
+                comm_seconds=0.0,
+                decode_seconds=max(0.0, t_decode),
+                sent=sum(len(b) for j, b in enumerate(blobs[r]) if j != r) + ring_sent(sizes2, r),
+                received=sum(len(blobs[i][r]) for i in range(k) if i != r)
+                + sum(sizes2)
+                - sizes2[r],
+            )  # fmt: skip
+            for r in range(k)
+        ]
+        return result, reduced, stats

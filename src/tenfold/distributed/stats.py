@@ -8,18 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from tenfold.codec import PacketInfo
 
 __all__ = [
     "SyncStats",
     "TensorStats",
-    "all_gather_sent",
     "merge_pieces",
     "noop_stats",
     "packet_stats",
-    "ring_sent",
 ]
 
 
@@ -96,19 +93,29 @@ class SyncStats:
         quantized_bits_per_param: N averaged over values (before Huffman coding).
         tensors: per-tensor coding of this rank's packet (reduce-scatter: per piece of its
             shard packets, named ``"fc1.weight[lo:hi]"``, in shard order).
-        encode_seconds: time to compress this rank's packet (s).
-        comm_seconds: time blocked on the network (s): the size exchange, waiting for
-            packets still on the wire and for the peers to take this rank's packet, i.e.
-            the part of the transfers that decoding did not hide; 0 when simulated.
-        decode_seconds: the rest of the sync after encoding (s): decoding and summing all
-            K packets (overlapped with the transfers), dividing, copying back. So
-            ``encode + comm + decode`` is this rank's wall time of the sync.
+        encode_seconds: wall time coding this rank's packets (s): on the all-gather's
+            coding thread (with decoding its own packet for the residual), overlapped
+            with the transfers and the decoding.
+        comm_seconds: wall time the protocol's thread was blocked on the network (s): the
+            size exchanges, waiting for packets still on the wire and for the peers to
+            take this rank's, i.e. the transfers that coding and decoding did not hide;
+            0 when simulated.
+        decode_seconds: wall time decoding and summing the K packets, dividing and
+            applying the mean (s).
+        encode_cpu_seconds, decode_cpu_seconds: the CPU time of the same work, in the
+            threads that ran it (``time.thread_time``; with ``threads > 1`` the codec's
+            helper threads are not counted).
+        wall_seconds: the whole sync, start to end (s). With the pipeline,
+            ``encode + comm + decode - wall`` is the time the phases overlapped (0 when
+            simulated: the simulation does not overlap, and reports no wall time).
         collective: ``"all-gather"`` or ``"reduce-scatter"``.
         values_encoded: values this rank coded (n; reduce-scatter: n plus its reduced
             shard).
         values_decoded: values this rank decoded (all-gather: P n; reduce-scatter: the P
             packets of its shard, its own other shards when it keeps a residual, and
             every reduced shard).
+        chunks: packets per rank in the all-gather (the model's chunks, coded while the
+            previous one is on the wire); 1 for the reduce-scatter.
     """
 
     world_size: int
@@ -127,6 +134,10 @@ class SyncStats:
     collective: str = "all-gather"
     values_encoded: int = 0
     values_decoded: int = 0
+    encode_cpu_seconds: float = 0.0
+    decode_cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    chunks: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tensors as a list of dicts)."""
@@ -147,25 +158,11 @@ class SyncStats:
             "collective": self.collective,
             "values_encoded": self.values_encoded,
             "values_decoded": self.values_decoded,
+            "encode_cpu_seconds": self.encode_cpu_seconds,
+            "decode_cpu_seconds": self.decode_cpu_seconds,
+            "wall_seconds": self.wall_seconds,
+            "chunks": self.chunks,
         }
-
-
-def ring_sent(sizes: Sequence[int], rank: int) -> int:
-    """Bytes rank ``rank`` puts on the wire in the gloo ring all-gather of ``sizes``.
-
-    Its own packet, and every packet it forwards: all but its downstream neighbour's own
-    (the last one it receives, which that neighbour already holds).
-    """
-    world = len(sizes)
-    return int(sum(sizes)) - int(sizes[(rank - 1) % world]) if world > 1 else 0
-
-
-def all_gather_sent(sizes: Sequence[int], rank: int, group: dist.ProcessGroup | None) -> int:
-    """Bytes this rank sends in :class:`PacketTransfer`: the ring under gloo, else one copy
-    of its packet to every peer (the batched point-to-point path)."""
-    if dist.get_backend(group) != "gloo":
-        return (len(sizes) - 1) * int(sizes[rank])
-    return ring_sent(sizes, rank)
 
 
 def packet_stats(
@@ -185,6 +182,10 @@ def packet_stats(
     values_encoded: int,
     values_decoded: int,
     pieces: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
+    encode_cpu_seconds: float = 0.0,
+    decode_cpu_seconds: float = 0.0,
+    wall_seconds: float = 0.0,
+    chunks: int = 1,
 ) -> SyncStats:
     """One rank's :class:`SyncStats` from its packets' infos.
 
@@ -231,6 +232,10 @@ def packet_stats(
         collective=collective,
         values_encoded=int(values_encoded),
         values_decoded=int(values_decoded),
+        encode_cpu_seconds=encode_cpu_seconds,
+        decode_cpu_seconds=decode_cpu_seconds,
+        wall_seconds=wall_seconds,
+        chunks=chunks,
     )
 
 

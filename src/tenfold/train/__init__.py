@@ -18,13 +18,20 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import Any
 
+# Found, not imported: the check costs nothing, and `tenfold train --help` stays fast.
+if importlib.util.find_spec("torch") is None:
+    raise ImportError(
+        "tenfold.train needs PyTorch and the trainer's packages: pip install 'tenfold[train]'"
+    )
+
 # Names are imported on first use (PEP 562) so that ``tenfold.train.config`` - which the
-# CLI needs to build ``--help`` - can be imported without paying for torch; ``tenfold
-# inspect`` and ``tenfold bench`` never import torch at all.
+# CLI needs to build ``--help`` - can be imported without paying for torch's import time;
+# ``tenfold inspect`` never imports this package at all.
 _EXPORTS: dict[str, str] = {
     "TrainConfig": "config",
     "make_policy": "config",
@@ -32,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "IdxDataset": "data",
     "find_dataset": "data",
     "load_dataset": "data",
+    "NotUnderTorchrunError": "launch",
     "RankFailure": "launch",
     "launch": "launch",
     "spawn_training": "launch",
@@ -44,8 +52,8 @@ _EXPORTS: dict[str, str] = {
     "run_rank": "loop",
     "run_simulated": "loop",
     "train_loop": "loop",
-    "PaperMLP": "model",
-    "init_weights": "model",
+    "PaperMLP": "paper_mlp",
+    "init_weights": "paper_mlp",
     "CharGPT": "models",
     "FashionCNN": "models",
     "ModuleWorker": "module_worker",
@@ -54,9 +62,10 @@ _EXPORTS: dict[str, str] = {
     "load_corpus": "text",
     "RunDir": "rundir",
     "read_metrics": "rundir",
-    "EvalSet": "worker",
-    "Worker": "worker",
-    "evaluate": "worker",
+    "EvalSet": "paper_worker",
+    "PaperWorker": "paper_worker",
+    "evaluate_paper_mlp": "paper_worker",
+    "simulated_state": "loop",
 }
 
 
@@ -95,6 +104,7 @@ __all__ = [
     "ModuleWorker",
     "DatasetError",
     "IdxDataset",
+    "NotUnderTorchrunError",
     "PaperMLP",
     "RankFailure",
     "RunDir",
@@ -102,8 +112,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
-    "Worker",
-    "evaluate",
+    "PaperWorker",
+    "evaluate_paper_mlp",
     "final_weights",
     "find_dataset",
     "get_recipe",
@@ -116,6 +126,7 @@ __all__ = [
     "read_metrics",
     "run_rank",
     "run_simulated",
+    "simulated_state",
     "spawn_training",
     "torchrun_main",
     "train_loop",

@@ -6,7 +6,7 @@ so a crash at any moment leaves either the previous checkpoint or the new one, n
 It is a safetensors file - no pickle - holding::
 
     model/<name>              the averaged weights (identical on every rank after a sync)
-    worker/<rank>/<key>       each worker's tensors from Worker.state_dict() except the model:
+    worker/<rank>/<key>       each worker's tensors from its state_dict() except the model:
                               the data-order generator at its epoch start (plus optimiser
                               state, would a worker have any: plain SGD has none)
     process/<p>/torch_rng     each process's global torch CPU generator (uint8)
@@ -48,12 +48,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tenfold.errors import InputTypeError, TenfoldError
 from tenfold.train.config import TrainConfig, resume_overridable
-from tenfold.train.faults import Fault, crash
 
 if TYPE_CHECKING:
+    from tenfold.train.paper_worker import PaperWorker
     from tenfold.train.state import TrainState
-    from tenfold.train.worker import Worker
 
 __all__ = [
     "CHECKPOINT",
@@ -91,7 +91,7 @@ _MAX_BROADCAST_BYTES = 1 << 31  # a checkpoint of the paper's model is ~1.4 MB
 _MODE_FAMILY = {"spawn": "ranks", "torchrun": "ranks", "simulated": "simulated"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TenfoldError, ValueError):
     """A checkpoint is missing, damaged, or does not fit the run that tries to resume it."""
 
 
@@ -220,7 +220,7 @@ def _flatten(prefix: str, value: Any, tensors: dict[str, torch.Tensor], scalars:
     elif value is None or isinstance(value, (bool, int, float, str)):
         scalars[prefix] = value
     else:
-        raise TypeError(f"cannot checkpoint {prefix}: {type(value).__name__}")
+        raise InputTypeError(f"cannot checkpoint {prefix}: {type(value).__name__}")
 
 
 def _unflatten(prefix: str, tensors: Mapping[str, torch.Tensor], scalars: Mapping) -> dict:
@@ -240,7 +240,7 @@ def _unflatten(prefix: str, tensors: Mapping[str, torch.Tensor], scalars: Mappin
 
 
 def process_snapshot(
-    workers: Sequence[Worker], process: int, averager: Any | None = None
+    workers: Sequence[PaperWorker], process: int, averager: Any | None = None
 ) -> Snapshot:
     """This process's part of a checkpoint: its workers' states (not the model), its RNGs
     and its averager's ``state_dict()`` (reference and residuals in delta mode)."""
@@ -344,7 +344,7 @@ class Checkpoint:
         return ckpt
 
     def worker_state(self, rank: int) -> dict[str, Any]:
-        """What :meth:`Worker.load_state_dict` takes for worker ``rank``."""
+        """What the worker's ``load_state_dict`` takes for worker ``rank``."""
         snap = self.snapshot
         state = _unflatten(f"worker/{rank}", snap.tensors, snap.meta["worker_scalars"])
         if not state:
@@ -431,22 +431,16 @@ def build_checkpoint(
     return Snapshot(tensors=tensors, meta=meta)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, *, crash_halfway: bool = False) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
 
     Writes ``<path>.tmp`` in the same directory (same file system: ``os.replace`` is then
     atomic), fsyncs it, renames it over ``path``, and fsyncs the directory so the rename
-    itself survives a power cut. ``crash_halfway`` (fault injection) exits the process after
-    writing half of the temporary file.
+    itself survives a power cut.
     """
     path = Path(path)
     tmp = path.with_name(path.name + _TMP_SUFFIX)
     with open(tmp, "wb") as f:
-        if crash_halfway:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            crash()
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -480,13 +474,13 @@ def remove_checkpoint(run_dir: str | os.PathLike[str]) -> None:
 def broadcast_bytes(
     blob: bytes | None, *, status: int = 0, group: dist.ProcessGroup | None = None
 ) -> tuple[int, bytes]:
-    """:func:`tenfold.distributed.exchange.broadcast_bytes` of a checkpoint (rank 0's
+    """:func:`tenfold.distributed.transport.broadcast_bytes` of a checkpoint (rank 0's
     ``(status, blob)`` on every rank), an absurd announced size a :class:`CheckpointError`.
 
     Used on resume to hand every rank the checkpoint, and to agree on whether checkpoints
     are written at all.
     """
-    from tenfold.distributed.exchange import broadcast_bytes as broadcast
+    from tenfold.distributed.transport import broadcast_bytes as broadcast
 
     try:
         return broadcast(
@@ -559,6 +553,7 @@ def restore_state(state: TrainState, ckpt: Checkpoint) -> None:
                 f"{ckpt.path}: the averager's state does not fit ({exc})"
             ) from None
     state.averager.round = ckpt.round
+    state.sync.num_steps = ckpt.step  # the step counter of LocalSGD's schedule
     state.elapsed_s = ckpt.elapsed_s
 
 
@@ -586,7 +581,6 @@ class Checkpointer:
         mode: "spawn", "torchrun" or "simulated" (recorded; decides what may resume it).
         distributed: the workers are ranks of the default process group.
         data: the data set's fingerprint (lead only).
-        fault: an injected fault (tests), or None.
     """
 
     def __init__(
@@ -596,13 +590,11 @@ class Checkpointer:
         mode: str,
         distributed: bool,
         data: Mapping[str, Any] | None,
-        fault: Fault | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.mode = mode
         self.distributed = distributed
         self.data = dict(data or {})
-        self.fault = fault
         self.process = dist.get_rank() if distributed else 0
 
     def save(self, state: TrainState, *, elapsed_s: float) -> None:
@@ -632,5 +624,4 @@ class Checkpointer:
             metrics_sha256=digest,
             data=self.data,
         )
-        crash_halfway = self.fault is not None and self.fault.in_checkpoint(state.syncs)
-        write_atomic(self.run_dir.path / CHECKPOINT, snap.to_bytes(), crash_halfway=crash_halfway)
+        write_atomic(self.run_dir.path / CHECKPOINT, snap.to_bytes())

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenfold.errors import ConfigError
+
 __all__ = [
     "DATASETS",
     "MODELS",
@@ -115,7 +117,7 @@ def _opt(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-#: Initialisation schemes (see :func:`tenfold.train.model.init_weights`).
+#: Initialisation schemes (see :func:`tenfold.train.paper_mlp.init_weights`).
 INITS = ("glorot-uniform", "lecun-normal", "torch-default", "normal-0.01")
 
 
@@ -145,7 +147,7 @@ def make_policy(config: Mapping[str, Any]) -> Any:
     try:
         return Policy.from_config(dict(config))
     except TypeError as exc:  # e.g. a missing required parameter
-        raise ValueError(f"bad policy config {dict(config)!r}: {exc}") from exc
+        raise ConfigError(f"bad policy config {dict(config)!r}: {exc}") from exc
 
 
 #: Fields added after configs were first saved, with the behaviour those configs had.
@@ -154,6 +156,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "error_feedback": True,
     "model": "paper-mlp",
     "steps": 0,
+    "overlap": False,
 }
 
 
@@ -225,6 +228,17 @@ class TrainConfig:
     )
     """Synchronise every this many local mini-batch steps; 0 = once per local epoch,
     as in the paper ("after each epoch the workers exchange weights")."""
+
+    overlap: bool = _opt(
+        False,
+        flag="--overlap",
+        group="sync",
+        help="run each sync in the background behind the next round's steps and apply it "
+        "one round late (delta transmit only; docs/OVERLAP.md)",
+        sweep="setting",
+    )
+    """Overlapped local SGD (``LocalSGD(overlap=True)``): the sync of round t runs while
+    round t+1 trains and is applied one round late; False: every sync blocks."""
 
     timeout_s: float = _opt(
         60.0,
@@ -402,54 +416,61 @@ class TrainConfig:
         def positive(name: str) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
         for name in ("workers", "epochs", "batch_size", "threads", "eval_every", "eval_batch_size"):
             positive(name)
         if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0 (0 = no cap), got {self.steps!r}")
+            raise ConfigError(f"steps must be an integer >= 0 (0 = no cap), got {self.steps!r}")
         text = self.dataset == "shakespeare"
         if (self.model == "char-gpt") != text:
-            raise ValueError(
+            raise ConfigError(
                 f"model {self.model} cannot train on dataset {self.dataset}: char-gpt takes "
                 "shakespeare, the image models fashion-mnist or mnist"
             )
         if self.model != "paper-mlp" and self.init != "glorot-uniform":
-            raise ValueError(f"init applies to model paper-mlp; {self.model} has its own")
+            raise ConfigError(f"init applies to model paper-mlp; {self.model} has its own")
         if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int):
-            raise ValueError(f"sync_every must be an integer, got {self.sync_every!r}")
+            raise ConfigError(f"sync_every must be an integer, got {self.sync_every!r}")
         if self.sync_every < 0:
-            raise ValueError(f"sync_every must be >= 0 (0 = every epoch), got {self.sync_every}")
+            raise ConfigError(f"sync_every must be >= 0 (0 = every epoch), got {self.sync_every}")
         for name in ("lr", "timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
         if not isinstance(self.lr_decay, (int, float)) or not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not isinstance(self.l1, (int, float)) or not math.isfinite(self.l1) or self.l1 < 0:
-            raise ValueError(f"l1 must be a finite number >= 0, got {self.l1!r}")
+            raise ConfigError(f"l1 must be a finite number >= 0, got {self.l1!r}")
         if self.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise ValueError(f"data_dir must be a path string or None, got {self.data_dir!r}")
+            raise ConfigError(f"data_dir must be a path string or None, got {self.data_dir!r}")
         if self.transmit not in TRANSMITS:
-            raise ValueError(
+            raise ConfigError(
                 f"transmit must be one of {', '.join(TRANSMITS)}, got {self.transmit!r}"
             )
         if not isinstance(self.error_feedback, bool):
-            raise ValueError(f"error_feedback must be true or false, got {self.error_feedback!r}")
+            raise ConfigError(f"error_feedback must be true or false, got {self.error_feedback!r}")
+        if not isinstance(self.overlap, bool):
+            raise ConfigError(f"overlap must be true or false, got {self.overlap!r}")
+        if self.overlap and self.transmit != "delta":
+            raise ConfigError(
+                "overlap needs transmit='delta' (a resumed run takes the sync in flight's "
+                "result from the averager's shared model)"
+            )
         if not isinstance(self.policy, Mapping):
-            raise ValueError(f"policy must be a policy config mapping, got {self.policy!r}")
+            raise ConfigError(f"policy must be a policy config mapping, got {self.policy!r}")
         try:
             make_policy(self.policy)
         except ValueError as exc:
-            raise ValueError(f"policy: {exc}") from exc
+            raise ConfigError(f"policy: {exc}") from exc
         # Freeze a private copy: a caller mutating its dict must not change the config.
         object.__setattr__(self, "policy", dict(self.policy))
 
@@ -470,7 +491,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**with_legacy_defaults(data))
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -495,7 +516,7 @@ class TrainConfig:
             0.001
         """
         if model not in MODEL_DEFAULTS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
         return cls(**{**MODEL_DEFAULTS[model], **fields_, "model": model})
 
     def averager_options(self) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tenfold.errors import ConfigError, TenfoldError
+
 __all__ = [
     "DATASET_SPECS",
     "FILES",
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(TenfoldError, ValueError):
     """A dataset is missing, malformed or failed its checksum. The message says which file."""
 
 
@@ -207,7 +209,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
     code = codes.get(array.dtype.newbyteorder("="))
     if code is None or array.ndim == 0 or array.ndim > 255:
-        raise ValueError(f"cannot write {array.dtype} array of shape {array.shape} as IDX")
+        raise ConfigError(f"cannot write {array.dtype} array of shape {array.shape} as IDX")
     big = array.astype(np.dtype(_IDX_DTYPES[code]), copy=False)
     payload = (
         bytes([0, 0, code, array.ndim])

@@ -34,9 +34,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tenfold.errors import TenfoldError
 from tenfold.train.config import TrainConfig
 
 __all__ = [
+    "NotUnderTorchrunError",
     "RankFailure",
     "RankReport",
     "launch",
@@ -83,7 +85,7 @@ class RankReport:
         return f"rank {self.rank} died (exit code {self.exitcode}, no error reported)"
 
 
-class RankFailure(RuntimeError):
+class RankFailure(TenfoldError, RuntimeError):
     """A multi-process run failed; ``reports`` says how each unsuccessful rank ended.
 
     The message starts with the ranks that died without a report (the likely cause), then
@@ -103,6 +105,10 @@ class RankFailure(RuntimeError):
     def died(self) -> list[int]:
         """Ranks that died without reporting an error."""
         return [r.rank for r in self.reports if r.died]
+
+
+class NotUnderTorchrunError(TenfoldError, RuntimeError):
+    """:func:`torchrun_main` was called in a process torchrun did not start."""
 
 
 # ---- child side -------------------------------------------------------------------------
@@ -129,6 +135,8 @@ def _entry(
             world_size=world,
             timeout=timedelta(seconds=timeout_s),
         )
+        # tell the launcher this rank is up (it reports start-up progress)
+        Path(report_dir, f"joined-{rank}").touch()
         fn(*args)
     except KeyboardInterrupt:
         code = 130
@@ -187,6 +195,7 @@ def launch(
     grace_s: float | None = None,
     threads: int = 1,
     poll_s: float = 0.2,
+    on_join: Callable[[int, int], None] | None = None,
 ) -> None:
     """Run ``fn(*args)`` in ``nprocs`` spawned processes joined in a gloo process group.
 
@@ -201,6 +210,9 @@ def launch(
             raised).
         threads: ``torch.set_num_threads`` in every rank.
         poll_s: how often to look at the processes (s).
+        on_join: called with ``(ranks joined, nprocs)`` each time more ranks have joined
+            the process group (start-up takes seconds: each rank imports torch), e.g. to
+            show progress.
 
     Raises:
         RankFailure: some rank exited non-zero or died; names it and what the others said.
@@ -221,7 +233,12 @@ def launch(
         try:
             for p in procs:
                 p.start()
-            _wait(procs, grace_s=timeout_s if grace_s is None else grace_s, poll_s=poll_s)
+            _wait(
+                procs,
+                grace_s=timeout_s if grace_s is None else grace_s,
+                poll_s=poll_s,
+                joined=_joined_counter(tmp, nprocs, on_join),
+            )
         except BaseException:
             _stop(procs)
             raise
@@ -230,10 +247,38 @@ def launch(
         raise RankFailure(reports)
 
 
-def _wait(procs: Sequence[Any], *, grace_s: float, poll_s: float) -> None:
+def _joined_counter(
+    report_dir: str, nprocs: int, on_join: Callable[[int, int], None] | None
+) -> Callable[[], None] | None:
+    """A poll function calling ``on_join`` when more ranks have joined (None: nothing to do)."""
+    if on_join is None:
+        return None
+    seen = 0
+
+    def poll() -> None:
+        nonlocal seen
+        if seen == nprocs:
+            return
+        count = sum(Path(report_dir, f"joined-{r}").exists() for r in range(nprocs))
+        if count > seen:
+            seen = count
+            on_join(count, nprocs)
+
+    return poll
+
+
+def _wait(
+    procs: Sequence[Any],
+    *,
+    grace_s: float,
+    poll_s: float,
+    joined: Callable[[], None] | None = None,
+) -> None:
     """Wait for all processes; once one fails, wait at most ``grace_s`` more, then stop."""
     deadline: float | None = None
     while True:
+        if joined is not None:
+            joined()
         alive = [p for p in procs if p.exitcode is None]
         if not alive:
             return
@@ -304,8 +349,9 @@ def spawn_training(
     """Train with ``config.workers`` spawned ranks on this machine (``tenfold train``).
 
     Rank 0 writes ``run_dir`` (checkpointed after every sync) and prints progress;
-    ``resume`` continues the run in ``run_dir`` from its checkpoint. Raises
-    :class:`RankFailure` when the run fails (see :func:`launch`).
+    ``resume`` continues the run in ``run_dir`` from its checkpoint. With ``progress``,
+    prints a line at once and another when every rank has joined (start-up takes seconds).
+    Raises :class:`RankFailure` when the run fails (see :func:`launch`).
     """
     run = None if run_dir is None else str(run_dir)
     launch(
@@ -314,7 +360,36 @@ def spawn_training(
         (json.dumps(config.to_dict()), run, progress, resume),
         timeout_s=config.timeout_s,
         threads=config.threads,
+        on_join=_StartupReport(config.workers) if progress else None,
     )
+
+
+class _StartupReport:
+    """Start-up progress of the ranks on stdout: a line now, one when all have joined
+    (and, on a terminal, a count updated in place between the two)."""
+
+    def __init__(self, workers: int, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.t0 = time.perf_counter()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        print(
+            f"tenfold train: starting {workers} worker processes (each imports torch and "
+            "joins the process group)...",
+            file=self.stream,
+            flush=True,
+        )
+
+    def __call__(self, joined: int, workers: int) -> None:
+        if joined < workers:
+            if self.tty:
+                print(f"\r  {joined}/{workers} workers up", end="", file=self.stream, flush=True)
+            return
+        print(
+            f"{chr(13) if self.tty else ''}  {workers}/{workers} workers up after "
+            f"{time.perf_counter() - self.t0:.1f} s; training (one line per synchronisation)",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def torchrun_env() -> tuple[int, int] | None:
@@ -338,7 +413,11 @@ def torchrun_main(
     """
     env = torchrun_env()
     if env is None:
-        raise RuntimeError("not started by torchrun (RANK/WORLD_SIZE/MASTER_ADDR unset)")
+        raise NotUnderTorchrunError(
+            "torchrun_main must run in a process started by torchrun (RANK, WORLD_SIZE and "
+            "MASTER_ADDR are unset): launch `torchrun --nproc_per_node=K -m tenfold train ...`, "
+            "or start the ranks on this machine with spawn_training (`tenfold train`)"
+        )
     from tenfold.train.loop import run_rank
 
     torch.set_num_threads(config.threads)

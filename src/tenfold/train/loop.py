@@ -1,20 +1,25 @@
-"""The training driver: one loop for real ranks and for the simulated group.
+"""The training driver: one loop, over the public API, for real ranks and simulated workers.
 
     for each round:   every local worker runs its local SGD steps (an epoch, or k steps)
-                      the averaging step (CompressedAverager or SimulatedAverager)
+                      sync.step() after each of them: the sync falls on the round's last
                       evaluation on the test set (lead process only), one metrics record
 
-A real rank holds one :class:`~tenfold.train.worker.Worker` and a
-:class:`~tenfold.distributed.CompressedAverager`; the simulated group holds K workers and a
-:class:`~tenfold.distributed.SimulatedAverager`. Everything else is this same code, so the
-simulated run produces bit for bit the weights of the distributed one.
+``sync`` is what a user of the library would use: a rank holds one worker and a
+:class:`~tenfold.distributed.LocalSGD` over its model (averaging with a
+:class:`~tenfold.distributed.CompressedAverager`); the simulated group holds K workers and
+one :class:`~tenfold.distributed.SimulatedLocalSGD` over their models (a
+:class:`~tenfold.distributed.SimulatedAverager`, or a sweep's peer method). The two are
+one implementation, so the simulated run produces bit for bit the weights, BatchNorm
+statistics and records (timings aside) of the distributed one.
 
-Entry points: :func:`run_simulated` (K workers in this process) and :func:`run_rank` (the
-body of one rank of an initialised process group; :mod:`tenfold.train.launch` starts them).
+Entry points: :func:`run_simulated` (K workers in this process), :func:`run_rank` (the
+body of one rank of an initialised process group; :mod:`tenfold.train.launch` starts
+them), and for sweeps :func:`simulated_state` + :func:`train_loop`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +29,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tenfold.distributed import CompressedAverager, SimulatedAverager, SyncStats
-from tenfold.distributed.exchange import all_gather_row, is_distributed
+from tenfold.distributed import CompressedAverager, LocalSGD, SimulatedAverager, SyncStats
+from tenfold.distributed.local_sgd import GroupAverager, SimulatedLocalSGD
+from tenfold.distributed.stats import noop_stats
+from tenfold.distributed.transport import all_gather_row
+from tenfold.errors import ConfigError
 from tenfold.train.config import TrainConfig
 from tenfold.train.recipes import Evaluator, get_recipe
 from tenfold.train.state import ConfigMismatchError, Record, TrainResult, TrainState
@@ -39,6 +47,7 @@ __all__ = [
     "make_workers",
     "run_rank",
     "run_simulated",
+    "simulated_state",
     "train_loop",
 ]
 
@@ -49,39 +58,51 @@ def make_workers(config: TrainConfig, data: Any, ranks: list[int]) -> list[Any]:
     return get_recipe(config.model).make_workers(config, data, ranks)
 
 
-def _average_buffers(state: TrainState) -> int:
-    """Average the models' floating buffers (BatchNorm statistics) exactly; bytes sent.
+def _sync_every(config: TrainConfig, workers: list[Any]) -> int:
+    """Local steps between two synchronisations: ``sync_every``, or one epoch."""
+    return config.sync_every or workers[0].steps_per_epoch
 
-    Lossless packets, the same rank-order sum as the parameters (so simulated and real
-    ranks agree bit for bit); a few kB per sync. Models without buffers (the paper's MLP)
-    send nothing.
+
+def simulated_state(
+    config: TrainConfig, data: Any, *, averager: GroupAverager | None = None
+) -> TrainState:
+    """The state of a fresh simulated run: ``config.workers`` workers on ``data`` and the
+    :class:`~tenfold.distributed.SimulatedLocalSGD` that synchronises them.
+
+    Args:
+        config: the run's configuration.
+        data: the recipe's data set, loaded.
+        averager: the group's averager (None: ``SimulatedAverager`` with the config's
+            policy and options; a sweep passes its peer method here).
     """
-    if state.buffer_averager is None:
-        return 0
-    if len(state.workers) == 1:
-        stats = state.buffer_averager.average(state.workers[0].named_buffers())
-    else:
-        stats = state.buffer_averager.average([w.named_buffers() for w in state.workers])[0]
-    return int(stats.bytes_sent)
+    workers = make_workers(config, data, list(range(config.workers)))
+    if averager is None:
+        averager = SimulatedAverager(config.make_policy(), **config.averager_options())
+    sync = SimulatedLocalSGD(
+        [w.model for w in workers],
+        sync_every=_sync_every(config, workers),
+        averager=averager,
+        grad_rms=[w.take_grad_rms for w in workers],
+        overlap=config.overlap,
+    )
+    return TrainState(config=config, workers=workers, sync=sync)
 
 
-def _average(state: TrainState, grad_rms: list[dict[str, float]]) -> SyncStats:
-    """The only step that differs between the two paths; returns the lead's stats."""
-    if isinstance(state.averager, CompressedAverager):
-        return state.averager.average(state.workers[0].named_parameters(), grad_rms=grad_rms[0])
-    # the simulated group (SimulatedAverager, or a sweep's peer method with its interface)
-    workers = [w.named_parameters() for w in state.workers]
-    return state.averager.average(workers, grad_rms=grad_rms)[0]
+def _synchronise(sync: Any, steps: int) -> SyncStats | None:
+    """``sync.step()`` once per inner step just taken (the round's last one syncs), or
+    ``sync.sync()`` after a last round shorter than ``sync_every``. Worker 0's stats
+    (overlapped: of the sync applied now; None at the first round, nothing applied yet)."""
+    stats = None
+    for _ in range(steps):
+        stats = sync.step() or stats
+    return sync.sync() if sync.num_steps % sync.sync_every else stats
 
 
-def _initialize(state: TrainState) -> None:
-    """Delta mode: agree on the starting weights, the first shared model (a fresh run only)."""
-    if state.averager.transmit != "delta":
-        return
-    if isinstance(state.averager, CompressedAverager):
-        state.averager.initialize(state.workers[0].named_parameters())
-    else:
-        state.averager.initialize([w.named_parameters() for w in state.workers])
+def _applied_nothing(state: TrainState) -> SyncStats:
+    """The record's sync fields for an overlapped run's first round: nothing applied."""
+    named = [(n, p) for n, p in state.workers[0].named_parameters() if p.requires_grad]
+    empty = noop_stats(named, rank=0, round=0)
+    return dataclasses.replace(empty, world_size=state.config.workers)
 
 
 def train_loop(
@@ -99,11 +120,12 @@ def train_loop(
             the last one (None: never, e.g. on ranks other than 0).
         on_record: called with each record, e.g. to write metrics.jsonl and print a line.
         on_sync: called on every process after each round's record (after ``on_record``),
-            with the state as of that sync, e.g. to write a checkpoint.
+            with the state as of that sync, e.g. to write a checkpoint. Overlapped runs
+            with it wait for each round's sync before its record (which then reports it).
 
     Each record holds: ``sync`` (1-based), ``step``, ``epoch`` (local epochs done, float),
     ``lr`` (at the round's first step), ``train_loss`` (worker/rank 0's mean over the round), ``test_accuracy`` and
-    ``test_loss`` (None when not evaluated), ``bits_per_param`` (as sent, Huffman-coded),
+    ``test_loss`` (None when not evaluated), ``bits_per_param`` (as sent, entropy-coded),
     ``quantized_bits_per_param`` (N averaged over values), ``bytes_sent``,
     ``bytes_received``, ``bytes_all_ranks`` (sum of every rank's packet), ``num_values``,
     ``world_size``, timings in seconds (``train_s``, ``encode_s``, ``comm_s``,
@@ -116,21 +138,29 @@ def train_loop(
     cfg = state.config
     start = time.perf_counter()
     elapsed_before = state.elapsed_s
-    if state.step == 0 and state.averager.round == 0:
-        _initialize(state)
+    # models with buffers (BatchNorm) record the bytes of their statistics
+    has_buffers = any(b.is_floating_point() for b in state.workers[0].model.buffers())
     while state.step < state.total_steps:
         n = min(state.steps_per_round, state.total_steps - state.step)
         lr = cfg.lr * cfg.lr_decay ** (state.step // state.steps_per_epoch)
         t0 = time.perf_counter()
         losses = [w.train_steps(n) for w in state.workers]
         t_train = time.perf_counter() - t0
-        stats = _average(state, [w.take_grad_rms() for w in state.workers])
-        buffer_bytes = _average_buffers(state)
+        stats = _synchronise(state.sync, n)
         state.step += n
         state.syncs += 1
         scores: dict[str, float] = {}
         t_eval = 0.0
         last = state.step >= state.total_steps
+        if last:  # overlapped: apply the sync still in flight (blocking: nothing to do)
+            stats = state.sync.wait() or stats
+        elif on_sync is not None and state.sync.in_flight:
+            # overlapped and checkpointed: the checkpoint waits for this round's sync
+            # anyway, so the record reports it (its result is applied at the next round)
+            state.sync.join()
+            stats = state.sync.pending_stats
+        if stats is None:
+            stats = _applied_nothing(state)
         if test is not None and (state.syncs % cfg.eval_every == 0 or last):
             t0 = time.perf_counter()
             scores = test(state.workers[0].model)
@@ -159,7 +189,7 @@ def train_loop(
             "eval_s": t_eval,
             "elapsed_s": state.elapsed_s,
             "layers": [t.as_dict() for t in stats.tensors],
-            **({"buffer_bytes_sent": buffer_bytes} if state.buffer_averager is not None else {}),
+            **({"buffer_bytes_sent": state.sync.buffer_bytes_sent} if has_buffers else {}),
         }
         if test is not None:
             state.metrics.append(record)
@@ -216,15 +246,8 @@ def run_simulated(
     recipe = get_recipe(config.model)
     if data is None:
         data = recipe.load_data(config)
-    workers = recipe.make_workers(config, data, list(range(config.workers)))
-    state = TrainState(
-        config=config,
-        workers=workers,
-        averager=SimulatedAverager(config.make_policy(), **config.averager_options()),
-        buffer_averager=_buffer_averager(workers, simulated=True),
-    )
     return _drive(
-        state,
+        simulated_state(config, data),
         recipe.make_evaluator(config, data),
         run_dir=run_dir,
         progress=progress,
@@ -234,16 +257,6 @@ def run_simulated(
         resume=resume,
         fingerprint=recipe.fingerprint(data) if run_dir is not None else None,
     )
-
-
-def _buffer_averager(workers: list[Any], *, simulated: bool) -> Any:
-    """A lossless weights averager for the models' floating buffers, or None if none."""
-    if not hasattr(workers[0], "named_buffers") or not workers[0].named_buffers():
-        return None
-    from tenfold.codec import Lossless
-
-    cls = SimulatedAverager if simulated else CompressedAverager
-    return cls(Lossless(), transmit="weights", threads=workers[0].config.threads)
 
 
 def _drive(
@@ -265,13 +278,11 @@ def _drive(
     Among real ranks the lead decides and tells the others (:func:`_agree_on_checkpoint`).
     """
     from tenfold.train.checkpoint import Checkpointer
-    from tenfold.train.faults import active_fault
     from tenfold.train.progress import Reporter
     from tenfold.train.rundir import RunDir
 
     lead = test is not None
-    distributed = _is_distributed(state)
-    fault = active_fault()
+    distributed = state.distributed
     rd = RunDir(run_dir) if lead and run_dir is not None else None
     checkpointing = _agree_on_checkpoint(
         state,
@@ -283,18 +294,18 @@ def _drive(
         source=source,
         fingerprint=fingerprint,
     )
+    if state.step:  # resumed: the restored weights start the round (overlapped runs)
+        state.sync.restart_from_parameters()
     checkpointer = (
-        Checkpointer(rd, mode=mode, distributed=distributed, data=fingerprint, fault=fault)
+        Checkpointer(rd, mode=mode, distributed=distributed, data=fingerprint)
         if checkpointing
         else None
     )
-    rank = dist.get_rank() if distributed else 0
 
     def sync_hook(s: TrainState) -> None:
         if checkpointer is not None:
+            s.sync.join()  # overlapped: the averager's state is complete, its group free
             checkpointer.save(s, elapsed_s=s.elapsed_s)
-        if fault is not None:
-            fault.after_sync(s.syncs, rank, s.workers[0].params)
 
     reporter = Reporter(state, enabled=lead and progress)
 
@@ -306,16 +317,13 @@ def _drive(
             on_record(record)
 
     try:
-        train_loop(state, test=test, on_record=record_hook, on_sync=sync_hook)
+        hook = sync_hook if checkpointer is not None else None
+        train_loop(state, test=test, on_record=record_hook, on_sync=hook)
     finally:
         reporter.close()
     if rd is not None:
         rd.finish(state)
     return TrainResult(metrics=state.metrics, state=state)
-
-
-def _is_distributed(state: TrainState) -> bool:
-    return isinstance(state.averager, CompressedAverager) and is_distributed()
 
 
 # Status rank 0 broadcasts before training: what every rank does about checkpoints.
@@ -356,7 +364,7 @@ def _agree_on_checkpoint(
         status = _NO_CHECKPOINT
         try:
             if resume and rd is None:
-                raise ValueError("resume needs the run directory to resume from")
+                raise ConfigError("resume needs the run directory to resume from")
             if rd is not None and resume:
                 ckpt, blob = read_checkpoint_bytes(rd.path)
                 check_resumable(ckpt, state.config, mode=mode)
@@ -424,8 +432,9 @@ def run_rank(
 ) -> TrainResult:
     """The body of one rank; the default process group must be initialised.
 
-    Checks every rank has the same config, loads the data, trains this rank's worker,
-    averages with :class:`~tenfold.distributed.CompressedAverager` each round. Rank 0 evaluates,
+    Checks every rank has the same config, loads the data, trains this rank's worker and
+    synchronises it through :class:`~tenfold.distributed.LocalSGD` (a
+    :class:`~tenfold.distributed.CompressedAverager`) each round. Rank 0 evaluates,
     writes the run directory (if ``run_dir``: then every rank takes part in a checkpoint
     after each sync) and shows progress (if ``progress``). ``resume`` (read on rank 0):
     continue the run in ``run_dir`` from its checkpoint.
@@ -445,12 +454,14 @@ def run_rank(
     recipe = get_recipe(config.model)
     data = recipe.load_data(config)
     workers = recipe.make_workers(config, data, [rank])
-    state = TrainState(
-        config=config,
-        workers=workers,
+    sync = LocalSGD(
+        workers[0].model,
+        sync_every=_sync_every(config, workers),
         averager=CompressedAverager(config.make_policy(), **config.averager_options()),
-        buffer_averager=_buffer_averager(workers, simulated=False),
+        grad_rms=workers[0].take_grad_rms,
+        overlap=config.overlap,
     )
+    state = TrainState(config=config, workers=workers, sync=sync, distributed=world > 1)
     test = recipe.make_evaluator(config, data) if rank == 0 else None
     source = data.source
     fingerprint = recipe.fingerprint(data) if rank == 0 and run_dir is not None else None

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tenfold.errors import ConfigError
+
 __all__ = [
     "CharGPT",
     "CharGPTConfig",
@@ -88,13 +90,13 @@ class CharGPTConfig:
         for name in ("vocab_size", "context", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CharGPTConfig.{name} must be an int >= 1, got {value!r}")
+                raise ConfigError(f"CharGPTConfig.{name} must be an int >= 1, got {value!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise ConfigError(
                 f"CharGPTConfig: n_head {self.n_head} does not divide n_embd {self.n_embd}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"CharGPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"CharGPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -205,7 +207,7 @@ class CharGPT(nn.Module):
         """``(B, T)`` int64 -> ``(logits (B, T, V), loss or None)``; see the class docstring."""
         b, t = idx.shape
         if t > self.config.context:
-            raise ValueError(f"sequence of {t} tokens exceeds the context {self.config.context}")
+            raise ConfigError(f"sequence of {t} tokens exceeds the context {self.config.context}")
         pos = torch.arange(t, device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) broadcast
         for block in self.blocks:
@@ -317,7 +319,7 @@ def measure(steps: int = 200, batch: int = 16, context: int = 128, seed: int = 0
 
     Needs the corpus (:func:`tenfold.train.text.load_corpus`: cache or ``pip download``).
     """
-    from tenfold.train.text import BatchSampler, evaluate, load_corpus, perplexity, split
+    from tenfold.train.text import BatchSampler, load_corpus, perplexity, split, validation_loss
 
     torch.set_num_threads(1)
     corpus = load_corpus()
@@ -342,6 +344,6 @@ def measure(steps: int = 200, batch: int = 16, context: int = 128, seed: int = 0
         opt.step()
         times.append(time.perf_counter() - start)
     median = sorted(times[10:30])[10]
-    val_loss = evaluate(model, val, context, batches=8, batch_size=batch)
+    val_loss = validation_loss(model, val, context, batches=8, batch_size=batch)
     print(f"step time (median of steps 10..29) {median:.4f} s")
     print(f"validation loss {val_loss:.4f} nats/char, perplexity {perplexity(val_loss):.2f}")

@@ -1,6 +1,6 @@
 """A worker for any ``nn.Module``: a model, a loss, a torch optimizer and a batch source.
 
-The paper's MLP keeps its own :class:`~tenfold.train.worker.Worker` (its hand-written SGD
+The paper's MLP keeps its own :class:`~tenfold.train.paper_worker.PaperWorker` (its hand-written SGD
 is part of the reproduced numbers); every other recipe (:mod:`tenfold.train.recipes`)
 trains through this class, which the training loop drives the same way: ``train_steps(n)``
 between synchronisations, ``named_parameters()`` for the averager, ``state_dict()`` for
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenfold.errors import ConfigError
 from tenfold.train.config import TrainConfig
-from tenfold.train.worker import derive_seed, grad_rms, to_inputs
+from tenfold.train.shards import derive_seed, grad_rms, to_inputs
 
 __all__ = [
     "BatchSource",
@@ -84,7 +85,7 @@ class ShuffledShard:
         rank: int,
     ) -> None:
         if len(inputs) == 0 or len(inputs) != len(targets):
-            raise ValueError(
+            raise ConfigError(
                 f"worker {rank}: a shard needs as many targets as inputs (> 0), got "
                 f"{len(inputs)} inputs and {len(targets)} targets"
             )

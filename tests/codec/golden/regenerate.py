@@ -84,15 +84,6 @@ CASES: dict[str, Callable[[], tuple[Tensors, Policy, dict[str, float] | None]]] 
         None,
     ),
     # version 2: the mid-tread quantizer (steps) and the ANS coder
-    "v2_target_rate_ans": lambda: (
-        {
-            "delta.weight": _weights(11, (64, 40)) * 0.01,
-            "delta.bias": _weights(12, (8,)) * 0.01,  # too small for its bits: one level
-            "half": (_weights(13, (3000,)) * 0.01).astype(np.float16),
-        },
-        TargetRate(bits_per_param=0.5, seed=0),
-        None,
-    ),
     "v2_relative_step_huffman": lambda: (
         {"delta": _weights(14, (40, 25)) * 0.01, "zero": np.zeros(7, np.float32)},
         RelativeStep(alpha=1.0, coder="huffman"),
@@ -113,6 +104,45 @@ CASES: dict[str, Callable[[], tuple[Tensors, Policy, dict[str, float] | None]]] 
     "v2_bfloat16_fixed": lambda: (
         {"w": _bf16(18, (20, 12)), "c": BFloat16Bits(np.full(4, 0x3F80, np.uint16))},
         Fixed(5),
+        None,
+    ),
+    # version 3: TargetRate's packet-level rate control; small tensors in the group section
+    "v3_target_rate_group": lambda: (
+        {
+            "fc1.weight": _weights(21, (24, 40)) * 0.01,
+            "fc1.bias": _weights(22, (24,)) * 0.01,
+            "big.weight": _weights(23, (96, 128)) * 0.003,
+            "half": (_weights(24, (300,)) * 0.01).astype(np.float16),
+            "double": _weights(25, (5, 7), np.float64) * 0.02,
+            "zero": np.zeros(7, np.float32),
+            "empty": np.zeros((0,), np.float32),
+        },
+        TargetRate(bits_per_param=1.0, seed=0),
+        None,
+    ),
+    # version 3: ANS over pairs of values (tensors of 2**16 values and more, <= 16 levels)
+    "v3_target_rate_pairs": lambda: (
+        {"delta": np.random.default_rng(28).laplace(0, 0.01, (257, 257)).astype(np.float16)},
+        TargetRate(bits_per_param=1.0, seed=0),
+        None,
+    ),
+    "v3_bfloat16_target_rate_group": lambda: (
+        {"delta": _bf16(26, (60, 40), 0.01), "bias": _bf16(27, (40,), 0.01)},
+        TargetRate(bits_per_param=0.5, seed=0),
+        None,
+    ),
+}
+
+#: Frozen cases, not regenerated (an earlier encoder made them; test_golden.py only decodes
+#: them): TargetRate's per-tensor rate control before version 3 (packet-level) replaced it.
+FROZEN = {
+    "v2_target_rate_ans": lambda: (
+        {
+            "delta.weight": _weights(11, (64, 40)) * 0.01,
+            "delta.bias": _weights(12, (8,)) * 0.01,  # too small for its bits: one level
+            "half": (_weights(13, (3000,)) * 0.01).astype(np.float16),
+        },
+        TargetRate(bits_per_param=0.5, seed=0),
         None,
     ),
     "v2_bfloat16_target_rate_ans": lambda: (

@@ -1,0 +1,140 @@
+"""What the protocol needs of a transport, and the in-process one the simulation uses.
+
+A :class:`Transport` is one rank's view of the group: small agreement messages (sizes,
+hashes, statuses, verdicts) and two bulk exchanges whose packets arrive one by one
+(:class:`Arrivals`: ``poll()`` never blocks, ``get()`` waits), so the protocol decodes
+one packet while the next is on the wire. :class:`tenfold.distributed.transport.TorchTransport`
+implements it over torch.distributed; :class:`LocalArrivals` hands over packets already
+in this process (K simulated workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+__all__ = [
+    "Arrival",
+    "Arrivals",
+    "LocalArrivals",
+    "Transport",
+]
+
+#: ``(sender rank, packet bytes)``
+Arrival = tuple[int, Any]
+
+
+class Arrivals(Protocol):
+    """The packets of one bulk exchange as they arrive; a context manager whose exit
+    completes the exchange (also when the consumer raised, so no peer is left waiting)."""
+
+    #: seconds the consumer was blocked in :meth:`get` and in the exit
+    wait_seconds: float
+    #: packet bytes this rank puts on the wire / receives in this exchange
+    sent_bytes: int
+    received_bytes: int
+
+    @property
+    def done(self) -> bool:
+        """Whether every expected packet has been returned."""
+        ...
+
+    def poll(self) -> Arrival | None:
+        """The next packet if it has arrived, else None (never blocks)."""
+        ...
+
+    def get(self) -> Arrival:
+        """The next packet, waiting for it."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Transport(Protocol):
+    """One rank's side of the group, as the protocol uses it (no torch types)."""
+
+    rank: int
+    world_size: int
+
+    def exchange_sizes(
+        self, size: int, tag: int, *, status: int = 0, layout: int = 0
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Every rank's packet size, tag and layout hash; raises PeerStatusError on a
+        negative status."""
+        ...
+
+    def exchange_size_matrix(
+        self, sizes: Sequence[int], tag: int, layout: int, *, status: int = 0
+    ) -> tuple[list[list[int]], tuple[int, ...], tuple[int, ...]]:
+        """Every rank's P shard packet sizes, reference tag and layout tag."""
+        ...
+
+    def exchange_verdicts(
+        self, verdict: int, culprit: int, sumsq: Sequence[float]
+    ) -> list[list[float]]:
+        """Every reducer's ``[verdict, culprit, sumsq_0..sumsq_{P-1}]``."""
+        ...
+
+    def gather_payloads(self, payload: bytes) -> list[bytes]:
+        """Every rank's small payload, in rank order (failure paths only)."""
+        ...
+
+    def all_gather(self, packet: bytes, sizes: Sequence[int]) -> Arrivals:
+        """Send ``packet`` to every rank; the peers' packets arrive."""
+        ...
+
+    def scatter(self, packets: Sequence[bytes], matrix: Sequence[Sequence[int]]) -> Arrivals:
+        """Send ``packets[j]`` to rank j; the packets of this rank's shard arrive."""
+        ...
+
+
+class LocalArrivals:
+    """:class:`Arrivals` over packets already in hand (the simulated workers').
+
+    Args:
+        items: ``(rank, packet)`` pairs, in the order they are handed out.
+        sent_bytes: what the simulated rank would put on the wire (for its stats).
+        received_bytes: what it would receive.
+    """
+
+    def __init__(
+        self, items: Sequence[Arrival] = (), *, sent_bytes: int = 0, received_bytes: int = 0
+    ) -> None:
+        self._items = list(items)
+        self._next = 0
+        self.wait_seconds = 0.0
+        self.sent_bytes = sent_bytes
+        self.received_bytes = received_bytes
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self._items)
+
+    def poll(self) -> Arrival | None:
+        return None if self.done else self.get()
+
+    def get(self) -> Arrival:
+        if self.done:
+            raise StopIteration
+        item = self._items[self._next]
+        self._next += 1
+        return item
+
+    def __enter__(self) -> LocalArrivals:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None

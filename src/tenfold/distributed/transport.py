@@ -1,0 +1,823 @@
+"""Bytes between ranks as uint8 tensors (never pickle): torch.distributed at the edge.
+
+The small agreement messages (sizes, hashes, statuses, verdicts: :func:`all_gather_row`),
+the ring all-gather of exact-size packets (:class:`PacketTransfer`), the scatter of shard
+packets (:class:`ShardTransfer`), and :class:`TorchTransport`, which offers them to the
+protocol (:mod:`tenfold.distributed.protocol`) behind its small interface. How the ring is
+scheduled, and what it measured: docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tenfold.codec.errors import CorruptPacketError
+from tenfold.distributed.errors import (
+    STATUS_NONFINITE,
+    CommunicationError,
+    PeerStatusError,
+)
+from tenfold.distributed.process_group import comm_device
+from tenfold.errors import ConfigError
+
+__all__ = [
+    "PACKET_TAG",
+    "SHARD_TAG",
+    "STATUS_NONFINITE",
+    "Exchanged",
+    "PacketTransfer",
+    "ShardTransfer",
+    "TorchTransport",
+    "all_gather_bytes",
+    "all_gather_row",
+    "broadcast_bytes",
+    "exchange_size_matrix",
+    "exchange_sizes",
+    "exchange_sizes_and_tags",
+    "exchange_verdicts",
+    "receive_order",
+    "ring_sent",
+    "translate_comm_errors",
+]
+
+#: Tag of the point-to-point packet messages (gloo matches sends to receives by tag and
+#: peer, in posting order; collectives use their own slots, so any fixed value works).
+PACKET_TAG = 0x7E4F
+
+#: Tag of the shard messages of the reduce-scatter (distinct from the ring's).
+SHARD_TAG = PACKET_TAG + 1
+
+
+@contextlib.contextmanager
+def translate_comm_errors(what: str) -> Iterator[None]:
+    """Re-raise backend errors inside the block as :class:`CommunicationError`.
+
+    Gloo reports a dead peer as ``RuntimeError: [.../pair.cc:553] Connection closed by
+    peer [...]. This is typically caused by ...``; this keeps the middle part and says
+    what it means for us.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, (CommunicationError, PeerStatusError)):
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's [file:line] prefix
+        text = text.split(". This is typically")[0].rstrip(". ")
+        raise CommunicationError(
+            f"{what} failed ({text}): another rank has died or is stuck; see its error"
+        ) from exc
+
+
+def all_gather_row(
+    row: Sequence[int | float],
+    *,
+    dtype: torch.dtype = torch.int64,
+    group: dist.ProcessGroup | None = None,
+    what: str = "exchanging a few numbers",
+) -> list[list[Any]]:
+    """Every rank's ``row`` (the same length on every rank), in group rank order.
+
+    The small agreement messages (sizes, hashes, digests, verdicts) all take this path:
+    one ``all_gather`` of an int64 (or float64) tensor on the group's device
+    (:func:`comm_device`: NCCL needs CUDA tensors), failures translated into
+    :class:`CommunicationError` saying ``what`` was being done. Collective.
+
+    Example::
+
+        rows = all_gather_row([len(blob), tag])   # [[size_0, tag_0], [size_1, tag_1], ...]
+    """
+    mine = torch.tensor(list(row), dtype=dtype, device=comm_device(group))
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    with translate_comm_errors(what):
+        dist.all_gather(gathered, mine, group=group)
+    return [g.cpu().tolist() for g in gathered]
+
+
+def exchange_sizes(
+    size: int, *, group: dist.ProcessGroup | None = None, status: int = 0
+) -> tuple[int, ...]:
+    """All-gather one payload size (bytes) per rank, or raise if any rank sent a status.
+
+    Args:
+        size: this rank's payload size in bytes (>= 0). Ignored when ``status`` is negative.
+        group: the process group (``None``: the default group).
+        status: 0, or a negative code (e.g. :data:`STATUS_NONFINITE`) sent instead of
+            ``size`` to tell every rank this one cannot take part.
+
+    Returns:
+        Every rank's payload size, in group rank order.
+
+    Raises:
+        PeerStatusError: on every rank, when any rank sent a negative status.
+        CommunicationError: a peer is gone or the group's timeout expired.
+        ConfigError: a positive ``status`` or a negative ``size``.
+    """
+    sizes, _ = exchange_sizes_and_tags(size, 0, group=group, status=status)
+    return sizes
+
+
+def exchange_sizes_and_tags(
+    size: int, tag: int, *, group: dist.ProcessGroup | None = None, status: int = 0
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:func:`exchange_sizes`, with one more int64 per rank riding along (a "tag").
+
+    The averager's delta mode sends a hash of the shared model it holds, so that a rank
+    whose copy differs is caught in the same collective, before anything else is sent.
+
+    Returns:
+        ``(sizes, tags)``, each in group rank order.
+    """
+    if status > 0:
+        raise ConfigError(f"status must be 0 or negative, got {status}")
+    if status == 0 and size < 0:
+        raise ConfigError(f"size must be >= 0, got {size}")
+    pairs = all_gather_row(
+        [status if status < 0 else size, tag], group=group, what="exchanging packet sizes"
+    )
+    sizes = tuple(int(p[0]) for p in pairs)
+    failed = {r: s for r, s in enumerate(sizes) if s < 0}
+    if failed:
+        raise PeerStatusError(failed)
+    return sizes, tuple(int(p[1]) for p in pairs)
+
+
+def receive_order(rank: int, world_size: int) -> tuple[int, ...]:
+    """Whose payloads ``rank`` gets, in arrival order: ``rank+1, rank+2, ..., rank-1`` (mod K).
+
+    The ring's step ``s`` brings rank ``i`` the payload of rank ``i+s``, via ``i+1``.
+    Rank 0 thus gets 1, 2, ..., K-1: exactly the order of the sum.
+
+    >>> receive_order(1, 4)
+    (2, 3, 0)
+    """
+    return tuple((rank + s) % world_size for s in range(1, world_size))
+
+
+def exchange_size_matrix(
+    sizes: Sequence[int],
+    tag: int,
+    layout: int = 0,
+    *,
+    group: dist.ProcessGroup | None = None,
+    status: int = 0,
+) -> tuple[list[list[int]], tuple[int, ...], tuple[int, ...]]:
+    """All-gather each rank's P packet sizes (one per destination) and two tags.
+
+    One ``all_gather`` of ``P + 3`` int64 per rank (gloo has no all-to-all of sizes in
+    every version; every rank learning every size also lets every rank check them).
+    ``tag``: the hash of the rank's reference (delta mode); ``layout``: a hash of its
+    tensors' names, shapes and dtypes (the shards are flat pieces: a reshaped tensor
+    would otherwise go unnoticed).
+
+    Returns:
+        ``(matrix, tags, layouts)``: ``matrix[i][j]`` is the size (bytes) of rank i's
+        packet for rank j; ``tags[i]`` and ``layouts[i]`` are rank i's.
+
+    Raises:
+        PeerStatusError: on every rank, when any rank sent a negative status.
+        CommunicationError: a peer is gone or the group's timeout expired.
+    """
+    world = dist.get_world_size(group)
+    if len(sizes) != world and status == 0:
+        raise ConfigError(f"sizes: {len(sizes)} entries for {world} ranks")
+    row = [status, tag, layout, *([0] * world if status < 0 else sizes)]
+    rows = all_gather_row(row, group=group, what="exchanging shard sizes")
+    failed = {r: int(v[0]) for r, v in enumerate(rows) if v[0] < 0}
+    if failed:
+        raise PeerStatusError(failed)
+    matrix = [[int(s) for s in v[3:]] for v in rows]
+    return matrix, tuple(int(v[1]) for v in rows), tuple(int(v[2]) for v in rows)
+
+
+def exchange_verdicts(
+    verdict: int, culprit: int, sumsq: Sequence[float], *, group: dist.ProcessGroup | None
+) -> list[list[float]]:
+    """All-gather ``[verdict, culprit, sumsq_0..sumsq_{P-1}]`` (float64) from every rank.
+
+    ``verdict``: :data:`VERDICT_OK`, or what went wrong decoding the packet of rank
+    ``culprit``; ``sumsq[i]``: sum of squares of rank i's decoded packet of this rank's
+    shard (zeros when the guard is off). Returns every rank's row, in rank order.
+    """
+    world = dist.get_world_size(group)
+    row = [float(verdict), float(culprit), *(float(s) for s in sumsq)]
+    if len(row) != world + 2:
+        raise ConfigError(f"sumsq: {len(sumsq)} entries for {world} ranks")
+    rows = all_gather_row(
+        row, dtype=torch.float64, group=group, what="exchanging the shards' verdicts"
+    )
+    return [[float(v) for v in r] for r in rows]
+
+
+# ---- the scatter ---------------------------------------------------------------------------
+
+
+def ring_sent(sizes: Sequence[int], rank: int) -> int:
+    """Bytes rank ``rank`` puts on the wire in the gloo ring all-gather of ``sizes``.
+
+    Its own packet, and every packet it forwards: all but its downstream neighbour's own
+    (the last one it receives, which that neighbour already holds).
+    """
+    world = len(sizes)
+    return int(sum(sizes)) - int(sizes[(rank - 1) % world]) if world > 1 else 0
+
+
+_Item = tuple[int, np.ndarray]
+
+
+class PacketTransfer:
+    """Every rank's payload to every rank, over a ring of point-to-point transfers.
+
+    Use as a context manager after :func:`exchange_sizes` (every rank must construct it
+    with the same ``sizes``). On entry this rank's payload is posted to rank ``i-1`` and
+    the receiving-and-forwarding thread starts; iterate (or call
+    :meth:`get` / :meth:`poll`) to get ``(owner, payload)`` pairs in
+    :func:`receive_order`. The exit completes the exchange: it receives and forwards
+    whatever was not read yet and waits until rank ``i-1`` has every byte sent to it, so a rank never leaves while the ring still needs it (also when the consumer
+    raised, e.g. on a packet that does not match: every rank then raises the same error
+    after a complete exchange, and the group stays usable).
+
+    Args:
+        payload: this rank's bytes; its length must be ``sizes[rank]``.
+        sizes: every rank's payload size (from :func:`exchange_sizes`).
+        group: the process group (``None``: the default group).
+
+    Attributes:
+        order: the ranks whose payloads this rank gets, in arrival order.
+        wait_seconds: time the caller spent blocked in :meth:`get` and in the exit (s):
+            the communication time the consumer's own work did not hide.
+        sent_bytes: payload bytes this rank puts on the wire (its own and those it
+            forwards); received_bytes: the other ranks' payload bytes.
+
+    Payloads are read-only ``uint8`` numpy arrays (zero-copy views of the received CPU
+    tensors). Zero-length payloads are not transferred; they arrive as empty arrays.
+
+    Example (each rank)::
+
+        sizes = exchange_sizes(len(blob))
+        with PacketTransfer(blob, sizes) as transfer:
+            for owner, packet in transfer:
+                ...  # decode packet; the next one is already on the wire
+    """
+
+    def __init__(
+        self,
+        payload: bytes | bytearray | memoryview | np.ndarray,
+        sizes: Sequence[int],
+        *,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.sizes = tuple(int(s) for s in sizes)
+        if len(self.sizes) != self.world:
+            raise ConfigError(f"sizes: {len(self.sizes)} entries for {self.world} ranks")
+        data = np.ascontiguousarray(
+            payload if isinstance(payload, np.ndarray) else np.frombuffer(payload, np.uint8)
+        )
+        if data.dtype != np.uint8 or data.ndim != 1 or data.size != self.sizes[self.rank]:
+            raise ConfigError(
+                f"payload: {data.size} bytes, but sizes[{self.rank}] = {self.sizes[self.rank]}"
+            )
+        self.order = receive_order(self.rank, self.world)
+        self.device = comm_device(group)
+        self.wait_seconds = 0.0
+        # the ring under gloo; one copy to every peer on the batched path
+        own = self.sizes[self.rank]
+        ring = dist.get_backend(group) == "gloo"
+        self.sent_bytes = ring_sent(self.sizes, self.rank) if ring else (self.world - 1) * own
+        self.received_bytes = sum(self.sizes) - own
+        self._data = data
+        self._send_works: list[dist.Work] = []
+        self._send_buf: torch.Tensor | None = None
+        self._queue: queue.SimpleQueue[_Item | BaseException] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._source = self._sink = self.rank
+        self._received = 0
+        self._failed: BaseException | None = None
+
+    # -- lifecycle
+
+    def __enter__(self) -> PacketTransfer:
+        """Post every send; start receiving (see the class docstring)."""
+        t0 = time.perf_counter()
+        try:
+            if self.device.type == "cpu" and dist.get_backend(self.group) == "gloo":
+                self._start_gloo()
+            else:
+                self._start_batched()
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Finish the exchange: drain unread payloads, wait for this rank's sends."""
+        if exc is not None and not isinstance(exc, Exception):
+            return  # KeyboardInterrupt/SystemExit: leave now, do not wait for peers
+        t0 = time.perf_counter()
+        try:
+            # After a communication error the group is broken: waiting could only run
+            # into the timeout. Otherwise, complete the exchange: the peers need our
+            # receives and forwards (the ring stops at a rank that stops forwarding).
+            if self._failed is None and not isinstance(exc, CommunicationError):
+                while not self.done:
+                    self.get()
+                self._join()  # its forwards are all posted once it has ended
+                with translate_comm_errors("exchanging packets"):
+                    for work in self._send_works:
+                        work.wait()
+        except CommunicationError:
+            if exc is None:
+                raise
+            # Already raising the consumer's error; the broken group will surface next time.
+        finally:
+            if self.done or self._failed is not None:
+                self._join()
+            self.wait_seconds += time.perf_counter() - t0
+            self._send_works.clear()
+            self._send_buf = None
+
+    def _join(self) -> None:
+        # Only called once the receiving thread has queued its last item, so this returns
+        # at once; joining it means it never outlives the exchange (a daemon thread still
+        # inside torch code at interpreter exit aborted processes in a stress test).
+        if self._thread is not None:
+            self._thread.join()
+
+    def _send_tensor(self) -> torch.Tensor:
+        # Gloo only reads a send buffer, so wrapping the (read-only) bytes is safe; torch
+        # warns about any non-writable buffer, hence the filter.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            send = (
+                torch.from_numpy(self._data)
+                if self._data.size
+                else torch.empty(0, dtype=torch.uint8)
+            )
+        return send.to(self.device)
+
+    def _start_gloo(self) -> None:
+        self._source = (self.rank + 1) % self.world  # receive from
+        self._sink = (self.rank - 1) % self.world  # send and forward to
+        if self._data.size:
+            self._send_buf = self._send_tensor()
+            self._send_works.append(self._isend(self._send_buf, self._sink))
+        self._thread = threading.Thread(
+            target=self._ring, name=f"tenfold-ring-r{self.rank}", daemon=True
+        )
+        self._thread.start()
+
+    def _isend(self, tensor: torch.Tensor, dst: int) -> dist.Work:
+        # Gloo moves the bytes once ``dst`` has posted the matching receive (a rendezvous)
+        # and keeps the sends to one peer in posting order, as the receives are matched.
+        with translate_comm_errors("exchanging packets"):
+            work = dist.isend(tensor, group=self.group, group_dst=dst, tag=PACKET_TAG)
+        assert work is not None
+        return work
+
+    def _ring(self) -> None:
+        """Receiving thread: step by step, receive from ``rank+1``, forward to ``rank-1``."""
+        try:
+            for step, owner in enumerate(self.order, start=1):
+                n = self.sizes[owner]  # every rank knows it: zero-length ones are skipped
+                buf = torch.empty(n, dtype=torch.uint8)
+                if n:
+                    with translate_comm_errors("exchanging packets"):
+                        work = dist.irecv(
+                            buf, group=self.group, group_src=self._source, tag=PACKET_TAG
+                        )
+                        assert work is not None
+                        work.wait()  # releases the GIL; bounded by the group's timeout
+                    if step < self.world - 1:  # the last one is the sink's own payload
+                        self._send_works.append(self._isend(buf, self._sink))
+                arr = buf.numpy()
+                arr.setflags(write=False)
+                self._queue.put((owner, arr))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._queue.put(exc)
+
+    def _start_batched(self) -> None:
+        """Non-gloo backends: every send and receive posted at once, from this thread."""
+        ops: list[dist.P2POp] = []
+        send = self._send_tensor() if self._data.size else None
+        self._send_buf = send
+        if send is not None:
+            for peer in self.order:
+                ops.append(
+                    dist.P2POp(dist.isend, send, group=self.group, group_peer=peer, tag=PACKET_TAG)
+                )
+        bufs: list[tuple[int, torch.Tensor, int]] = []
+        for peer in self.order:
+            buf = torch.empty(self.sizes[peer], dtype=torch.uint8, device=self.device)
+            if self.sizes[peer]:
+                bufs.append((peer, buf, len(ops)))
+                ops.append(
+                    dist.P2POp(dist.irecv, buf, group=self.group, group_peer=peer, tag=PACKET_TAG)
+                )
+        with translate_comm_errors("exchanging packets"):
+            works = dist.batch_isend_irecv(ops) if ops else []
+        n_send = 0 if send is None else len(self.order)
+        self._send_works = list(works[:n_send])
+        recv_work = {peer: works[i] for peer, _, i in bufs}
+        recv_buf = {peer: buf for peer, buf, _ in bufs}
+
+        def deliver() -> None:
+            try:
+                for peer in self.order:
+                    if peer in recv_work:
+                        with translate_comm_errors("exchanging packets"):
+                            recv_work[peer].wait()
+                    arr = recv_buf.get(peer, torch.empty(0, dtype=torch.uint8)).cpu().numpy()
+                    arr.setflags(write=False)
+                    self._queue.put((peer, arr))
+            except BaseException as exc:
+                self._queue.put(exc)
+
+        deliver()  # in order, on this thread: the payloads are then all queued
+
+    # -- consuming
+
+    def _take(self, item: _Item | BaseException) -> _Item:
+        if isinstance(item, BaseException):
+            self._failed = item
+            raise item
+        self._received += 1
+        return item
+
+    def poll(self) -> _Item | None:
+        """The next payload if it has arrived, else None (never blocks)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        return self._take(item)
+
+    def get(self) -> _Item:
+        """The next payload ``(peer, bytes)``, waiting for it (time counted in wait_seconds).
+
+        Raises:
+            CommunicationError: a peer died or the group's timeout expired.
+            StopIteration: every payload was already returned.
+        """
+        if self._failed is not None:
+            raise self._failed
+        if self._received >= len(self.order):
+            raise StopIteration
+        t0 = time.perf_counter()
+        try:
+            # The receiving thread is bounded by the group timeout and always ends by
+            # queueing a payload or its error, so this wait is bounded too.
+            item = self._queue.get()
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+        return self._take(item)
+
+    @property
+    def done(self) -> bool:
+        """Whether every peer's payload has been returned."""
+        return self._received >= len(self.order)
+
+    def __iter__(self) -> Iterator[_Item]:
+        while not self.done:
+            yield self.get()
+
+
+class ShardTransfer:
+    """Packet j of this rank to rank j; rank i's packet of this rank's shard from every i.
+
+    Every receive and send is posted on entry (gloo moves the bytes on its own threads,
+    so the caller decodes early packets while later ones are on the wire); exact sizes
+    from :func:`exchange_size_matrix`, no padding. The exit completes every transfer, also
+    when the caller raised (so the peers are never left waiting), unless the group broke.
+
+    Args:
+        packets: this rank's packet for each rank, in rank order (its own is not sent).
+        matrix: the size matrix of :func:`exchange_size_matrix`.
+        group: the process group.
+
+    Attributes:
+        wait_seconds: time the caller spent blocked in :meth:`get` and in the exit (s).
+        sent_bytes: bytes this rank sends; received_bytes: bytes it receives.
+
+    Backends: gloo (CPU) is what runs and is tested here. Under NCCL the buffers live on
+    the device and every operation is posted from this thread, which NCCL may need
+    batched (``batch_isend_irecv``): untested, there is no GPU on the build machines.
+    """
+
+    def __init__(
+        self,
+        packets: Sequence[bytes],
+        matrix: Sequence[Sequence[int]],
+        *,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.device = comm_device(group)
+        self._packets = list(packets)
+        self._sizes = [int(matrix[i][self.rank]) for i in range(self.world)]
+        self.sent_bytes = sum(len(p) for j, p in enumerate(packets) if j != self.rank)
+        self.received_bytes = sum(s for i, s in enumerate(self._sizes) if i != self.rank)
+        self.wait_seconds = 0.0
+        self._recv: dict[int, tuple[dist.Work | None, torch.Tensor]] = {}
+        self._sends: list[dist.Work] = []
+        self._send_bufs: list[torch.Tensor] = []
+        self._broken = False
+
+    def __enter__(self) -> ShardTransfer:
+        t0 = time.perf_counter()
+        try:
+            with translate_comm_errors("sending shards"):
+                # Receives first: gloo pairs a send with a posted receive (rendezvous).
+                for peer in range(self.world):
+                    if peer == self.rank:
+                        continue
+                    buf = torch.empty(self._sizes[peer], dtype=torch.uint8, device=self.device)
+                    work = (
+                        dist.irecv(buf, group=self.group, group_src=peer, tag=SHARD_TAG)
+                        if buf.numel()
+                        else None
+                    )
+                    self._recv[peer] = (work, buf)
+                # Sends in ring order from rank+1, so that the P-1 senders of a shard do
+                # not all start on the same receiver at once.
+                for step in range(1, self.world):
+                    peer = (self.rank + step) % self.world
+                    data = np.frombuffer(self._packets[peer], dtype=np.uint8).copy()
+                    if not data.size:
+                        continue
+                    buf = torch.from_numpy(data).to(self.device)
+                    self._send_bufs.append(buf)
+                    work = dist.isend(buf, group=self.group, group_dst=peer, tag=SHARD_TAG)
+                    assert work is not None
+                    self._sends.append(work)
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+        return self
+
+    @property
+    def done(self) -> bool:
+        """Whether every peer's packet has been returned."""
+        return not self._recv
+
+    @property
+    def pending(self) -> list[int]:
+        """Peers whose packet has not been returned yet, in rank order."""
+        return sorted(self._recv)
+
+    def _deliver(self, peer: int) -> tuple[int, np.ndarray]:
+        _, buf = self._recv.pop(peer)
+        arr = buf.cpu().numpy()
+        arr.setflags(write=False)
+        return peer, arr
+
+    def poll(self) -> tuple[int, np.ndarray] | None:
+        """The lowest-ranked packet that has arrived and was not returned yet, or None."""
+        for peer in self.pending:
+            work, _ = self._recv[peer]
+            if work is None or work.is_completed():
+                if work is not None:
+                    with translate_comm_errors("receiving shards"):
+                        work.wait()  # completed: raises if it completed with an error
+                return self._deliver(peer)
+        return None
+
+    def get(self) -> tuple[int, np.ndarray]:
+        """The lowest-ranked pending packet, waiting for it (bounded by the group timeout)."""
+        peer = self.pending[0]
+        work, _ = self._recv[peer]
+        t0 = time.perf_counter()
+        try:
+            if work is not None:
+                with translate_comm_errors("receiving shards"):
+                    work.wait()
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+        return self._deliver(peer)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and not isinstance(exc, Exception):
+            return  # KeyboardInterrupt/SystemExit: leave now
+        if self._broken or isinstance(exc, CommunicationError):
+            return  # the group is broken: waiting could only run into the timeout
+        t0 = time.perf_counter()
+        try:
+            with translate_comm_errors("sending shards"):
+                for work, _ in self._recv.values():
+                    if work is not None:
+                        work.wait()
+                for work in self._sends:
+                    work.wait()
+        except Exception:
+            if exc is None:
+                raise
+        finally:
+            self._recv.clear()
+            self._sends.clear()
+            self._send_bufs.clear()
+            self.wait_seconds += time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """What :func:`all_gather_bytes` returns.
+
+    Attributes:
+        payloads: one read-only ``uint8`` array per rank, in group rank order (this rank's
+            own is a view of its input).
+        sizes: payload sizes in bytes, per rank.
+        seconds: wall time of the size exchange and the transfers, in seconds.
+    """
+
+    payloads: tuple[np.ndarray, ...]
+    sizes: tuple[int, ...]
+    seconds: float
+
+
+def all_gather_bytes(
+    payload: bytes | bytearray | memoryview | None,
+    *,
+    group: dist.ProcessGroup | None = None,
+    status: int = 0,
+) -> Exchanged:
+    """Gather one byte payload from every rank of ``group``, in rank order.
+
+    :func:`exchange_sizes`, then a :class:`PacketTransfer` read to the end: exactly each
+    payload's bytes cross the wire (no padding), ``K - 1`` copies of this rank's.
+
+    Args:
+        payload: this rank's bytes (may be empty). Ignored when ``status`` is negative.
+        group: the process group (``None``: the default group). Must be initialised.
+        status: 0 to send ``payload``; a negative code (e.g. :data:`STATUS_NONFINITE`) to
+            tell every rank this one cannot take part.
+
+    Returns:
+        An :class:`Exchanged` with every rank's payload.
+
+    Raises:
+        PeerStatusError: on every rank, when any rank sent a negative status.
+        CommunicationError: a peer is gone or the group's timeout expired.
+
+    Example (on each of 2 ranks)::
+
+        got = all_gather_bytes(b"rank%d" % dist.get_rank())
+        bytes(got.payloads[1])  # b"rank1" on both ranks
+    """
+    t0 = time.perf_counter()
+    data = (
+        np.frombuffer(payload, dtype=np.uint8)
+        if payload is not None and status == 0
+        else np.empty(0, dtype=np.uint8)
+    )
+    sizes = exchange_sizes(data.size, group=group, status=status)
+    rank = dist.get_rank(group)
+    own = data.view()
+    own.setflags(write=False)
+    payloads: list[np.ndarray | None] = [None] * len(sizes)
+    payloads[rank] = own
+    with PacketTransfer(data, sizes, group=group) as transfer:
+        for peer, got in transfer:
+            payloads[peer] = got
+    assert all(p is not None for p in payloads)
+    return Exchanged(
+        payloads=tuple(p for p in payloads if p is not None),
+        sizes=sizes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def broadcast_bytes(
+    blob: bytes | None,
+    *,
+    status: int = 0,
+    group: dist.ProcessGroup | None = None,
+    max_bytes: int = 1 << 31,
+    what: str = "a payload",
+) -> tuple[int, bytes]:
+    """Rank 0 sends ``(status, blob)`` to every rank of ``group`` as int64/uint8 tensors.
+
+    Two broadcasts: an int64 header ``[status, size]``, then (if ``size > 0``) the bytes.
+    ``status`` lets rank 0 say what the bytes mean, or that it failed (every rank then
+    learns it at once instead of waiting for a timeout).
+
+    Args:
+        blob: rank 0's bytes (None: none); other ranks' arguments are ignored.
+        status: rank 0's status word.
+        group: the group (None: the default group).
+        max_bytes: a larger announced size is refused before any buffer is allocated.
+        what: what the bytes are, for error messages (e.g. "the checkpoint").
+
+    Returns:
+        ``(status, bytes)`` on every rank: rank 0's arguments.
+
+    Raises:
+        CorruptPacketError: the announced size exceeds ``max_bytes``.
+        CommunicationError: a peer died or the group's timeout expired.
+    """
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    mine = dist.get_rank() == src
+    size = len(blob) if (mine and blob is not None) else 0
+    header = torch.tensor([status, size] if mine else [0, 0], dtype=torch.int64)
+    with translate_comm_errors(f"receiving {what} from rank 0"):
+        dist.broadcast(header, src=src, group=group)
+    status, size = int(header[0]), int(header[1])
+    if size == 0:
+        return status, b""
+    if not 0 < size <= max_bytes:  # checked before allocating the buffer
+        raise CorruptPacketError(f"rank 0 announced {what} of {size} bytes: refused")
+    buf = (
+        torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        if mine and blob is not None
+        else torch.empty(size, dtype=torch.uint8)
+    )
+    with translate_comm_errors(f"receiving {what} from rank 0"):
+        dist.broadcast(buf, src=src, group=group)
+    return status, buf.numpy().tobytes()
+
+
+class TorchTransport:
+    """The protocol's transport over a torch.distributed group (see
+    :class:`tenfold.distributed.protocol.Transport` for the interface)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def exchange_sizes(
+        self, size: int, tag: int, *, status: int = 0, layout: int = 0
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Every rank's packet size, tag and layout hash (one ``all_gather`` of three
+        int64); raises PeerStatusError on a negative status."""
+        if status > 0:
+            raise ConfigError(f"status must be 0 or negative, got {status}")
+        rows = all_gather_row(
+            [status if status < 0 else size, tag, layout],
+            group=self.group,
+            what="exchanging packet sizes",
+        )
+        failed = {r: int(v[0]) for r, v in enumerate(rows) if v[0] < 0}
+        if failed:
+            raise PeerStatusError(failed)
+        return (
+            tuple(int(v[0]) for v in rows),
+            tuple(int(v[1]) for v in rows),
+            tuple(int(v[2]) for v in rows),
+        )
+
+    def exchange_size_matrix(
+        self, sizes: Sequence[int], tag: int, layout: int, *, status: int = 0
+    ) -> tuple[list[list[int]], tuple[int, ...], tuple[int, ...]]:
+        """:func:`exchange_size_matrix` over the group."""
+        return exchange_size_matrix(sizes, tag, layout, group=self.group, status=status)
+
+    def exchange_verdicts(
+        self, verdict: int, culprit: int, sumsq: Sequence[float]
+    ) -> list[list[float]]:
+        """:func:`exchange_verdicts` over the group."""
+        return exchange_verdicts(verdict, culprit, sumsq, group=self.group)
+
+    def gather_payloads(self, payload: bytes) -> list[bytes]:
+        """Every rank's small payload (failure paths only), in rank order."""
+        return [bytes(p) for p in all_gather_bytes(payload, group=self.group).payloads]
+
+    def all_gather(self, packet: bytes, sizes: Sequence[int]) -> PacketTransfer:
+        """The ring all-gather of every rank's packet (a context manager of arrivals)."""
+        return PacketTransfer(packet, sizes, group=self.group)
+
+    def scatter(self, packets: Sequence[bytes], matrix: Sequence[Sequence[int]]) -> ShardTransfer:
+        """Packet j of this rank to rank j (a context manager of arrivals)."""
+        return ShardTransfer(packets, matrix, group=self.group)
