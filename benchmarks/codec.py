@@ -60,7 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of both modes (``--threads`` selects the threads benchmark)."""
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Codec benchmark, single thread, on weight-like float32 data (Laplace bulk with\n"
+            "rare outliers), every figure beside baselines measured in the same run:\n"
+            "  - tenfold EntropyAdaptive(c=6, M=4) (the paper), Fixed(8), TargetRate(1.0) and\n"
+            "    TargetRate(0.5): bits/param, compress, decompress and accumulate MB/s;\n"
+            "  - zstd level 3 on the raw bytes, a float16 cast, Fixed(8) indices + zstd-3;\n"
+            "  - the ANS kernels against constriction's AnsCoder at 0.4, 1 and 2 bits;\n"
+            "  - the numba first-call (compile / cache load) time, apart;\n"
+            "  - with --threads: the threads= speed-ups on a model-like layout.\n"
+            "Each target it checks is explained in one line under the table.\n"
+            "For a model's whole tensor set (rate control per packet, zfp, SZ3, memory):\n"
+            "benchmarks/codec_speed.py --help."
+        ),
         epilog="Speeds are medians of --repeats runs after a warm-up; the numba first-call "
         "(compile/cache load) time is reported apart.",
     )

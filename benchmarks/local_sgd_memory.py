@@ -90,7 +90,7 @@ def _rank(rank: int, rdzv: str, out: str, args: dict[str, Any]) -> None:
         else None
     )
     sync = local_sgd(model, sync_every=2, outer_optimizer=outer, **kw)
-    rows = {"params": n, "after_construction": (_rss()[0] - base) / size}
+    rows: dict[str, float | None] = {"params": n, "after_construction": (_rss()[0] - base) / size}
     peak_reset = _reset_peak()
     g = torch.Generator().manual_seed(rank)
     for i in range(args["syncs"]):

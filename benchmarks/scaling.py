@@ -655,7 +655,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         )
     target = result.get("target") or {}
     if target.get("evaluated"):
-        lines += ["", "**The issue's targets** (P = 4, 25M, 1 Gbit/s, delta; measured):", ""]
+        what = target.get("what", "P = 2, 25M, 1 Gbit/s switch, delta")
+        lines += ["", f"**The issue's targets** ({what}; measured):", ""]
         lines += [
             "| network | layout | collective | x fp32 | x fp16 | met |",
             "|---|---|---|---|---|---|",

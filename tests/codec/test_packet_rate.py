@@ -191,3 +191,19 @@ def test_the_biases_of_a_larger_model_never_freeze() -> None:
             assert t.step <= scale * (1 + 1e-9), t.name
         else:
             assert t.step > 3 * scale, t.name
+
+
+def test_rate_control_with_no_usable_scale_still_codes() -> None:
+    """Every tensor's scale is 0 (values whose RMS underflows to 0): the
+    packet is still coded and decodes within the step (the fuzzer found this case, where
+    the rate control once took the minimum of no ratios)."""
+    import numpy as np
+
+    import tenfold
+
+    fi = np.finfo(np.float64)  # squares of these underflow to 0: the RMS is 0
+    x = {"a": np.array([fi.smallest_subnormal, fi.tiny] * 3, np.float64)}
+    blob = tenfold.compress(x, tenfold.TargetRate(1.0))
+    out = tenfold.decompress(blob)
+    step = tenfold.inspect(blob).tensors[0].step
+    assert np.all(np.abs(out["a"] - x["a"]) <= step / 2 * (1 + 1e-9))

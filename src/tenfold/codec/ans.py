@@ -89,12 +89,12 @@ Kernels
 Both kernels run the 4 lanes in one loop, so 4 independent dependency chains overlap; they
 take raw addresses for the byte streams (see ``bitio``: no reference counting, no negative
 index handling in the loop). The encoder divides by a precomputed 64-bit reciprocal (exact:
-see ``_encoder_table``, whose rows hold each field in its own word) and the decoder looks the slot up in one table of packed
-``(f, slot - cum)`` and one of decoded values. ``benchmarks/ans_measure.py`` on this machine
-(one Zen 3 core shared with other work, so +-30% from run to run; two runs, 10M values at
-0.4 / 1 / 2 bits each, float32 out): encode 285-419 M values/s, decode 319-622, against
-constriction 0.5.0's 153-188 and 40-58 (1.5-2.6x and 7.9-12.1x), in 0.16-0.21% more bytes
-(its 24-bit probabilities against our 12-bit ones).
+see ``_encoder_table``, whose rows hold each field in its own word) and the decoder looks
+the slot up in one table of packed ``(f, slot - cum)`` and one of decoded values.
+``benchmarks/ans_measure.py`` on this machine (one Zen 3 core shared with other work, so
++-30% from run to run; two runs, 10M values at 0.4 / 1 / 2 bits each, float32 out): encode
+285-419 M values/s, decode 319-622, against constriction 0.5.0's 153-188 and 40-58 (1.5-2.6x
+and 7.9-12.1x), in 0.16-0.21% more bytes (its 24-bit probabilities against our 12-bit ones).
 """
 
 from __future__ import annotations
@@ -291,21 +291,35 @@ def quantize_frequencies(counts: np.ndarray, scale_bits: int) -> np.ndarray:
             f"need 1..2**scale_bits = {m} used symbols and a total below 2**47 "
             f"(used={used}, total={total})"
         )
-    scaled = c * m
-    f = scaled // total
-    rem = scaled % total
-    short = m - int(f.sum())  # 0 <= short < #(rem > 0): every recipient has rem > 0
-    if short:
-        order = np.lexsort((np.arange(c.size), -rem))  # rem descending, then symbol
-        f[order[:short]] += 1
-    bumped = (c > 0) & (f == 0)
-    excess = int(np.count_nonzero(bumped))
-    f[bumped] = 1
-    if excess:
-        _take_from_largest(f, excess)
+    f = np.empty(c.size, dtype=np.int64)
+    _quantize_kernel(c, m, total, f)
     return f.astype(np.uint32)
 
 
+@njit(cache=True, nogil=True)
+def _quantize_kernel(c: np.ndarray, m: int, total: int, f: np.ndarray) -> None:
+    # quantize_frequencies' three steps into f (a kernel: numpy took 10-70 us, paid several
+    # times per tensor)
+    scaled = c * m
+    rem = scaled % total
+    short = m
+    for s in range(c.size):
+        f[s] = scaled[s] // total
+        short -= f[s]
+    if short:  # 0 < short < #(rem > 0): every recipient has rem > 0
+        order = np.argsort(-rem, kind="mergesort")  # stable: rem descending, then symbol
+        for i in range(short):
+            f[order[i]] += 1
+    excess = 0
+    for s in range(c.size):
+        if c[s] > 0 and f[s] == 0:
+            f[s] = 1
+            excess += 1
+    if excess:
+        _take_from_largest(f, excess)
+
+
+@njit(cache=True, nogil=True)
 def _take_from_largest(f: np.ndarray, excess: int) -> None:
     # In place, the closed form of "excess times: subtract 1 from the largest f, ties to the
     # lower symbol". With S(v) = sum(max(0, f - v)), let lam be the largest level with
@@ -314,16 +328,16 @@ def _take_from_largest(f: np.ndarray, excess: int) -> None:
     # then takes the remaining units from the symbols at lam + 1 in increasing symbol order:
     # so of the symbols above lam, the lowest-indexed ones end at lam, the
     # S(lam) - excess highest-indexed ones at lam + 1.
-    lo, hi = 1, int(f.max())  # S(lo) >= excess > S(hi) = 0
+    lo, hi = 1, f.max()  # S(lo) >= excess > S(hi) = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if int(np.maximum(f - mid, 0).sum()) >= excess:
+        if np.maximum(f - mid, 0).sum() >= excess:
             lo = mid
         else:
             hi = mid
     lam = lo
     above = np.flatnonzero(f > lam)
-    keep = int(np.maximum(f - lam, 0).sum()) - excess
+    keep = np.maximum(f - lam, 0).sum() - excess
     f[above] = lam
     if keep:
         f[above[above.size - keep :]] += 1
@@ -551,22 +565,27 @@ def _encoder_table(f: np.ndarray, scale_bits: int) -> np.ndarray:
     # 355-425 / 325-345 / 260-340.
     # A single used symbol comes here as n = 0, f = 1: its xmax (2**16) is clamped to
     # 0xFFFF, never reached as its state stays L.
-    tab = np.zeros((f.size, 4), dtype=np.uint64)
-    fu = f.astype(np.uint64)
-    cum = np.concatenate([[0], np.cumsum(f)[:-1]]).astype(np.uint64)
-    m = 1 << scale_bits
-    big = f >= 2
-    one = f == 1
-    rcp = tab[:, 0]
-    rcp[big] = _MAX_U64 // fu[big] + np.uint64(1)
-    rcp[one] = _MAX_U64
-    xmax = np.minimum(fu << np.uint64(16 - scale_bits), _LOW16)
-    bias = cum + np.where(one, np.uint64(m - 1), np.uint64(0))
-    used = f > 0
-    tab[used, 1] = xmax[used]
-    tab[used, 2] = np.uint64(m) - fu[used]
-    tab[used, 3] = bias[used]
-    return tab.reshape(-1)
+    tab = np.zeros(4 * f.size, dtype=np.uint64)
+    _encoder_table_kernel(np.ascontiguousarray(f, dtype=np.int64), scale_bits, tab)
+    return tab
+
+
+@njit(cache=True, nogil=True)
+def _encoder_table_kernel(f: np.ndarray, scale_bits: int, tab: np.ndarray) -> None:
+    # fills the zeroed tab (4 * K) as _encoder_table says (a kernel: numpy took 20 us per
+    # table, paid per tensor)
+    m = np.uint64(1) << np.uint64(scale_bits)
+    cum = np.uint64(0)
+    for s in range(f.size):
+        fs = np.uint64(f[s])
+        if fs == 0:
+            continue
+        r = 4 * s
+        tab[r] = _MAX_U64 if fs == 1 else _MAX_U64 // fs + _U1
+        tab[r + 1] = min(fs << (_U16 - np.uint64(scale_bits)), _LOW16)
+        tab[r + 2] = m - fs
+        tab[r + 3] = cum + (m - _U1 if fs == 1 else np.uint64(0))
+        cum += fs
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -574,10 +593,11 @@ def _enc_put(x: int, tab: np.ndarray, r: int, p: int) -> tuple[int, int]:
     # One encoder step for a lane: state x, output address p (words are written downwards),
     # the symbol's table row at tab[r] (r = 4 * symbol, uint64). Renormalises without a
     # branch: the word is stored whether or not it is due (the next store overwrites it if
-    # not; the lane has room for one word per value) and p moves by 0 or 2 bytes. Measured (10M values, best of 5, M
-    # values/s, branch vs no branch): 0.4 bits 379-500 vs 402-469, 1 bit 429-435 vs
-    # 412-477, 1.5 bits 315-383 vs 385-465, 2 bits 277 vs 424-466, 4 bits 276 vs 327: a
-    # word is due in about bits/16 of the steps and the branch mispredicts.
+    # not; the lane has room for one word per value) and p moves by 0 or 2 bytes. Measured
+    # (10M values, best of 5, M values/s, branch vs no branch): 0.4 bits 379-500 vs
+    # 402-469, 1 bit 429-435 vs 412-477, 1.5 bits 315-383 vs 385-465, 2 bits 277 vs
+    # 424-466, 4 bits 276 vs 327: a word is due in about bits/16 of the steps and the
+    # branch mispredicts.
     hi = x >> _U16
     _store_u16(p - 2, x)  # type: ignore[call-arg]
     c = hi >= tab[r | _U1]  # x >= f << (32 - n), as that bound is a multiple of 2**16

@@ -1,7 +1,8 @@
 """rANS over *pairs* of symbols (format version 3, mode ``0x16``; docs/FORMAT.md 6C).
 
-At a few bits per value a step tensor's alphabet is small (``2**bits <= 32`` levels). Coding two values per coder step, as one symbol
-``s[2k] + s[2k+1] * 2**bits`` of an alphabet of at most 1024, halves the coder's steps -
+At a few bits per value a step tensor's alphabet is small (``2**bits <= 32`` levels).
+Coding two values per coder step, as one symbol ``s[2k] + s[2k+1] * 2**bits`` of an
+alphabet of at most 1024, halves the coder's steps -
 its cost is per step, not per bit - at no cost in size (the pair's frequency is about the
 product of its halves'). The lanes, states, words and checks are those of
 :mod:`tenfold.codec.ans` applied to the ``ceil(n / 2)`` pair symbols; a tensor with an odd
@@ -183,15 +184,46 @@ def build_pair_table(
         lut: the decoded value of each of the ``2**bits`` symbols (float32/float64, or the
             uint16 bits of float16 values).
     """
-    from tenfold.codec.ans import build_decode_table
-
-    k = 1 << bits
+    f = _check_frequencies(freq, scale_bits)
     lut = np.ascontiguousarray(lut).reshape(-1)
-    fbtab, pair = build_decode_table(freq, scale_bits, np.arange(k * k, dtype=np.uint16))
-    both = np.empty((pair.size, 2), dtype=lut.dtype)
-    both[:, 0] = lut[pair & (k - 1)]
-    both[:, 1] = lut[pair >> bits]
-    return fbtab, both[:, 0].copy(), both[:, 1].copy(), both
+    if f.size != 1 << (2 * bits) or lut.size != 1 << bits:
+        raise ConfigError(f"need 4**bits frequencies and 2**bits values (bits={bits})")
+    g, n_eff = _effective(f, scale_bits)
+    size = 1 << n_eff
+    fbtab = np.empty(size, dtype=np.uint32)
+    first = np.empty(size, dtype=lut.dtype)
+    second = np.empty(size, dtype=lut.dtype)
+    both = np.empty((size, 2), dtype=lut.dtype)
+    _pair_table_kernel(g, lut, bits, fbtab, first, second, both)
+    return fbtab, first, second, both
+
+
+@njit(cache=True, nogil=True)
+def _pair_table_kernel(
+    f: np.ndarray,
+    lut: np.ndarray,
+    bits: int,
+    fbtab: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    both: np.ndarray,
+) -> None:
+    # ans._build_table_kernel over pair symbols (one pass: numpy took 34 us per tensor)
+    low = (1 << bits) - 1
+    slot = 0
+    for s in range(f.size):
+        fs = np.uint32(f[s])
+        if fs == 0:
+            continue
+        a = lut[s & low]
+        b = lut[s >> bits]
+        for r in range(fs):
+            fbtab[slot] = (fs << np.uint32(16)) | np.uint32(r)
+            first[slot] = a
+            second[slot] = b
+            both[slot, 0] = a
+            both[slot, 1] = b
+            slot += 1
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -283,34 +315,12 @@ def _pairs_run(
     return x0, x1, x2, x3, q0, q1, q2, q3
 
 
-@njit(cache=True, nogil=True)
-def _decode_pairs_kernel(
-    data: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    fbtab: np.ndarray,
-    first: np.ndarray,
-    second: np.ndarray,
-    both: np.ndarray,
-    scale_bits: int,
-    out: np.ndarray,
-    add: bool,
-    packed: bool,
-) -> int:
-    # Returns the bit mask of the corrupt lanes (ans._decode_kernel's checks); every lane
-    # has >= 4 bytes (the caller substitutes shorter ones). Reads are bounded by the data's
-    # last word, not the lane's: a lane that runs out reads the next lanes' bytes and ends
-    # past its end, which marks it corrupt all the same. Runs of _RUN steps whose reads
-    # provably stay inside the data skip even that bound (every step reads <= 1 word).
-    # Measured (10M float32 values at ~1 bit, 12 rounds, median speed-up over one bound per
-    # lane and two 4-byte stores per pair): runs and 8-byte stores 1.31x, 8-byte stores
-    # alone 1.15x.
-    n = out.size
-    m = (n + 1) // 2
+@njit(inline="always", cache=True, nogil=True)
+def _initial_states(
+    data: np.ndarray, starts: np.ndarray
+) -> tuple[int, int, int, int, int, int, int, int, int]:
+    # the 4 lanes' initial states and read addresses, and the mask of states below L
     base = np.int64(data.ctypes.data)
-    ba = np.int64(both.ctypes.data)
-    mask = np.uint64(fbtab.size - 1)
-    sh = np.uint64(scale_bits)
     a0 = base + starts[0]
     a1 = base + starts[1]
     a2 = base + starts[2]
@@ -324,47 +334,37 @@ def _decode_pairs_kernel(
     bad |= 2 if x1 < _L else 0
     bad |= 4 if x2 < _L else 0
     bad |= 8 if x3 < _L else 0
-    q0, q1, q2, q3 = a0 + 4, a1 + 4, a2 + 4, a3 + 4
+    return x0, x1, x2, x3, a0 + 4, a1 + 4, a2 + 4, a3 + 4, bad
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _finish(
+    data: np.ndarray,
+    ends: np.ndarray,
+    fbtab: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    sh: int,
+    out: np.ndarray,
+    add: bool,
+    f4: int,
+    x0: int,
+    x1: int,
+    x2: int,
+    x3: int,
+    q0: int,
+    q1: int,
+    q2: int,
+    q3: int,
+    bad: int,
+) -> int:
+    # the remaining pairs f4 .. m - 1, in lane order (at most 4: lanes 0, 1, 2, 3), then
+    # the end checks: the bit mask of the corrupt lanes
+    n = out.size
+    base = np.int64(data.ctypes.data)
     last = base + data.size - 2
-    full = n // 2  # complete pairs
-    f4 = full - full % 4
-    k = 0
-    while k < f4:
-        kend = min(f4, k + 4 * _RUN)
-        free = max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last
-        if packed and free:
-            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False,
-            )  # fmt: skip
-        elif packed:
-            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True,
-            )  # fmt: skip
-        elif add and free:
-            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, True, False, False,
-            )  # fmt: skip
-        elif add:
-            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, True, False, True,
-            )  # fmt: skip
-        elif free:
-            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, False, False,
-            )  # fmt: skip
-        else:
-            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, False, True,
-            )  # fmt: skip
-        k = kend
-    # the remaining pairs f4 .. m - 1, in lane order (at most 4: lanes 0, 1, 2, 3)
-    for k in range(f4, m):
+    mask = np.uint64(fbtab.size - 1)
+    for k in range(f4, (n + 1) // 2):
         lane = k % 4
         if lane == 0:
             x, q = x0, q0
@@ -392,6 +392,81 @@ def _decode_pairs_kernel(
     bad |= _lane_bad(x2, q2, base + ends[2], 4)
     bad |= _lane_bad(x3, q3, base + ends[3], 8)
     return bad
+
+
+@njit(cache=True, nogil=True)
+def _decode_pairs_packed(
+    data: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    fbtab: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    both: np.ndarray,
+    scale_bits: int,
+    out: np.ndarray,
+) -> int:
+    # float32 output, overwritten: each pair is one 8-byte copy from ``both``. Returns the
+    # bit mask of the corrupt lanes (ans._decode_kernel's checks); every lane has >= 4
+    # bytes (the caller substitutes shorter ones). Reads are bounded by the data's last
+    # word, not the lane's: a lane that runs out reads the next lanes' bytes and ends past
+    # its end, which marks it corrupt all the same. Runs of _RUN steps whose reads provably
+    # stay inside the data skip even that bound (every step reads <= 1 word). Measured
+    # (10M float32 values at ~1 bit, 12 rounds, median speed-up over one bound per lane and
+    # two 4-byte stores per pair): runs and 8-byte stores 1.31x, 8-byte stores alone 1.15x.
+    # (The other outputs keep one bounded loop: each loop copy costs seconds of compile.)
+    x0, x1, x2, x3, q0, q1, q2, q3, bad = _initial_states(data, starts)
+    ba = np.int64(both.ctypes.data)
+    sh = np.uint64(scale_bits)
+    last = np.int64(data.ctypes.data) + data.size - 2
+    full = out.size // 2  # complete pairs
+    f4 = full - full % 4
+    k = 0
+    while k < f4:
+        kend = min(f4, k + 4 * _RUN)
+        if max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last:
+            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
+                fbtab, first, second, ba, out, k, kend, sh,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False,
+            )  # fmt: skip
+        else:
+            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
+                fbtab, first, second, ba, out, k, kend, sh,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True,
+            )  # fmt: skip
+        k = kend
+    return _finish(
+        data, ends, fbtab, first, second, sh, out, False, f4,
+        x0, x1, x2, x3, q0, q1, q2, q3, bad,
+    )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _decode_pairs_kernel(
+    data: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    fbtab: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    scale_bits: int,
+    out: np.ndarray,
+    add: bool,
+) -> int:
+    # Any output, overwritten or added to; as _decode_pairs_packed, every read bounded.
+    x0, x1, x2, x3, q0, q1, q2, q3, bad = _initial_states(data, starts)
+    sh = np.uint64(scale_bits)
+    last = np.int64(data.ctypes.data) + data.size - 2
+    full = out.size // 2
+    f4 = full - full % 4
+    x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
+        fbtab, first, second, 0, out, 0, f4, sh,
+        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True,
+    )  # fmt: skip
+    return _finish(
+        data, ends, fbtab, first, second, sh, out, add, f4,
+        x0, x1, x2, x3, q0, q1, q2, q3, bad,
+    )  # fmt: skip
 
 
 _EMPTY_LANE = np.array([0, 0, 1, 0], dtype=np.uint8)  # the state L, no words
@@ -426,10 +501,9 @@ def decode_pairs(
         starts[short] = size
         ends[short] = size + 4
     scale = int(fbtab.size).bit_length() - 1
-    packed = not add and out.dtype == np.float32
-    bad = short_mask | int(
-        _decode_pairs_kernel(
-            data, starts, ends, fbtab, first, second, both, scale, out, add, packed
-        )
-    )
+    if not add and out.dtype == np.float32:
+        status = _decode_pairs_packed(data, starts, ends, fbtab, first, second, both, scale, out)
+    else:
+        status = _decode_pairs_kernel(data, starts, ends, fbtab, first, second, scale, out, add)
+    bad = short_mask | int(status)
     return (bad & -bad).bit_length()

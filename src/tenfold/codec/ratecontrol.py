@@ -450,6 +450,8 @@ def plan_alpha(model: PacketModel, budget: float, small_alpha: float) -> float:
         for st, ref in zip(model.stats, model.refs, strict=True)
         if ref > 0
     ]
+    if not ratio:  # no tensor has a scale to multiply (RMS underflow: subnormal values)
+        return 1.0
     lo = math.log2(min(ratio) / LEVEL_LIMIT) - 1.0  # every tensor at its finest step
     hi = math.log2(2.0 * max(ratio)) + 1.0  # every value rounds to 0
     if model.nbytes(2.0**lo) <= budget:

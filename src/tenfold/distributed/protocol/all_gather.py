@@ -100,7 +100,12 @@ class _Coder:
 
     def __init__(self, send: Outgoing, plan: Sequence[Chunk], threads: int | None) -> None:
         self._send, self._plan, self._threads = send, plan, threads
+        # Two lists of the same futures, one per thread: each side drops its own reference
+        # when done with a chunk (the consumer may take chunk i before the coder reaches
+        # it, so the coder must not read the consumer's list), and a chunk's values are
+        # freed once both have.
         self._futures: list[Future[Coded] | None] = [Future() for _ in plan]
+        self._to_code: list[Future[Coded] | None] = list(self._futures)
         self._allowed = threading.Semaphore(1)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="tenfold-coder", daemon=True)
@@ -111,8 +116,9 @@ class _Coder:
             self._allowed.acquire()
             if self._stop:
                 return
-            fut = self._futures[i]
-            assert fut is not None
+            fut = self._to_code[i]
+            self._to_code[i] = None
+            assert fut is not None  # only this thread empties _to_code
             try:
                 fut.set_result(encode_chunk(self._send, chunk, i, self._threads))
             except BaseException as exc:
