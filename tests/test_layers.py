@@ -175,3 +175,18 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
     )
     found = _all_imports(pkg / "mod.py", tmp_path)
     assert {"tenfold.cli.main", "paper.report", "tenfold.codec.api"} <= found
+
+
+def test_the_protocol_makes_no_torch_distributed_call_of_its_own() -> None:
+    """The sync is written once in ``tenfold.distributed.protocol`` over a ``Transport``;
+    only ``distributed/transport.py`` (and the drivers) talk to ``torch.distributed``."""
+    bad = []
+    for path in sorted((SRC / "tenfold" / "distributed" / "protocol").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            bad += [f"{path.name}: {n}" for n in names if n.startswith("torch.distributed")]
+    assert not bad, f"torch.distributed imported in the protocol: {bad}"

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tenfold.errors import ConfigError
+
 if TYPE_CHECKING:
     from tenfold.train.config import TrainConfig
 
@@ -335,7 +337,7 @@ def _policy_name(args: argparse.Namespace) -> str:
     """--policy as given, or what --scheme implies, or the default (target-rate)."""
     if args.scheme == "paper":
         if args.policy not in (None, "entropy") or "transmit" in given_options(args):
-            raise ValueError("--scheme paper fixes --policy entropy and --transmit weights")
+            raise ConfigError("--scheme paper fixes --policy entropy and --transmit weights")
         return "entropy"
     return args.policy or "target-rate"
 
@@ -360,7 +362,7 @@ def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if name != owner:
             flag = "--F/--sample-rate" if param == "F" else f"--{param}"
-            raise ValueError(f"{flag} applies to --policy {owner}, not --policy {name}")
+            raise ConfigError(f"{flag} applies to --policy {owner}, not --policy {name}")
         config[field] = value
     if name in _SEEDED:
         config["seed"] = args.seed or 0
@@ -386,7 +388,9 @@ def config_from_args(args: argparse.Namespace, *, world_size: int | None = None)
     if world_size is not None:
         workers = values.get("workers")
         if workers is not None and workers != world_size:
-            raise ValueError(f"--workers {workers} differs from torchrun's world size {world_size}")
+            raise ConfigError(
+                f"--workers {workers} differs from torchrun's world size {world_size}"
+            )
         values["workers"] = world_size
     values["policy"] = _policy_config(args)
     if args.scheme == "paper":
@@ -573,9 +577,9 @@ def _resume_config(args: argparse.Namespace, saved: TrainConfig, world: int | No
     """
     given = given_options(args)
     if "overwrite" in given:
-        raise ValueError("--resume continues a run, --overwrite starts a new one: pick one")
+        raise ConfigError("--resume continues a run, --overwrite starts a new one: pick one")
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
-        raise ValueError(f"--out {args.out} differs from --resume {args.resume}")
+        raise ConfigError(f"--out {args.out} differs from --resume {args.resume}")
     wanted = config_from_args(args, world_size=world)  # also validates the given values
     fields_by_dest = {_dest(f, o): (f, o) for f, o in _flagged()}
     conflicts = []
@@ -595,7 +599,7 @@ def _resume_config(args: argparse.Namespace, saved: TrainConfig, world: int | No
     if world is not None and world != saved.workers:
         conflicts.append(f"torchrun's world size {world} (the run has workers={saved.workers})")
     if conflicts:
-        raise ValueError(
+        raise ConfigError(
             "--resume continues the run with its saved configuration; these options "
             f"conflict with it: {'; '.join(conflicts)}"
         )

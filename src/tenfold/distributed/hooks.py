@@ -417,7 +417,7 @@ class CompressionState:
             self._canonical.setdefault(id(p), len(self._canonical))
         sizes = [int(p.numel()) for p in params]
         if sum(sizes) != total:  # pragma: no cover - DDP's own invariant
-            raise ValueError(f"bucket holds {total} values, its parameters {sum(sizes)}")
+            raise ConfigError(f"bucket holds {total} values, its parameters {sum(sizes)}")
         starts = np.cumsum([0, *sizes[:-1]]).tolist()
         canon = [self._canonical[id(p)] for p in params]
         order = sorted(range(len(params)), key=canon.__getitem__)

@@ -532,7 +532,7 @@ def restore_state(state: TrainState, ckpt: Checkpoint) -> None:
     for w in state.workers:
         try:
             w.load_state_dict(ckpt.worker_state(w.rank))
-        except (RuntimeError, KeyError) as exc:  # e.g. a shape mismatch in load_state_dict
+        except (RuntimeError, KeyError, CheckpointError) as exc:  # e.g. another shape
             raise CheckpointError(f"{ckpt.path}: worker {w.rank} does not fit ({exc})") from None
         if w.step != ckpt.step:
             raise CheckpointError(

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from tenfold.errors import ConfigError
+from tenfold.train.checkpoint import CheckpointError
 from tenfold.train.config import TrainConfig
 from tenfold.train.shards import derive_seed, grad_rms, to_inputs
 
@@ -233,11 +234,11 @@ class ModuleWorker:
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 if n not in params or params[n].shape != p.shape:
-                    raise KeyError(f"parameter {n!r} is missing or has another shape")
+                    raise CheckpointError(f"parameter {n!r} is missing or has another shape")
                 p.copy_(params[n])
             for n, b in self.model.named_buffers():
                 if n not in buffers or buffers[n].numel() != b.numel():
-                    raise KeyError(f"buffer {n!r} is missing or has another size")
+                    raise CheckpointError(f"buffer {n!r} is missing or has another size")
                 b.copy_(buffers[n].reshape(b.shape))
         saved = state.get("optimizer", {})
         fresh = self.optimizer.state_dict()
