@@ -534,7 +534,7 @@ def _launch(
         rate=args.rate,
         powersgd_start=args.powersgd_start,
         seed=seed,
-        init_method=f"file://{work / 'rendezvous'}",
+        init_method=f"file://{(work / 'rendezvous').resolve()}",  # absolute: file://rel/x names a host
         out_dir=str(work),
         timeout_s=args.timeout,
         cpus=sync.core_plan(args.ranks, not args.no_pin),
@@ -799,7 +799,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (orchestrator, or one rank with the hidden worker options)."""
     args = build_parser().parse_args(argv)
     if args.worker_config is not None:
-        return worker_main(args.worker_config, args.worker_rank)
+        code = worker_main(args.worker_config, args.worker_rank)
+        # A rank's records are written and closed: leave without the interpreter's
+        # teardown, where gloo's and DDP's C++ threads sometimes abort the process
+        # ("terminate called without an active exception", exit -6) after a clean run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.table is not None:
         print(markdown_table(json.loads(args.table.read_text())))
         return 0

@@ -224,7 +224,7 @@ def _section_run(a: Analysis, profile: Profile, meta: dict[str, Any], out: Path)
         "packets are exchanged and every worker continues from the same average of the decoded "
         "packets (paper §2). The K workers of a run are *simulated* in one process "
         "(`tenfold.distributed.SimulatedAverager`): bit for bit the weights of K torch.distributed "
-        "ranks, which `tests/experiments/test_simulated_equals_distributed.py` checks.",
+        "ranks, which `tests/paper/test_simulated_equals_distributed.py` checks.",
         f"- **Epochs**: {profile.epochs} per run (the paper: 100); **seeds**: "
         f"{seeds_txt} (the paper: 50 per point of Fig. 4, "
         "~1,500 runs in all); a seed fixes the initial weights, the shard split, the "

@@ -13,7 +13,7 @@ configuration differs (e.g. the epoch count changed) is stale and is run again.
 
 Runs use the trainer's *simulated* averager: the K workers of a run train one after the
 other in one process, with bit for bit the weights K torch.distributed ranks produce (see
-``tests/experiments/test_simulated_equals_distributed.py``). The sweep driver composes the
+``tests/paper/test_simulated_equals_distributed.py``). The sweep driver composes the
 trainer's public pieces (:func:`~tenfold.train.make_workers`, :class:`~tenfold.train.TrainState`,
 :func:`~tenfold.train.train_loop`) instead of calling ``run_simulated``, because it needs
 the averaged weights after every synchronisation to compute the entropy grid of Fig. 3
