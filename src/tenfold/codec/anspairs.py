@@ -28,6 +28,7 @@ from tenfold.codec.ans import (
     _enc_loop,
     _enc_put,
     _encoder_table,
+    _initial_states,
     _lane_bad,
     _levels_block,
     _load_le16,
@@ -313,28 +314,6 @@ def _pairs_run(
         x2, q2 = _step(x2, np.uint64(fbtab[t2]), sh, q2, last, bounded)
         x3, q3 = _step(x3, np.uint64(fbtab[t3]), sh, q3, last, bounded)
     return x0, x1, x2, x3, q0, q1, q2, q3
-
-
-@njit(inline="always", cache=True, nogil=True)
-def _initial_states(
-    data: np.ndarray, starts: np.ndarray
-) -> tuple[int, int, int, int, int, int, int, int, int]:
-    # the 4 lanes' initial states and read addresses, and the mask of states below L
-    base = np.int64(data.ctypes.data)
-    a0 = base + starts[0]
-    a1 = base + starts[1]
-    a2 = base + starts[2]
-    a3 = base + starts[3]
-    x0 = _load_le16(a0) | (_load_le16(a0 + 2) << _U16)  # type: ignore[call-arg]
-    x1 = _load_le16(a1) | (_load_le16(a1 + 2) << _U16)
-    x2 = _load_le16(a2) | (_load_le16(a2 + 2) << _U16)
-    x3 = _load_le16(a3) | (_load_le16(a3 + 2) << _U16)
-    bad = 0
-    bad |= 1 if x0 < _L else 0
-    bad |= 2 if x1 < _L else 0
-    bad |= 4 if x2 < _L else 0
-    bad |= 8 if x3 < _L else 0
-    return x0, x1, x2, x3, a0 + 4, a1 + 4, a2 + 4, a3 + 4, bad
 
 
 @njit(inline="always", cache=True, nogil=True)
