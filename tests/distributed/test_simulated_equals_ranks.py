@@ -74,17 +74,25 @@ def recorded() -> Iterator[list[bytes]]:
     """Every packet the protocol codes in this process, in call order."""
     got: list[bytes] = []
     real = packets_module.compress
+    real_and_decode = packets_module.compress_and_decode
 
     def compress(*args: Any, **kwargs: Any) -> bytes:
         blob = real(*args, **kwargs)
         got.append(bytes(blob))
         return blob
 
+    def compress_and_decode(*args: Any, **kwargs: Any) -> tuple[bytes, Any, Any]:
+        blob, decoded, info = real_and_decode(*args, **kwargs)
+        got.append(bytes(blob))
+        return blob, decoded, info
+
     packets_module.compress = compress  # type: ignore[assignment]
+    packets_module.compress_and_decode = compress_and_decode  # type: ignore[assignment]
     try:
         yield got
     finally:
         packets_module.compress = real
+        packets_module.compress_and_decode = real_and_decode
 
 
 def _job(rank: int, rdzv: str, out: str) -> None:

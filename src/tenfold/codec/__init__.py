@@ -36,6 +36,9 @@ The codec contract (written down once; everything else in the package follows it
   fused decode-and-add, bit-equal to ``out[k] += decompress(blob)[k]`` (float32
   accumulators for bfloat16 tensors); a packet describing
   other tensors raises :class:`PacketMismatchError` naming the first offending one.
+* ``compress_and_decode(tensors, policy) -> (bytes, dict)``: the packet and exactly what
+  ``decompress`` returns for it, the TargetRate coder writing each tensor's decoding as it
+  codes it (what a sender keeping an error-feedback residual needs).
 * ``inspect(blob) -> PacketInfo``: sizes, N, range, entropy and mode per tensor. Bits per
   parameter is always ``8 * len(packet) / values``: headers, tables, padding, CRC included.
 * ``compress``, ``decompress`` and ``accumulate`` take ``threads=`` (None, the default:
@@ -61,7 +64,7 @@ Example:
 
 from __future__ import annotations
 
-from tenfold.codec.api import accumulate, compress, decompress, inspect
+from tenfold.codec.api import accumulate, compress, compress_and_decode, decompress, inspect
 from tenfold.codec.bfloat16 import BFloat16Bits
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 from tenfold.codec.packet import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, PacketInfo, TensorInfo
@@ -93,6 +96,7 @@ __all__ = [
     "TensorInfo",
     "accumulate",
     "compress",
+    "compress_and_decode",
     "decompress",
     "derive_seed",
     "inspect",

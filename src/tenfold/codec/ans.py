@@ -693,6 +693,14 @@ _LEVEL_BLOCK = 2048
 
 
 @njit(cache=True, nogil=True)
+def _decoded_block(sym: np.ndarray, lut: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
+    # out[lo:hi] = lut[sym[:hi - lo]]: what a decoder writes for these symbols
+    dst = out[lo:hi]
+    for j in range(dst.size):
+        dst[j] = lut[sym[j]]
+
+
+@njit(cache=True, nogil=True)
 def _levels_block(
     x: np.ndarray,
     lo: int,
@@ -724,10 +732,13 @@ def _encode_values_kernel(
     tab: np.ndarray,
     buf: np.ndarray,
     ends: np.ndarray,
+    lut: np.ndarray,
+    decoded: np.ndarray,
 ) -> tuple[int, int, int, int]:
     # _encode_kernel with the mid-tread quantizer fused in: blocks of values, last first,
     # are quantized into a small symbol buffer (vectorised, in L1) and coded from it, so the
-    # values are read once and no symbol array is written.
+    # values are read once and no symbol array is written. A non-empty ``decoded`` gets
+    # each value's decoding, lut[symbol], from the same symbol buffer.
     n = x.size
     base = np.int64(buf.ctypes.data)
     p0 = base + 2 * ends[0]
@@ -747,11 +758,16 @@ def _encode_values_kernel(
         row = _row_of(x[n4], inv, qlo, qhi, qmin)
         x0, p0 = _enc_put(x0, tab, row, p0)
     sym = np.empty(_LEVEL_BLOCK, dtype=np.uint16)
+    if decoded.size and r:
+        _levels_block(x, n4, n, inv, qlo, qhi, qmin, sym)
+        _decoded_block(sym, lut, decoded, n4, n)
     sa = np.int64(sym.ctypes.data)
     hi = n4
     while hi > 0:
         lo = max(0, hi - _LEVEL_BLOCK)  # a multiple of 4, as n4 and the block are
         _levels_block(x, lo, hi, inv, qlo, qhi, qmin, sym)
+        if decoded.size:
+            _decoded_block(sym, lut, decoded, lo, hi)
         x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(sa, hi - lo, tab, x0, x1, x2, x3, p0, p1, p2, p3)
         hi = lo
     p0 = _enc_finish(x0, p0)
@@ -759,6 +775,22 @@ def _encode_values_kernel(
     p2 = _enc_finish(x2, p2)
     p3 = _enc_finish(x3, p3)
     return (p0 - base) // 2, (p1 - base) // 2, (p2 - base) // 2, (p3 - base) // 2
+
+
+def decoded_target(
+    x: np.ndarray, lut: np.ndarray | None, decoded: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(lut, decoded)`` arrays a fused encoder kernel takes: empty ones (of ``x``'s
+    dtype) when no decoding is wanted; otherwise checked: ``decoded`` 1-D, contiguous,
+    ``x.size`` values of ``x``'s dtype, and ``lut`` of that dtype."""
+    if decoded is None:
+        empty = np.empty(0, dtype=x.dtype)
+        return empty, empty
+    if lut is None or lut.dtype != x.dtype or decoded.dtype != x.dtype:
+        raise ConfigError(f"decoded and lut must be given together, both of dtype {x.dtype}")
+    if decoded.ndim != 1 or decoded.size != x.size or not decoded.flags.c_contiguous:
+        raise ConfigError(f"decoded must be a 1-D contiguous array of {x.size} values")
+    return np.ascontiguousarray(lut), decoded
 
 
 def encode_levels(
@@ -769,11 +801,16 @@ def encode_levels(
     qhi: int,
     freq: np.ndarray,
     scale_bits: int,
+    *,
+    lut: np.ndarray | None = None,
+    decoded: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """rANS-code the mid-tread levels of ``values`` (quantized on the fly) into 4 lanes.
 
     Value ``j``'s symbol is ``clamp(floor(values[j] * step_inverse + 0.5), qlo, qhi) -
-    qmin``; the lanes are exactly :func:`encode`'s for those symbols.
+    qmin``; the lanes are exactly :func:`encode`'s for those symbols. With ``decoded``
+    (and ``lut``, the decoded value of each symbol), ``decoded[j] = lut[symbol j]`` is
+    written in the same pass: what decoding the lanes gives, without decoding them.
 
     Args:
         values: 1-D float32/float64, C-contiguous.
@@ -802,8 +839,9 @@ def encode_levels(
     room = np.array([(n - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
     ends = np.cumsum(room)
     buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    lut_, out = decoded_target(x, lut, decoded)
     starts = _encode_values_kernel(
-        x, float(step_inverse), float(qlo), float(qhi), float(qmin), tab, buf, ends
+        x, float(step_inverse), float(qlo), float(qhi), float(qmin), tab, buf, ends, lut_, out
     )
     if _BIG_ENDIAN:
         buf = buf.astype("<u2")

@@ -23,6 +23,7 @@ from tenfold.codec.ans import (
     _U16,
     LANES,
     _check_frequencies,
+    _decoded_block,
     _effective,
     _enc_finish,
     _enc_loop,
@@ -34,6 +35,7 @@ from tenfold.codec.ans import (
     _load_le16,
     _load_u64,
     _store_u64,
+    decoded_target,
 )
 from tenfold.errors import ConfigError
 
@@ -63,9 +65,11 @@ def _encode_pairs_kernel(
     tab: np.ndarray,
     buf: np.ndarray,
     ends: np.ndarray,
+    lut: np.ndarray,
+    decoded: np.ndarray,
 ) -> tuple[int, int, int, int]:
     # As ans._encode_values_kernel, over pair symbols: pair k (values 2k, 2k + 1) goes to
-    # lane k % 4; pairs are coded last first.
+    # lane k % 4; pairs are coded last first; a non-empty ``decoded`` gets lut[symbol].
     n = x.size
     m = (n + 1) // 2
     r = m % 4
@@ -81,6 +85,8 @@ def _encode_pairs_kernel(
     # the last r pairs (values 2 * m4 .. n - 1; an odd n pads with symbol 0)
     if r:
         _levels_block(x, 2 * m4, n, inv, qlo, qhi, qmin, sym)
+        if decoded.size:
+            _decoded_block(sym, lut, decoded, 2 * m4, n)
         sym[n - 2 * m4] = 0
         _pairs_block(sym, r, bits, joint)
         if r >= 3:
@@ -96,6 +102,8 @@ def _encode_pairs_kernel(
     while hi > 0:
         lo = max(0, hi - _BLOCK)  # multiples of 8: whole groups of 4 pairs
         _levels_block(x, lo, hi, inv, qlo, qhi, qmin, sym)
+        if decoded.size:
+            _decoded_block(sym, lut, decoded, lo, hi)
         count = (hi - lo) // 2
         _pairs_block(sym, count, bits, joint)
         x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(ja, count, tab, x0, x1, x2, x3, p0, p1, p2, p3)
@@ -116,8 +124,13 @@ def encode_level_pairs(
     bits: int,
     freq: np.ndarray,
     scale_bits: int,
+    *,
+    lut: np.ndarray | None = None,
+    decoded: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """rANS-code the mid-tread levels of ``values`` two per symbol into 4 lanes.
+    """rANS-code the mid-tread levels of ``values`` two per symbol into 4 lanes (and, with
+    ``decoded`` and ``lut``, write their decoding as :func:`~tenfold.codec.ans.encode_levels`
+    does).
 
     Value ``j``'s symbol is ``clamp(floor(values[j] * step_inverse + 0.5), qlo, qhi) -
     qmin`` (as :func:`tenfold.codec.ans.encode_levels`); pair ``k`` is the symbol
@@ -158,9 +171,11 @@ def encode_level_pairs(
     room = np.array([(m - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
     ends = np.cumsum(room)
     buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    lut_, out = decoded_target(x, lut, decoded)
     starts = _encode_pairs_kernel(
-        x, float(step_inverse), float(qlo), float(qhi), float(qmin), bits, tab, buf, ends
-    )
+        x, float(step_inverse), float(qlo), float(qhi), float(qmin), bits, tab, buf, ends,
+        lut_, out,
+    )  # fmt: skip
     if _BIG_ENDIAN:
         buf = buf.astype("<u2")
     return [buf[int(a) : int(b)].view(np.uint8).copy() for a, b in zip(starts, ends, strict=True)]

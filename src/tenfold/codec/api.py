@@ -62,7 +62,7 @@ from tenfold.codec.quantize import (
 )
 from tenfold.errors import ConfigError, InputTypeError
 
-__all__ = ["accumulate", "compress", "decompress", "inspect"]
+__all__ = ["accumulate", "compress", "compress_and_decode", "decompress", "inspect"]
 
 #: LUTs beyond 2**16 entries would outgrow the tensors they decode: compute per value.
 _MAX_LUT_BITS = 16
@@ -191,6 +191,101 @@ def compress(
         >>> round(info.bits_per_param, 2), info.tensors[0].mode
         (0.99, 'ans')
     """
+    return _compress(tensors, policy, grad_rms, scale, threads, seed, None)
+
+
+def compress_and_decode(
+    tensors: Mapping[str, ArrayLike],
+    policy: Policy = TargetRate(bits_per_param=1.0),  # noqa: B008 - frozen, immutable
+    *,
+    grad_rms: Mapping[str, float] | None = None,
+    scale: Mapping[str, float] | None = None,
+    threads: int | None = None,
+    seed: int | None = None,
+) -> tuple[bytes, dict[str, np.ndarray], PacketInfo]:
+    """:func:`compress`, what :func:`decompress` returns for its packet (bit for bit), and
+    :func:`inspect` of it.
+
+    Cheaper than decompressing the packet: with :class:`TargetRate` the coder writes the
+    decoding of each tensor it codes in one fused pass (the symbol it has just formed,
+    looked up), and only the other records (small tensors, the group, raw) are decoded
+    from the packet. A sender that keeps an error-feedback residual (``x - decoded``)
+    needs exactly this. Arguments, errors and the packet are those of :func:`compress`;
+    the arrays are those of :func:`decompress` (same names, shapes, dtypes).
+
+    Example:
+        >>> import numpy as np, tenfold
+        >>> d = np.random.default_rng(0).laplace(size=100_000).astype(np.float32)
+        >>> blob, out, info = compress_and_decode({"d": d})
+        >>> bool(np.array_equal(out["d"], decompress(blob)["d"])), info == inspect(blob)
+        (True, True)
+    """
+    decoding = _Decoding()
+    blob = _compress(tensors, policy, grad_rms, scale, threads, seed, decoding)
+    data = _as_packet_bytes(blob)
+    packet = parse(data, 1 << 62)  # our own packet: its size was the caller's to choose
+    if decoding.buffer is None:  # not TargetRate's packet-level path: decode it all
+        decoding.allocate_records(packet.records)
+    rest = [i for i in range(len(packet.records)) if i not in decoding.written]
+    levels = _group_levels(data, [packet.records[i] for i in rest])
+
+    def decode(i: int) -> None:
+        _decode_record(data, packet.records[i], decoding.view(i), add=False, levels=levels)
+
+    sizes = [packet.records[i].info.num_values for i in rest]
+    run_in_order([partial(decode, i) for i in rest], useful_threads(
+        resolve_threads(threads), sum(sizes)), sizes)  # fmt: skip
+    arrays = {
+        rec.info.name: decoding.view(i).reshape(rec.info.shape)
+        for i, rec in enumerate(packet.records)
+    }
+    return blob, arrays, packet.info
+
+
+class _Decoding:
+    """Where :func:`compress_and_decode`'s arrays go: one buffer for every tensor (each at
+    a 64-byte boundary, as :func:`decompress` allocates them), and which tensors the coder
+    wrote as it coded them."""
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+        self.written: set[int] = set()
+        self._slots: list[tuple[int, int, np.dtype]] = []
+
+    def allocate(self, arrays: list[np.ndarray]) -> None:
+        """One slot per array: its size, in its dtype (native byte order)."""
+        self._allocate([(arr.size, arr.dtype) for arr in arrays])
+
+    def allocate_records(self, records: list[Record]) -> None:
+        """One slot per record, as :func:`decompress` returns it."""
+        self._allocate([(rec.info.num_values, rec.dtype) for rec in records])
+
+    def _allocate(self, slots: list[tuple[int, np.dtype]]) -> None:
+        start = 0
+        for n, dtype in slots:
+            dtype = dtype.newbyteorder("=")
+            self._slots.append((start, n, dtype))
+            start += -(-n * dtype.itemsize // 64) * 64
+        self.buffer = np.empty(start, dtype=np.uint8)
+
+    def view(self, i: int) -> np.ndarray:
+        """Tensor ``i``'s slot, 1-D."""
+        assert self.buffer is not None
+        start, n, dtype = self._slots[i]
+        return self.buffer[start : start + n * dtype.itemsize].view(dtype)
+
+
+def _compress(
+    tensors: Mapping[str, ArrayLike],
+    policy: Policy,
+    grad_rms: Mapping[str, float] | None,
+    scale: Mapping[str, float] | None,
+    threads: int | None,
+    seed: int | None,
+    decoding: _Decoding | None,
+) -> bytes:
+    """:func:`compress`; with ``decoding``, TargetRate's path writes the decoding of the
+    tensors it codes in its fused pass there."""
     if not isinstance(tensors, Mapping):
         raise InputTypeError(f"tensors must be a mapping of name -> array, got {type(tensors)!r}")
     if not isinstance(policy, Policy):
@@ -215,7 +310,9 @@ def compress(
     workers = useful_threads(workers, sum(sizes))
     inner = max(1, workers // max(1, len(jobs)))
     if isinstance(policy, TargetRate) and policy.coder == "auto":
-        return _compress_packet_rate(jobs, policy, workers, inner, name_error, len(tensors))
+        return _compress_packet_rate(
+            jobs, policy, workers, inner, name_error, len(tensors), decoding
+        )
     tasks = [
         partial(_code_one, name, value, policy, position, grad_rms, hint, inner)
         for name, value, position, hint in jobs
@@ -240,6 +337,7 @@ def _compress_packet_rate(
     inner: int,
     name_error: Exception | None,
     count: int,
+    decoding: _Decoding | None = None,
 ) -> bytes:
     """:class:`TargetRate` for the packet as a whole (``tenfold.codec.ratecontrol``).
 
@@ -248,9 +346,12 @@ def _compress_packet_rate(
     pass per tensor of :data:`FUSED_MIN_VALUES` values or more (its ANS table from the
     model, two values per coder step where that costs nothing), the exact mid-tread path
     for smaller ones; tensors whose payload would be under :data:`GROUP_BYTES` share the
-    group section (format version 3).
+    group section (format version 3). ``decoding`` receives the decoding of every tensor
+    the fused pass codes, written in that pass.
     """
     inputs = [(name, *_as_float_array(name, value)) for name, value, _, _ in jobs]
+    if decoding is not None:
+        decoding.allocate([arr for _, arr, _ in inputs])
     views = [kernel_view(arr) for _, arr, _ in inputs]
     coded = [i for i, x in enumerate(views) if x.size]
     tasks = [partial(ratecontrol.tensor_stats, views[i], inner) for i in coded]
@@ -319,8 +420,15 @@ def _compress_packet_rate(
         name, arr, wire = inputs[i]
         common = {"name": name, "dtype": wire, "shape": arr.shape}
         st = stats[i]
-        fused = _fused_ans_record(common, arr, views[i], steps[i], st)
+        x = views[i]
+        # the decoding is written in the fused pass where the output dtype is the
+        # kernel's (float32/float64; bfloat16 as float32); float16 is decoded afterwards
+        out = decoding.view(i) if decoding is not None and arr.dtype == x.dtype else None
+        fused = _fused_ans_record(common, arr, x, steps[i], st, out)
         if fused is not None:
+            if out is not None:
+                assert decoding is not None
+                decoding.written.add(i)  # one thread per tensor: a set's add is atomic
             return fused
         record, needs_v2 = _step_record(
             common, arr, views[i], steps[i], None, "auto", st.w_min, st.w_max, threads=inner
@@ -370,10 +478,12 @@ def _fused_ans_record(
     x: np.ndarray,
     step: float,
     st: ratecontrol.TensorStats,
+    decoded: np.ndarray | None = None,
 ) -> tuple[list[bytes | np.ndarray], int] | None:
     """A step + ANS record coded in one pass over ``x`` and the format version it needs
     (3 for pairs), or None where the exact path must decide (a small tensor, a clamp, one
-    level, levels beyond the dtype, or raw would be smaller).
+    level, levels beyond the dtype, or raw would be smaller). ``decoded`` (``x.size``
+    values of ``x``'s dtype) receives the record's decoding, written in the same pass.
 
     The frequencies come from the rate-control histogram (``ratecontrol.level_counts``),
     not from a counting pass: quantization is fused into the coder.
@@ -382,8 +492,8 @@ def _fused_ans_record(
     q = StepQuantizer.for_range(st.w_min, st.w_max, step)
     if q.needs_clamp or q.bits == 0 or x.size < FUSED_MIN_VALUES:
         return None
-    ends = wire.cast(midtread_lut(q.qmin, q.step, q.bits, _F64)[[0, -1]])
-    if not np.isfinite(ends).all():
+    lut = wire.cast(midtread_lut(q.qmin, q.step, q.bits, _F64))  # Record.lut()'s values
+    if not np.isfinite(lut[[0, -1]]).all():
         return None
     used = q.qmax - q.qmin + 1
     counts = np.zeros(1 << q.bits, dtype=np.int64)
@@ -408,12 +518,16 @@ def _fused_ans_record(
                 mode, freq, scale_bits = MODE_ANS_PAIRS, pair_freq, pair_bits
                 break
     table = ans.pack_frequencies(freq)
+    fused_lut = None if decoded is None else lut.astype(x.dtype)
     if mode == MODE_ANS_PAIRS:
         lanes = anspairs.encode_level_pairs(
-            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits
-        )
+            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits,
+            lut=fused_lut, decoded=decoded,
+        )  # fmt: skip
     else:
-        lanes = ans.encode_levels(x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits)
+        lanes = ans.encode_levels(
+            x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits, lut=fused_lut, decoded=decoded
+        )
     sizes = [lane.size for lane in lanes]
     if sum(sizes) + _ans_overhead(table, sizes) >= arr.size * wire.nbytes:
         return None

@@ -16,6 +16,7 @@ import torch
 
 from tenfold.codec import Policy, derive_seed
 from tenfold.codec.policy import rms
+from tenfold.distributed.delta_kernels import delta_input, delta_rms
 from tenfold.distributed.params import zeros_like_wire
 from tenfold.distributed.protocol.chunks import Chunk, chunk_views
 from tenfold.errors import ConfigError, InputTypeError
@@ -57,10 +58,7 @@ def check_transmit(transmit: str, error_feedback: bool) -> None:
 
 def scales(host: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The fresh deltas' RMS per tensor (RelativeStep's unit), one tensor at a time."""
-    return {
-        name: rms(np.subtract(w, reference[name]).reshape(-1)) if w.size else 0.0
-        for name, w in host.items()
-    }
+    return {name: delta_rms(w, reference[name]) for name, w in host.items()}
 
 
 def add_chunk(
@@ -162,13 +160,9 @@ class SenderState:
         def values(chunk: Chunk) -> dict[str, np.ndarray]:
             w, ref = chunk_views(host, chunk), chunk_views(reference, chunk)
             e = chunk_views(residual, chunk) if residual is not None else None
-            out = {}
-            for key, v in w.items():
-                d = np.subtract(v, ref[key])
-                if e is not None:
-                    np.add(d, e[key], out=d)
-                out[key] = d
-            return out
+            return {
+                key: delta_input(v, ref[key], None if e is None else e[key]) for key, v in w.items()
+            }
 
         return values
 

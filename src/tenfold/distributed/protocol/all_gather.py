@@ -41,7 +41,11 @@ from tenfold.distributed.protocol.chunks import (
     split_parts,
 )
 from tenfold.distributed.protocol.guard import check_contributions
-from tenfold.distributed.protocol.packets import check_announced_sizes, decode_own, encode_timed
+from tenfold.distributed.protocol.packets import (
+    check_announced_sizes,
+    encode_and_decode,
+    encode_timed,
+)
 from tenfold.distributed.protocol.rank_order import BufferPool, divide_in_place
 from tenfold.distributed.protocol.reduce_scatter import raise_layout_mismatch
 from tenfold.distributed.protocol.shards import layout_of, layout_tag
@@ -85,11 +89,15 @@ def encode_chunk(send: Outgoing, chunk: Chunk, index: int, threads: int | None) 
     c0 = time.thread_time()
     t0 = time.perf_counter()
     values = send.values(chunk) if send.values is not None else chunk_views(send.arrays, chunk)
-    blob, _ = encode_timed(
+    args = (
         values, send.policy, chunk_hints(send.grad_rms, chunk), chunk_hints(send.scale, chunk),
         threads, chunk_seed(send.seed, index),
     )  # fmt: skip
-    own = decode_own(blob, threads) if send.keep_own else None
+    own = None
+    if send.keep_own:
+        blob, own = encode_and_decode(*args)
+    else:
+        blob, _ = encode_timed(*args)
     return Coded(values, blob, own, time.perf_counter() - t0, time.thread_time() - c0)
 
 

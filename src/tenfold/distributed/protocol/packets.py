@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from tenfold.codec import PacketInfo, Policy, accumulate, compress, decompress, inspect
+from tenfold.codec import (
+    PacketInfo,
+    Policy,
+    accumulate,
+    compress,
+    compress_and_decode,
+    decompress,
+    inspect,
+)
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "check_announced_size",
     "check_announced_sizes",
     "decode_own",
+    "encode_and_decode",
     "encode_timed",
     "packet_info",
 ]
@@ -64,6 +73,23 @@ def encode_timed(
     t0 = time.perf_counter()
     blob = compress(arrays, policy, grad_rms=grad_rms, scale=scale, threads=threads, seed=seed)
     return blob, time.perf_counter() - t0
+
+
+def encode_and_decode(
+    arrays: Mapping[str, np.ndarray],
+    policy: Policy,
+    grad_rms: Mapping[str, float] | None,
+    scale: Mapping[str, float] | None = None,
+    threads: int | None = None,
+    seed: int | None = None,
+) -> tuple[bytes, tuple[dict[str, np.ndarray], PacketInfo]]:
+    """:func:`encode_timed`'s packet and, as :func:`decode_own` gives it, its decoding: the
+    coder writes it as it codes (``compress_and_decode``), instead of decoding the packet
+    again (measured: docs/PROTOCOL.md)."""
+    blob, decoded, info = compress_and_decode(
+        arrays, policy, grad_rms=grad_rms, scale=scale, threads=threads, seed=seed
+    )
+    return blob, (decoded, info)
 
 
 def accumulate_from(
