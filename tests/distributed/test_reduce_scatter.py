@@ -60,22 +60,30 @@ def local_step(
 
 
 class _CountSends:
-    """Counts the bytes of every point-to-point send (the packets on the wire)."""
+    """Counts the bytes of every point-to-point send and of every all-gather of packets
+    (gloo's ring: K - 1 inputs out per rank): the packets on the wire."""
 
     def __init__(self) -> None:
         self.bytes = 0
         self._isend = dist.isend
+        self._gather = dist.all_gather_single
 
     def __enter__(self) -> _CountSends:
         def isend(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             self.bytes += tensor.numel() * tensor.element_size()
             return self._isend(tensor, *args, **kwargs)
 
+        def gather(out: torch.Tensor, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            self.bytes += (dist.get_world_size() - 1) * tensor.numel() * tensor.element_size()
+            return self._gather(out, tensor, *args, **kwargs)
+
         dist.isend = isend  # type: ignore[assignment]
+        dist.all_gather_single = gather  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
         dist.isend = self._isend
+        dist.all_gather_single = self._gather
 
 
 def _job(rank: int, rdzv: str, out: str) -> None:

@@ -57,7 +57,7 @@ from tenfold.distributed.protocol.shards import (
 from tenfold.distributed.protocol.steps import sum_in_rank_order
 from tenfold.distributed.sender import SenderState, reference_tag
 from tenfold.distributed.stats import SyncStats, noop_stats, packet_stats
-from tenfold.distributed.transport import ring_sent
+from tenfold.distributed.transport import gathered_bytes
 from tenfold.errors import ConfigError
 
 __all__ = [
@@ -273,6 +273,7 @@ class SimulatedAverager(AveragerBase):
         t_encode = [0.0] * k
         t_decode = 0.0
         sizes = [0] * k
+        wire = 0  # bytes each rank sends and receives (the padded all-gathers)
         for i, chunk in enumerate(plan):
             coded = [encode_chunk(send, chunk, i, self.threads) for send in sends]
             t0 = time.perf_counter()
@@ -295,6 +296,7 @@ class SimulatedAverager(AveragerBase):
                 infos[r].append(summed.infos[r])
                 t_encode[r] += coded[r].seconds
                 sizes[r] += len(coded[r].blob)
+            wire += gathered_bytes([len(c.blob) for c in coded])
             packets.extend(summed.packets)
             t_decode += time.perf_counter() - t0
         n_all = sum(t.numel() for _, t in model)
@@ -319,8 +321,8 @@ class SimulatedAverager(AveragerBase):
                 encode_seconds=t_encode[r],
                 comm_seconds=0.0,
                 decode_seconds=t_decode,
-                bytes_sent=ring_sent(sizes, r),
-                bytes_received=sum(sizes) - sizes[r],
+                bytes_sent=wire,
+                bytes_received=wire,
                 collective="all-gather",
                 values_encoded=n_all,
                 values_decoded=k * n_all,
@@ -345,7 +347,7 @@ class SimulatedAverager(AveragerBase):
         own_full: list[dict[str, np.ndarray] | None] = []
         own_infos: list[list[PacketInfo] | None] = []
         for r, send in enumerate(sends):
-            shard_blobs, seconds = encode_shards(send, plan, self.threads)
+            shard_blobs, seconds = encode_shards(send, plan, self.threads, rank=r)
             blobs.append(shard_blobs)
             t_encode.append(seconds)
             full, infos = (
@@ -406,10 +408,8 @@ class SimulatedAverager(AveragerBase):
                 encode_seconds=t_encode[r] + t_recode[r],
                 comm_seconds=0.0,
                 decode_seconds=max(0.0, t_decode),
-                sent=sum(len(b) for j, b in enumerate(blobs[r]) if j != r) + ring_sent(sizes2, r),
-                received=sum(len(blobs[i][r]) for i in range(k) if i != r)
-                + sum(sizes2)
-                - sizes2[r],
+                sent=sum(len(b) for j, b in enumerate(blobs[r]) if j != r) + gathered_bytes(sizes2),
+                received=sum(len(blobs[i][r]) for i in range(k) if i != r) + gathered_bytes(sizes2),
             )  # fmt: skip
             for r in range(k)
         ]

@@ -51,6 +51,7 @@ __all__ = [
     "exchange_sizes_and_tags",
     "exchange_verdicts",
     "receive_order",
+    "gathered_bytes",
     "ring_sent",
     "translate_comm_errors",
 ]
@@ -227,6 +228,16 @@ def exchange_verdicts(
 # ---- the scatter ---------------------------------------------------------------------------
 
 
+def gathered_bytes(sizes: Sequence[int]) -> int:
+    """Payload bytes each rank sends (and receives) in :class:`PacketTransfer`'s gloo
+    all-gather of ``sizes``: ``K - 1`` payloads padded to the largest.
+
+    >>> gathered_bytes([100, 120, 90])
+    240
+    """
+    return (len(sizes) - 1) * max(sizes) if len(sizes) > 1 else 0
+
+
 def ring_sent(sizes: Sequence[int], rank: int) -> int:
     """Bytes rank ``rank`` puts on the wire in the gloo ring all-gather of ``sizes``.
 
@@ -310,7 +321,7 @@ class PacketTransfer:
         self._collective = self.device.type == "cpu" and dist.get_backend(group) == "gloo"
         self._width = max(self.sizes) if self.sizes else 0
         if self._collective:
-            self.sent_bytes = self.received_bytes = (self.world - 1) * self._width
+            self.sent_bytes = self.received_bytes = gathered_bytes(self.sizes)
         else:
             self.sent_bytes = (self.world - 1) * own
             self.received_bytes = sum(self.sizes) - own

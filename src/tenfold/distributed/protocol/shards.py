@@ -16,6 +16,7 @@ from tenfold.errors import ConfigError
 
 __all__ = [
     "Piece",
+    "coding_order",
     "TensorLayout",
     "layout_difference",
     "layout_of",
@@ -93,6 +94,21 @@ def shard_plan(layout: Sequence[tuple[str, int]], world: int) -> tuple[tuple[Pie
             if lo < hi:
                 shards[j].append(Piece(name, lo - start, hi - start))
     return tuple(tuple(s) for s in shards)
+
+
+def coding_order(rank: int, world: int) -> tuple[int, ...]:
+    """The shards in the order ``rank`` codes its packets of them (the pipelined scatter).
+
+    Its own shard first (its reduction starts from it; it is never sent), then at step
+    s = 1..P-1 shard ``rank - s`` (mod P), sent as soon as it is coded. Each step is a
+    ring: every rank sends one packet and receives one, from ``rank + s``, so no rank
+    receives from several at once, and rank i receives i+1, ..., P-1, 0, ..., i-1 (ranks
+    0 and P-1 in the order of the sum). Identical on every rank and in the simulation.
+
+    >>> coding_order(1, 4)
+    (1, 0, 3, 2)
+    """
+    return tuple((rank - s) % world for s in range(world))
 
 
 def shard_views(arrays: Mapping[str, np.ndarray], pieces: Sequence[Piece]) -> dict[str, np.ndarray]:

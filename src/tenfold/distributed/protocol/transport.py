@@ -18,6 +18,7 @@ __all__ = [
     "Arrival",
     "Arrivals",
     "LocalArrivals",
+    "ShardStream",
     "Transport",
 ]
 
@@ -58,6 +59,16 @@ class Arrivals(Protocol):
     ) -> None: ...
 
 
+class ShardStream(Arrivals, Protocol):
+    """:class:`Arrivals` whose transfers are posted one step at a time (the pipelined
+    reduce-scatter: a shard packet goes out as soon as it is coded and its size agreed)."""
+
+    def post(self, dest: int, packet: bytes, source: int, size: int) -> None:
+        """Send ``packet`` to rank ``dest``, receive ``size`` bytes from rank ``source``
+        (this rank on either side: nothing moves); never blocks on the network."""
+        ...
+
+
 class Transport(Protocol):
     """One rank's side of the group, as the protocol uses it (no torch types)."""
 
@@ -93,6 +104,10 @@ class Transport(Protocol):
 
     def scatter(self, packets: Sequence[bytes], matrix: Sequence[Sequence[int]]) -> Arrivals:
         """Send ``packets[j]`` to rank j; the packets of this rank's shard arrive."""
+        ...
+
+    def shard_stream(self) -> ShardStream:
+        """Shard packets sent and received step by step (:class:`ShardStream`)."""
         ...
 
 
