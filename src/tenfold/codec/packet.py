@@ -29,6 +29,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -389,6 +390,18 @@ class ParsedPacket:
     records: list[Record] = field(default_factory=list)
 
 
+_T = TypeVar("_T")
+
+
+def _new(cls: type[_T], **fields: Any) -> _T:
+    """``cls(**fields)`` for the frozen dataclasses above, built without their ``__init__``
+    (one ``object.__setattr__`` per field: 3-4 us per object, most of the time :func:`parse`
+    spends on a record). Every field must be given (tests/codec/test_packet_parse.py)."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
 # ---- building ---------------------------------------------------------------------------
 
 
@@ -528,36 +541,72 @@ def finish_packet(parts: Iterable[bytes | np.ndarray]) -> bytes:
 
 
 class _Reader:
-    """Bounds-checked sequential reads; every failure is a CorruptPacketError with context."""
+    """Bounds-checked sequential reads; every failure is a CorruptPacketError with context.
+
+    Called a dozen times per record: the common cases (a byte, a one-byte varint) take
+    no nested call.
+    """
 
     def __init__(self, mv: memoryview, end: int) -> None:
         self.mv = mv
         self.pos = 0
         self.end = end  # exclusive: start of the CRC trailer
-        self.where = "packet header"
+        self.where: str | tuple[int, str | None] = "packet header"
 
     def fail(self, what: str) -> CorruptPacketError:
-        return CorruptPacketError(f"{what} (in {self.where}, at byte {self.pos})")
+        where = self.where
+        if isinstance(where, tuple):  # (index, name or None): formatted only on failure
+            index, name = where
+            where = f"tensor {index}" if name is None else f"tensor {index} {name!r}"
+        return CorruptPacketError(f"{what} (in {where}, at byte {self.pos})")
 
     def take(self, count: int, what: str) -> memoryview:
+        pos = self.pos
+        if count < 0 or self.end - pos < count:
+            raise self.fail(f"truncated: {what} needs {count} bytes, {self.end - pos} left")
+        self.pos = pos + count
+        return self.mv[pos : pos + count]
+
+    def skip(self, count: int, what: str) -> None:
+        """As :meth:`take`, without the view."""
         if count < 0 or self.end - self.pos < count:
             raise self.fail(f"truncated: {what} needs {count} bytes, {self.end - self.pos} left")
-        chunk = self.mv[self.pos : self.pos + count]
         self.pos += count
-        return chunk
 
     def u8(self, what: str) -> int:
-        return int(self.take(1, what)[0])
+        pos = self.pos
+        if pos >= self.end:
+            raise self.fail(f"truncated: {what} needs 1 bytes, {self.end - pos} left")
+        self.pos = pos + 1
+        return self.mv[pos]
+
+    def unpack(self, fmt: struct.Struct, what: str) -> tuple[Any, ...]:
+        """The fields of ``fmt`` (a fixed layout of ``fmt.size`` bytes), as :meth:`take`."""
+        pos = self.pos
+        if self.end - pos < fmt.size:
+            raise self.fail(f"truncated: {what} needs {fmt.size} bytes, {self.end - pos} left")
+        self.pos = pos + fmt.size
+        return fmt.unpack_from(self.mv, pos)
 
     def varint(self, what: str) -> int:
+        mv, end, pos = self.mv, self.end, self.pos
+        if pos < end and mv[pos] < 0x80:  # one byte: always minimal
+            self.pos = pos + 1
+            return mv[pos]
         value = 0
         for i in range(_MAX_VARINT_BYTES):
-            byte = self.u8(what)
+            if pos >= end:
+                self.pos = pos
+                raise self.fail(f"truncated: {what} needs 1 bytes, {end - pos} left")
+            byte = mv[pos]
+            pos += 1
             value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
+                self.pos = pos
                 if byte == 0 and i > 0:
                     raise self.fail(f"{what}: non-minimal varint")
                 return value
+        self.pos = pos
         raise self.fail(f"{what}: varint longer than {_MAX_VARINT_BYTES} bytes")
 
 
@@ -624,7 +673,7 @@ def parse(data: np.ndarray, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) ->
 
 def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -> Record:
     start = r.pos
-    r.where = f"tensor {index}"
+    r.where = (index, None)
     name_len = r.varint("name length")
     if name_len > MAX_NAME_BYTES:
         raise r.fail(f"name length {name_len} exceeds {MAX_NAME_BYTES}")
@@ -632,7 +681,7 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         name = str(r.take(name_len, "name"), "utf-8")
     except UnicodeDecodeError as exc:
         raise r.fail(f"name is not valid UTF-8 ({exc.reason})") from None
-    r.where = f"tensor {index} {name!r}"
+    r.where = (index, name)
     dtype_code = r.u8("dtype")
     wire = WIRE_DTYPES.get(dtype_code)
     if wire is None:
@@ -645,12 +694,12 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
     ndim = r.u8("ndim")
     if ndim > MAX_NDIM:
         raise r.fail(f"{ndim} dimensions (at most {MAX_NDIM})")
-    shape = tuple(r.varint("shape") for _ in range(ndim))
+    shape = tuple([r.varint("shape") for _ in range(ndim)])
     n = math.prod(shape)
     # numpy refuses shapes whose nonzero dimensions multiply past its limits even when a
     # zero dimension makes the array empty: bound that "extent" like a real size (of the
     # decoded array: float32, 4 bytes per value, for bfloat16)
-    extent = math.prod(max(d, 1) for d in shape) * dtype.itemsize
+    extent = (n if n else math.prod([d or 1 for d in shape])) * dtype.itemsize
     if extent > max_output_bytes:
         raise r.fail(f"shape {shape} exceeds max_output_bytes={max_output_bytes}")
     width = wire.width
@@ -665,15 +714,15 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
     if mode == MODE_ANS_PAIRS and (version < 3 or quant != QUANT_STEP):
         raise r.fail(f"coding mode {mode_byte} needs format version 3 (packet says {version})")
     bits = r.u8("bits")
-    entropy_raw = bytes(r.take(4, "entropy"))
+    entropy_raw = r.take(4, "entropy")
     if entropy_raw == _ENTROPY_NONE:
         entropy: float | None = None
     else:
         entropy = float(struct.unpack("<f", entropy_raw)[0])
         if not 0.0 <= entropy <= 24.0:  # also rejects NaN payloads other than "none"
             raise r.fail(f"entropy {entropy} outside [0, 24]")
-    w_min = float(wire.from_wire(r.take(wire.nbytes, "w_min"), 1)[0])
-    w_max = float(wire.from_wire(r.take(wire.nbytes, "w_max"), 1)[0])
+    w_min = _wire_float(r, wire, "w_min")
+    w_max = _wire_float(r, wire, "w_max")
     if not (math.isfinite(w_min) and math.isfinite(w_max)):
         raise r.fail(f"non-finite range [{w_min}, {w_max}]")
     if n == 0 and (
@@ -748,8 +797,9 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         payload = sum(sizes)
         stream_starts, stream_ends = _ranges(r.pos, sizes)
     payload_start = r.pos
-    r.take(payload, "payload")
-    info = TensorInfo(
+    r.skip(payload, "payload")
+    info = _new(
+        TensorInfo,
         name=name,
         shape=shape,
         dtype=wire.name,
@@ -763,7 +813,8 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         step=step,
         clamped=clamped,
     )
-    return Record(
+    return _new(
+        Record,
         info=info,
         dtype=dtype,
         mode=mode,
@@ -777,6 +828,7 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         qmin=qmin,
         freq=freq,
         scale_bits=scale_bits,
+        group_offset=-1,
     )
 
 
@@ -787,15 +839,22 @@ def _lane_count(n: int, lane: int) -> int:
 
 def _ranges(pos: int, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """int64 (start, end) byte ranges of consecutive chunks of ``sizes`` bytes from ``pos``."""
-    ends = pos + np.cumsum(np.asarray(sizes, dtype=np.int64))
-    return ends - np.asarray(sizes, dtype=np.int64), ends
+    bounds = [pos]
+    for size in sizes:  # Python ints: the sizes are varints (< 2**63), the sums exact
+        pos += size
+        bounds.append(pos)
+    if pos >= 1 << 63:  # beyond int64 (only with a huge max_output_bytes): numpy's wrap
+        ends = bounds[0] + np.cumsum(np.asarray(sizes, dtype=np.int64))
+        return ends - np.asarray(sizes, dtype=np.int64), ends
+    edges = np.array(bounds, dtype=np.int64)
+    return edges[:-1], edges[1:]
 
 
 def _parse_step_fields(
     r: _Reader, mode: int, bits: int, dtype: WireDtype, n: int, w_min: float, w_max: float
 ) -> tuple[float, int, int]:
     """``step``, ``qmin`` and the clamp count of a mid-tread record, validated."""
-    (step,) = struct.unpack("<d", bytes(r.take(8, "step")))
+    (step,) = r.unpack(_F64, "step")
     if not (math.isfinite(step) and step > 0.0):
         raise r.fail(f"step {step} is not finite and > 0")
     qmin = unzigzag(r.varint("lowest level"))
@@ -811,12 +870,43 @@ def _parse_step_fields(
     if clamped > n:
         raise r.fail(f"clamp count {clamped} exceeds the {n} values")
     # decoded values are monotone in the level: the two extremes bound them all
-    levels = np.array([qmin, qmin + (1 << bits) - 1], dtype=np.float64)
-    with np.errstate(over="ignore"):
-        ends = dtype.cast(levels * step)  # bfloat16 overflows where float32 may not
-    if not np.isfinite(ends).all():
+    if _levels_overflow(dtype, qmin, qmin + (1 << bits) - 1, step):
         raise r.fail(f"levels {qmin}.. at step {step} overflow {dtype.name}")
     return step, qmin, clamped
+
+
+#: binary64 magnitudes from which rounding to float32 gives inf: FLT_MAX plus half an ulp
+#: (2**128 - 2**104 + 2**103), a tie that rounds to even, away from FLT_MAX
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def _levels_overflow(wire: WireDtype, qmin: int, qmax: int, step: float) -> bool:
+    """Whether level ``qmin`` or ``qmax`` at ``step`` (binary64 products) decodes to an
+    infinity in ``wire`` (docs/FORMAT.md: the "cast once" of the decoded values)."""
+    lo, hi = qmin * step, qmax * step  # |levels| < 2**17: exact as binary64, as in numpy
+    if wire.code == 3:  # float64: the products themselves
+        return not (math.isfinite(lo) and math.isfinite(hi))
+    if wire.code == 2:  # float32 (no NaN: step is finite, the levels are integers)
+        return max(abs(lo), abs(hi)) >= _F32_OVERFLOW
+    levels = np.array([qmin, qmax], dtype=np.float64)  # float16, bfloat16: numpy's rounding
+    with np.errstate(over="ignore"):
+        ends = wire.cast(levels * step)  # bfloat16 overflows where float32 may not
+    return not bool(np.isfinite(ends).all())
+
+
+_F64 = struct.Struct("<d")
+#: the wire's w_min / w_max layouts by dtype code (bfloat16: the float32's high 16 bits)
+_WIRE_STRUCTS = {1: struct.Struct("<e"), 2: struct.Struct("<f"), 3: _F64, 4: struct.Struct("<H")}
+_F32 = struct.Struct("<f")
+_U32 = struct.Struct("<I")
+
+
+def _wire_float(r: _Reader, wire: WireDtype, what: str) -> float:
+    """One value of ``wire``'s dtype (``w_min``, ``w_max``) read as a binary64 (exact)."""
+    (value,) = r.unpack(_WIRE_STRUCTS[wire.code], what)
+    if wire.code == 4:
+        (value,) = _F32.unpack(_U32.pack(value << 16))
+    return float(value)
 
 
 def _parse_member(
@@ -834,16 +924,18 @@ def _parse_member(
     n = math.prod(shape)
     if n == 0:
         raise r.fail("a group member must have at least one value")
-    (step,) = struct.unpack("<d", bytes(r.take(8, "step")))
+    (step,) = r.unpack(_F64, "step")
     if not (math.isfinite(step) and step > 0.0):
         raise r.fail(f"step {step} is not finite and > 0")
-    info = TensorInfo(
-        name=name, shape=shape, dtype=wire.name, mode=MODE_NAMES[MODE_GROUP], bits=0,
-        w_min=0.0, w_max=0.0, entropy=None, nbytes=r.pos - start, num_values=n, step=step,
+    info = _new(
+        TensorInfo, name=name, shape=shape, dtype=wire.name, mode=MODE_NAMES[MODE_GROUP],
+        bits=0, w_min=0.0, w_max=0.0, entropy=None, nbytes=r.pos - start, num_values=n,
+        step=step, clamped=0,
     )  # fmt: skip
-    return Record(
-        info=info, dtype=wire.dtype, mode=MODE_GROUP, lengths=None, payload_start=r.pos,
-        payload_end=r.pos, wire=wire, quant=QUANT_STEP,
+    return _new(
+        Record, info=info, dtype=wire.dtype, mode=MODE_GROUP, lengths=None, payload_start=r.pos,
+        payload_end=r.pos, wire=wire, stream_starts=None, stream_ends=None, quant=QUANT_STEP,
+        qmin=0, freq=None, scale_bits=0, group_offset=-1,
     )  # fmt: skip
 
 
@@ -871,7 +963,7 @@ def _parse_group(r: _Reader, records: list[Record], members: list[int]) -> None:
         if nbytes % 2 or not 4 <= nbytes <= hi:
             raise r.fail(f"lane {s} size {nbytes} impossible (even, 4..{hi} expected)")
     stream_starts, stream_ends = _ranges(r.pos, sizes)
-    r.take(sum(sizes), "group payload")
+    r.skip(sum(sizes), "group payload")
     section = r.pos - start
     offset = shared = 0
     top = np.array([qmin, qmin + (1 << bits) - 1], np.float64)
@@ -893,13 +985,13 @@ def _parse_group(r: _Reader, records: list[Record], members: list[int]) -> None:
             )
         share = section - shared if k == len(members) - 1 else section * info.num_values // total
         shared += share
-        info = TensorInfo(
-            name=info.name, shape=info.shape, dtype=info.dtype, mode=info.mode, bits=bits,
-            w_min=lo, w_max=hi, entropy=None, nbytes=info.nbytes + share,
-            num_values=info.num_values, step=info.step,
+        info = _new(
+            TensorInfo, name=info.name, shape=info.shape, dtype=info.dtype, mode=info.mode,
+            bits=bits, w_min=lo, w_max=hi, entropy=None, nbytes=info.nbytes + share,
+            num_values=info.num_values, step=info.step, clamped=0,
         )  # fmt: skip
-        records[i] = Record(
-            info=info, dtype=rec.dtype, mode=MODE_GROUP, lengths=None,
+        records[i] = _new(
+            Record, info=info, dtype=rec.dtype, mode=MODE_GROUP, lengths=None,
             payload_start=rec.payload_start, payload_end=rec.payload_end, wire=rec.wire,
             stream_starts=stream_starts, stream_ends=stream_ends, quant=QUANT_STEP,
             qmin=qmin, freq=freq, scale_bits=scale_bits, group_offset=offset,
