@@ -67,7 +67,7 @@ def _job(rank: int, world: int, rdzv: str, out: str, reps: int, threads: int | N
             }
         Path(out, f"r{rank}.json").write_text(json.dumps(result))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 def main() -> None:

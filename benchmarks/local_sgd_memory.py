@@ -108,7 +108,9 @@ def _rank(rank: int, rdzv: str, out: str, args: dict[str, Any]) -> None:
     rows["after_wait"] = (_rss()[0] - base) / size
     rows["peak"] = (_rss()[1] - base) / size if peak_reset else None
     Path(out, f"r{rank}.json").write_text(json.dumps(rows))
-    dist.destroy_process_group()
+    from tenfold.distributed import destroy_process_group
+
+    destroy_process_group()
 
 
 def main() -> None:

@@ -11,10 +11,15 @@ Three placements of K ranks (see :func:`loopback`, :func:`build_switch`, :func:`
   with ``eth0`` = 10.77.0.(11+i)/24, a veth to a port ``p<i>`` of bridge ``br0`` in namespace
   ``<prefix>-sw``. Both ends of every veth carry a ``tbf`` qdisc at the link rate, so each
   rank has rate up AND rate down (full duplex), like a host on a non-blocking switch.
+  With ``LinkShape(delay_ms=D)`` the bridge is replaced by a **delay line**: a small
+  process in the switch namespace (:func:`relay`, AF_PACKET sockets on the ports) that
+  forwards every frame to the port of its destination MAC D ms after it came in, so the
+  one-way delay between two ranks is D and the round trip 2D (the kernels here have no
+  ``netem``; the tbf qdiscs stay as they are).
 * ``bus``      - one shared medium: all ranks in namespace ``<prefix>-bus``, talking over its
   ``lo`` with a ``tbf`` qdisc at the link rate. Every byte any rank sends to any other
   crosses that one queue: K ranks share ``rate`` in total (closer to the paper's 5 GPUs
-  behind one PCIe bus than the switch is).
+  behind one PCIe bus than the switch is). No delay (``delay_ms`` must be 0).
 
 Namespaces are named ``tfsync<pid>-...`` after the process that made them, so
 :func:`cleanup_stale` can remove those left behind by a killed run (its pid is gone)
@@ -32,10 +37,17 @@ Example (as root)::
 
 from __future__ import annotations
 
+import argparse
+import collections
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +62,7 @@ __all__ = [
     "cleanup_stale",
     "loopback",
     "netns_available",
+    "relay",
     "teardown",
 ]
 
@@ -72,7 +85,8 @@ class NetnsError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class LinkShape:
-    """A token-bucket link, as ``tc qdisc add ... tbf rate R burst B latency L``.
+    """A token-bucket link, as ``tc qdisc add ... tbf rate R burst B latency L``, with an
+    optional propagation delay (the switch's delay line).
 
     Attributes:
         rate: link rate in tc syntax, e.g. ``"1gbit"`` (tbf counts whole frames: Ethernet,
@@ -82,11 +96,15 @@ class LinkShape:
             and ~1 ms worth at 1 Gbit/s keeps the shaping smooth.
         latency: the longest a packet may wait in the tbf queue (sets the queue length);
             it is a buffer bound, not an added propagation delay.
+        delay_ms: one-way propagation delay between two ranks in milliseconds (0: none,
+            a plain bridge, as before). A long link (10-25 ms between data centres) makes
+            every round trip of the protocol visible.
     """
 
     rate: str = "1gbit"
     burst: str = "256kb"
     latency: str = "20ms"
+    delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not _RATE_RE.match(self.rate):
@@ -95,6 +113,8 @@ class LinkShape:
             raise ValueError(f"burst: {self.burst!r} is not a tc size like '256kb'")
         if not _TIME_RE.match(self.latency):
             raise ValueError(f"latency: {self.latency!r} is not a tc time like '20ms'")
+        if not 0.0 <= self.delay_ms <= 10_000.0:
+            raise ValueError(f"delay_ms: {self.delay_ms} not in [0, 10000]")
 
     def tbf_args(self) -> list[str]:
         """The ``tc qdisc add dev X root`` tail: ``["tbf", "rate", ..., "latency", ...]``."""
@@ -136,6 +156,8 @@ class Topology:
         namespaces: every namespace created (deleting them deletes their interfaces).
         shape: the link shaping applied (None for loopback).
         qdiscs: ``"<netns>:<dev>"`` of every tbf installed.
+        relays: pids of the delay line processes (``delay_ms`` > 0), stopped by
+            :func:`teardown`.
     """
 
     name: str
@@ -144,6 +166,7 @@ class Topology:
     namespaces: tuple[str, ...] = ()
     shape: LinkShape | None = None
     qdiscs: tuple[str, ...] = field(default_factory=tuple)
+    relays: tuple[int, ...] = ()
 
 
 def _run(argv: Sequence[str]) -> str:
@@ -209,6 +232,7 @@ def build_switch(*, world_size: int, shape: LinkShape, owner_pid: int | None = N
     created: list[str] = []
     qdiscs: list[str] = []
     placements: list[Placement] = []
+    relays: list[int] = []
     try:
         _add_netns(switch, created)
         _run(["ip", "-n", switch, "link", "add", "br0", "type", "bridge"])
@@ -228,7 +252,8 @@ def build_switch(*, world_size: int, shape: LinkShape, owner_pid: int | None = N
             address = f"{SUBNET}.{11 + rank}"
             _run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
             _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-            _run(["ip", "-n", switch, "link", "set", port, "master", "br0"])
+            if not shape.delay_ms:
+                _run(["ip", "-n", switch, "link", "set", port, "master", "br0"])
             _run(["ip", "-n", switch, "link", "set", port, "up"])
             for where, dev in ((ns, "eth0"), (switch, port)):
                 _run(["tc", "-n", where, "qdisc", "add", "dev", dev, "root", *shape.tbf_args()])
@@ -238,7 +263,10 @@ def build_switch(*, world_size: int, shape: LinkShape, owner_pid: int | None = N
                     rank=rank, netns=ns, ifname="eth0", address=address, dedicated_interface=True
                 )
             )
+        if shape.delay_ms:
+            relays.append(_start_relay(switch, [f"p{r}" for r in range(world_size)], shape))
     except BaseException:
+        _stop(relays)
         _delete(created)
         raise
     return Topology(
@@ -248,12 +276,19 @@ def build_switch(*, world_size: int, shape: LinkShape, owner_pid: int | None = N
             f"({SUBNET}.11+rank/24) to a Linux bridge in a separate namespace; tbf "
             f"rate {shape.rate} burst {shape.burst} latency {shape.latency} on both ends of "
             f"every veth, i.e. {shape.rate} up and {shape.rate} down per rank (full duplex), "
-            "no added propagation delay"
+            + (
+                f"{shape.delay_ms:g} ms one-way propagation delay (round trip "
+                f"{2 * shape.delay_ms:g} ms): a delay line process forwards the frames "
+                "between the ports in place of the bridge"
+                if shape.delay_ms
+                else "no added propagation delay"
+            )
         ),
         placements=tuple(placements),
         namespaces=tuple(created),
         shape=shape,
         qdiscs=tuple(qdiscs),
+        relays=tuple(relays),
     )
 
 
@@ -261,6 +296,8 @@ def build_bus(*, world_size: int, shape: LinkShape, owner_pid: int | None = None
     """All ranks in one namespace whose ``lo`` is shaped: K ranks share one ``shape.rate``."""
     if world_size < 2:
         raise ValueError(f"world_size: {world_size} < 2")
+    if shape.delay_ms:
+        raise ValueError("delay_ms: the bus has no delay line (use the switch)")
     ns = f"{_prefix(owner_pid)}-bus"
     created: list[str] = []
     try:
@@ -303,8 +340,9 @@ def teardown(topology: Topology) -> list[str]:
     """Delete every namespace of ``topology``; idempotent; returns errors instead of raising.
 
     Processes still running inside would keep a namespace alive after its name is gone:
-    stop the ranks first.
+    stop the ranks first (the delay lines are stopped here).
     """
+    _stop(topology.relays)
     existing = set(_list_namespaces())
     return _delete([ns for ns in topology.namespaces if ns in existing])
 
@@ -341,3 +379,117 @@ def cleanup_stale() -> list[str]:
             stale.append(ns)
     _delete(stale)
     return stale
+
+
+# ---- the delay line ------------------------------------------------------------------------
+
+_SOL_PACKET = 263
+_PACKET_VNET_HDR = 15  # frames carry virtio_net_hdr: GSO and checksum offload survive
+_PACKET_IGNORE_OUTGOING = 23
+_PACKET_OUTGOING = 4
+_ETH_P_ALL = 0x0003
+_VNET_HDR_BYTES = 10
+_READY = "relay ready"
+
+
+def _start_relay(netns: str, ports: Sequence[str], shape: LinkShape) -> int:
+    """Start :func:`relay` in ``netns`` on ``ports``; its pid once it is forwarding."""
+    argv = ["ip", "netns", "exec", netns, sys.executable, os.path.abspath(__file__), "relay"]
+    argv += ["--delay-ms", f"{shape.delay_ms:g}", "--ports", ",".join(ports)]
+    argv += ["--parent", str(os.getpid())]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # bounded: the relay exits if it cannot bind
+    if line != _READY:
+        proc.kill()
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise NetnsError(f"delay line in {netns}: {line or 'no output'} {err.strip()}")
+    proc.stdout.close()
+    return proc.pid
+
+
+def _stop(pids: Sequence[int]) -> None:
+    """Stop delay lines this module started (by pid), waiting for each to exit."""
+    for pid in pids:
+        try:
+            os.kill(pid, 15)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def relay(ports: Sequence[str], delay_ms: float, parent: int | None = None) -> None:
+    """Forward Ethernet frames between ``ports`` (a learning switch), each ``delay_ms``
+    after it arrived; runs until killed or until ``parent`` exits.
+
+    One AF_PACKET socket per port (with virtio-net headers, so a 64 KB GSO frame with a
+    partial checksum is forwarded as it is); a reader thread per port queues each frame
+    for its destination's port (every other port while the MAC is unknown or broadcast),
+    a writer thread per port sends it when it is due. The queues are FIFO: one constant
+    delay keeps the order.
+    """
+    delay = delay_ms / 1000.0
+    socks: dict[str, socket.socket] = {}
+    for port in ports:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+        s.setsockopt(_SOL_PACKET, _PACKET_VNET_HDR, 1)
+        # (an old kernel refuses: outgoing frames are then skipped by their packet type)
+        with contextlib.suppress(OSError):
+            s.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        s.bind((port, 0))
+        socks[port] = s
+    where: dict[bytes, str] = {}
+    queues = {p: collections.deque[tuple[float, bytes]]() for p in ports}
+    ready = {p: threading.Condition() for p in ports}
+
+    def read(port: str) -> None:
+        sock = socks[port]
+        while True:
+            data, addr = sock.recvfrom(1 << 18)
+            due = time.monotonic() + delay
+            if addr[2] == _PACKET_OUTGOING or len(data) < _VNET_HDR_BYTES + 14:
+                continue
+            dst = data[_VNET_HDR_BYTES : _VNET_HDR_BYTES + 6]
+            where[data[_VNET_HDR_BYTES + 6 : _VNET_HDR_BYTES + 12]] = port
+            out = where.get(dst) if not dst[0] & 1 else None
+            for q in [out] if out is not None else [p for p in ports if p != port]:
+                with ready[q]:
+                    queues[q].append((due, data))
+                    ready[q].notify()
+
+    def write(port: str) -> None:
+        sock, queue, cond = socks[port], queues[port], ready[port]
+        while True:
+            with cond:
+                while not queue:
+                    cond.wait()
+                due, data = queue.popleft()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with contextlib.suppress(OSError):  # a full queue drops it, as a switch would
+                sock.send(data)
+
+    for port in ports:
+        for fn in (read, write):
+            threading.Thread(target=fn, args=(port,), daemon=True).start()
+    print(_READY, flush=True)
+    while parent is None or os.getppid() == parent:
+        time.sleep(0.5)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="netns helpers: the switch's delay line")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("relay", help="forward frames between ports after a delay")
+    r.add_argument("--ports", required=True, help="comma-separated interfaces")
+    r.add_argument("--delay-ms", type=float, required=True)
+    r.add_argument("--parent", type=int, help="exit when this process is gone")
+    args = p.parse_args(argv)
+    relay(args.ports.split(","), args.delay_ms, args.parent)
+
+
+if __name__ == "__main__":
+    _main()

@@ -55,6 +55,10 @@ Networks (``--networks``; see ``netns.py``; rebuilt for every P):
 * ``bus``      - all ranks in one namespace whose ``lo`` is shaped to 1 Gbit/s: the ranks
   share one 1 Gbit/s medium.
 
+``--delay MS`` adds a one-way propagation delay of MS milliseconds between the ranks of the
+``switch`` (round trip 2 MS: a long link between sites; ``netns.LinkShape.delay_ms``,
+recorded in the JSON's ``config.shape``); the default, 0, is the undelayed switch.
+
 Plan order (so a run cut short by ``--max-seconds`` still has the headline): P = 4 first,
 then the other P ascending; per P the networks in the given order; per network the 25M
 size first, the layout the target is judged on first (bus: ``single``, others:
@@ -234,6 +238,8 @@ class BenchConfig:
             netns.LinkShape(rate=rate)  # validates the tc syntax
         if self.powersgd_rank < 0:
             raise ValueError(f"powersgd_rank: {self.powersgd_rank} < 0")
+        if self.shape.delay_ms and set(self.networks) & {"bus", "loopback"}:
+            raise ValueError("delay: only the switch network has a delay line (--networks switch)")
         if self.memory_size < 1000 or self.memory_world_size < 2:
             raise ValueError("memory_size: need >= 1000; memory_world_size: need >= 2")
 
@@ -255,7 +261,9 @@ class BenchConfig:
         per_s = _rate_bytes_per_s(rate)
         if per_s is not None and per_s * 0.002 > _size_bytes(burst):
             burst = f"{int(per_s * 0.002 / 1024)}kb"
-        return netns.LinkShape(rate=rate, burst=burst, latency=self.shape.latency)
+        return netns.LinkShape(
+            rate=rate, burst=burst, latency=self.shape.latency, delay_ms=self.shape.delay_ms
+        )
 
 
 def _rate_bytes_per_s(rate: str) -> float | None:
@@ -515,7 +523,9 @@ def worker_main(config_path: Path, rank: int) -> int:
         rec("done")
     finally:
         with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+            from tenfold.distributed import destroy_process_group
+
+            destroy_process_group()
         rec.close()
     return 0
 
@@ -1581,6 +1591,8 @@ def _fingerprint(cfg: BenchConfig) -> str:
     keep = ("sizes", "collectives", "transmits", "layouts", "reps", "warmup", "seed", "model",
             "pin", "powersgd_rank", "link_check_bytes")  # fmt: skip
     d = {k: v for k, v in asdict(cfg).items() if k in keep}
+    if cfg.shape.delay_ms:  # only then: the undelayed runs keep their fingerprints
+        d["delay_ms"] = cfg.shape.delay_ms
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -1994,6 +2006,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--latency", default="20ms", help="tbf queue bound (default 20ms)")
     p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="one-way propagation delay between the switch's ranks, ms (default 0: none)",
+    )
+    p.add_argument(
         "--link-check-mb",
         type=float,
         help="MB of the raw rank 0->1 transfer (default 100; smoke 1)",
@@ -2063,7 +2081,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         link_check_bytes=int(link_mb * 1_000_000),
         seed=args.seed,
         model=args.model and not args.no_model,
-        shape=netns.LinkShape(rate=rates[0], burst=args.burst, latency=args.latency),
+        shape=netns.LinkShape(
+            rate=rates[0], burst=args.burst, latency=args.latency, delay_ms=args.delay
+        ),
         rates=rates,
         pin=not args.no_pin,
         powersgd_rank=args.powersgd_rank,

@@ -178,7 +178,9 @@ def worker_main(config_path: Path, rank: int) -> int:
         rec("done")
     finally:
         with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+            from tenfold.distributed import destroy_process_group
+
+            destroy_process_group()
         rec.close()
     return 0
 

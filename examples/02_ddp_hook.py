@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import tenfold
+from tenfold.distributed import destroy_process_group
 from tenfold.distributed.hooks import CompressionState, compressed_allreduce_hook
 
 
@@ -96,7 +97,7 @@ def main() -> None:
         f"(float32: {4 * total.num_values}), checksum {checksum(model)}",
         flush=True,
     )
-    dist.destroy_process_group()
+    destroy_process_group()  # tenfold's: collects garbage first (see its docstring)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def main() -> None:
         f"embeddings tied: {tied}, checksum {checksum(model)}",
         flush=True,
     )
-    dist.destroy_process_group()
+    tenfold.distributed.destroy_process_group()  # collects garbage first: see its docstring
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import tenfold
+from tenfold.distributed import destroy_process_group
 from tenfold.distributed.hooks import CompressionState, compressed_allreduce_hook
 from tenfold.integrations.lightning import CompressedDDPHook
 
@@ -115,7 +116,7 @@ def main() -> None:
         f"calls ({total.bits_per_param:.2f} bits/param), checksum {checksum(model)}",
         flush=True,
     )
-    dist.destroy_process_group()
+    destroy_process_group()  # tenfold's: collects garbage first (see its docstring)
 
 
 if __name__ == "__main__":

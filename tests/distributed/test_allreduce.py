@@ -105,7 +105,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             info["mismatch"] = f"{exc} ranks={list(exc.ranks)}"
         (out_dir / f"info-r{rank}.json").write_text(json.dumps(info))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def _policies_job(rank: int, world: int, rdzv: str, out: str) -> None:
         s = CompressedAverager(tenfold.Lossless(), transmit="weights").average(plain)
         assert [t.name for t in s.tensors] == ["0", "1", "2", "3"]
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def _failures_job(rank: int, world: int, rdzv: str, out: str) -> None:
     finally:
         (out_dir / f"failures-r{rank}.json").write_text(json.dumps(results))
         with contextlib.suppress(Exception):  # the group is broken after rank 1 died
-            dist.destroy_process_group()
+            tenfold.distributed.destroy_process_group()
 
 
 def test_mismatch_nonfinite_and_dead_peer(tmp_path: Path) -> None:

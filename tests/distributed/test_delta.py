@@ -87,7 +87,7 @@ def _delta_job(rank: int, rdzv: str, out: str) -> None:
             message = f"{type(exc).__name__}: {exc} ranks={list(exc.ranks)}"
         (out_dir / f"mismatch-r{rank}.txt").write_text(message)
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def _hook_job(rank: int, rdzv: str, out: str) -> None:
         report["nan_seconds"] = time.perf_counter() - t0
     finally:
         (out_dir / f"report-r{rank}.json").write_text(json.dumps(report))
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

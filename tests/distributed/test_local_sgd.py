@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_group import join_gloo, load_arrays, save_arrays
 from torch import nn
@@ -262,7 +261,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
         save_arrays(o, f"odd-r{rank}", {n: _exact(b) for n, b in odd.named_buffers()})
         (o / f"info-r{rank}.json").write_text(json.dumps(info))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_group import join_gloo, load_arrays, save_arrays
 from test_local_sgd import _nesterov, _sgd, batch, make_net, snap
@@ -132,7 +131,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             info["nan_again"] = type(exc).__name__
         (o / f"info-r{rank}.json").write_text(json.dumps(info))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 def _dead_peer_job(rank: int, rdzv: str, out: str) -> None:

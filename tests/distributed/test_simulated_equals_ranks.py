@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_group import join_gloo, load_arrays, save_tensors
 
@@ -115,7 +114,7 @@ def _job(rank: int, rdzv: str, out: str) -> None:
             save_tensors(Path(out), f"{key}-r{rank}", named)
         (Path(out) / f"sent-r{rank}.json").write_text(json.dumps(sent))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

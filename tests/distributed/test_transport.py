@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_group import join_gloo
 
+import tenfold.distributed
 from tenfold.distributed import CommunicationError, PeerStatusError, all_gather_bytes
 from tenfold.distributed.transport import (
     STATUS_NONFINITE,
@@ -60,7 +60,7 @@ def _job(rank: int, world: int, rdzv: str, out: str) -> None:
         res["after_consumer_error"] = [len(p) for p in all_gather_bytes(big).payloads]
     finally:
         Path(out, f"r{rank}.json").write_text(json.dumps(res))
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def _silent_peer_job(rank: int, world: int, rdzv: str, out: str) -> None:
     finally:
         Path(out, f"silent-r{rank}.json").write_text(json.dumps(res))
         with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+            tenfold.distributed.destroy_process_group()
 
 
 def test_a_silent_peer_fails_within_the_group_timeout(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def one_rank_group(tmp_path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 def _trainer(model: nn.Module) -> Any:

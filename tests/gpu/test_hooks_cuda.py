@@ -88,7 +88,7 @@ def _job(rank: int, world: int, rdzv: str, out: str, asynchronous: bool) -> None
         np.save(out_dir / f"output-r{rank}.npy", first[1].numpy())
         (out_dir / f"stats-r{rank}.json").write_text(json.dumps(state.stats.as_dict()))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["async", "sync"])

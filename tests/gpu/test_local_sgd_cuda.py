@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import tenfold.distributed
 from tenfold.distributed import AllReduceAverager, LocalSGD
 from tenfold.distributed.averager_base import align_ranks, broadcast_exact
 from tenfold.distributed.transport import all_gather_row
@@ -114,7 +115,7 @@ def _job(rank: int, world: int, backend: str, rdzv: str, out: str) -> None:
             info["half_unchanged"] = bool(torch.equal(half, half_before))
         (o / f"{backend}-info-r{rank}.json").write_text(json.dumps(info))
     finally:
-        dist.destroy_process_group()
+        tenfold.distributed.destroy_process_group()
 
 
 def _run(tmp_path: Path, backend: str, world: int) -> list[dict[str, Any]]:

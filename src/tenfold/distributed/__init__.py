@@ -46,7 +46,7 @@ from tenfold.distributed.errors import (
 )
 from tenfold.distributed.local_sgd import GroupAverager, LocalSGD, SimulatedLocalSGD
 from tenfold.distributed.params import ParamsLike, named_tensors
-from tenfold.distributed.process_group import require_process_group
+from tenfold.distributed.process_group import destroy_process_group, require_process_group
 from tenfold.distributed.simulated import SimulatedAverager
 from tenfold.distributed.stats import SyncStats, TensorStats
 from tenfold.distributed.transport import Exchanged, all_gather_bytes
@@ -74,5 +74,6 @@ __all__ = [
     "TensorStats",
     "all_gather_bytes",
     "named_tensors",
+    "destroy_process_group",
     "require_process_group",
 ]

@@ -265,9 +265,15 @@ class CompressedAverager(AveragerBase):
             return
         named = named_tensors(params)
         require_parameters(named)
-        if self.reference.arrays is not None:
-            self.reference.align(named)  # the same tensors, or a clear error
-        self.reference.set(host_arrays(named))
+        if self.reference.arrays is None:
+            self.reference.set(host_arrays(named))
+            return
+        # into the arrays it has (the same tensors, or a clear error): no second model
+        # alive while the new one is copied, no fresh pages to fault in
+        reference = self.reference.align(named)
+        for name, a in host_arrays(named).items():
+            np.copyto(reference[name], a)
+        self.reference.tag = reference_tag(reference)
 
     # -- one synchronisation ----------------------------------------------------------------------
 
@@ -276,6 +282,7 @@ class CompressedAverager(AveragerBase):
         params: ParamsLike,
         *,
         grad_rms: Mapping[str, float] | None = None,
+        advance_reference: bool = True,
     ) -> SyncStats:
         """Synchronise, in place: every rank ends with the same (new shared) weights.
 
@@ -287,6 +294,11 @@ class CompressedAverager(AveragerBase):
                 (names must then match across ranks: they are in the packet).
             grad_rms: per-tensor RMS of the loss gradient, keyed by name (required by
                 ``GradientRMS``; recorded in the stats for every policy).
+            advance_reference: delta mode, once there is a shared model: False leaves it
+                (and its hash) at ``w_shared`` while the tensors still get the new values,
+                for a caller that moves the model on and calls :meth:`set_reference`
+                before the next sync (DiLoCo's outer step: ``LocalSGD`` uses the
+                reference's memory for the pseudo-gradient meanwhile).
 
         Returns:
             This rank's :class:`SyncStats`.
@@ -311,7 +323,7 @@ class CompressedAverager(AveragerBase):
             return noop_stats(named, rank=local_rank_or_zero(), round=round_)
         transport = TorchTransport(self.process_group)
         if self._protocol_for(dict(named), transport.world_size) == "all-gather":
-            return self._all_gather(transport, named, grad_rms)
+            return self._all_gather(transport, named, grad_rms, advance_reference)
         host = host_arrays(named)
         if self.transmit == "weights":
             result = self._sync(transport, named, Outgoing(host, self.policy, grad_rms=grad_rms))
@@ -341,7 +353,12 @@ class CompressedAverager(AveragerBase):
                 self._pool.give(result.own)
             if result.recoded is not None:
                 self.sender.keep_residual2(*result.recoded)
-            copy_back(named, self.reference.advance(result.mean, round_, result.packets))
+            if advance_reference:
+                copy_back(named, self.reference.advance(result.mean, round_, result.packets))
+            else:  # w_shared + mean into the tensors only: the same additions
+                for name, m in result.mean.items():
+                    np.add(reference[name], m, out=m)
+                copy_back(named, result.mean)
         assert result.mean is not None
         self._pool.give(result.mean)
         return result.stats
@@ -351,6 +368,7 @@ class CompressedAverager(AveragerBase):
         transport: TorchTransport,
         named: Sequence[tuple[str, torch.Tensor]],
         grad_rms: Mapping[str, float] | None,
+        advance_reference: bool = True,
     ) -> SyncStats:
         """The pipelined all-gather: each finished chunk is applied at once (reference,
         residual, parameters), so only chunk-sized temporaries exist."""
@@ -388,7 +406,11 @@ class CompressedAverager(AveragerBase):
         ) -> None:
             if own is not None:
                 sender.keep_chunk(residual, chunk, x, own)
-            copy_parts(tensors, chunk, add_chunk(reference, chunk, mean))
+            if advance_reference:
+                copy_parts(tensors, chunk, add_chunk(reference, chunk, mean))
+            else:  # w_shared + mean into the tensors only (the chunk's mean is done with)
+                ref = chunk_views(reference, chunk)
+                copy_parts(tensors, chunk, {k: np.add(ref[k], m, out=m) for k, m in mean.items()})
 
         send = Outgoing(
             host, self.policy, grad_rms=grad_rms,
@@ -399,7 +421,8 @@ class CompressedAverager(AveragerBase):
         result = plan.run(send, apply_delta)
         if feedback:
             sender.residual = residual
-        self.reference.chain(round_, result.packets)
+        if advance_reference:
+            self.reference.chain(round_, result.packets)
         return result.stats
 
     def _seeded(self, send: Outgoing, rank: int, world: int, round_: int) -> Outgoing:

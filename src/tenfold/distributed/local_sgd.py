@@ -70,6 +70,15 @@ as CUDA uint8 tensors. Everything else stays on the device: DiLoCo's copy of the
 model lives beside the parameters (one extra copy of the trainable parameters), the
 buffers' all-gather runs on flat CUDA buffers.
 
+**Memory** (blocking, over a delta-mode tenfold averager): between syncs the averager's
+reference (the shared model, which DiLoCo reads instead of keeping its own) and its
+error-feedback residual, one model each in float32, plus the outer optimizer's own state;
+during a sync the all-gather's chunk-sized buffers. DiLoCo's pseudo-gradient lives in the
+reference's memory during the outer step (the sync leaves the reference at ``w_shared``;
+the outer step's result replaces it), so only one tensor's temporary is added; with CUDA
+or half-precision parameters, and in :class:`SimulatedLocalSGD`, a copy of ``w_shared``
+(one model) is made instead. ``benchmarks/sync_memory.py`` measures it.
+
 **Checkpoints.** :meth:`LocalSGD.state_dict` holds the step counter, the averager's state
 (round, reference and its hash, this rank's residual), the outer optimizer's state and
 DiLoCo's shared model. Save it per rank with the model's and the inner optimizer's
@@ -99,6 +108,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tenfold.codec import Policy, TargetRate
+from tenfold.distributed.averager_base import AveragerBase
 from tenfold.distributed.averaging import Averager, CompressedAverager
 from tenfold.distributed.collective import DEFAULT_COLLECTIVE
 from tenfold.distributed.errors import BufferMismatchError
@@ -197,11 +207,20 @@ class _Replica:
     def buffers(self) -> list[tuple[str, torch.Tensor]]:
         return list(self.model.named_buffers())
 
-    def outer_step(self, shared: Mapping[str, torch.Tensor]) -> None:
+    def outer_step(
+        self,
+        shared: Mapping[str, torch.Tensor],
+        averaged: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """DiLoCo: ``.grad = w_shared - w_avg``, parameters back to ``w_shared``, outer step.
 
         The parameters hold ``w_avg`` (the averager's mean) on entry and the new shared
         model on exit (the caller re-bases the averager); ``shared`` is ``w_shared``.
+        ``averaged``: the averager's reference after the sync (name -> wire-dtype array),
+        which the parameters were copied from, given only when ``shared`` is the caller's
+        temporary: a float32/float64 parameter's pseudo-gradient is then formed in
+        ``shared`` (``shared - averaged``, the same values as ``shared - p``) instead of
+        in a new model-sized tensor.
         """
         assert self.outer_optimizer is not None
         # The inner optimizer's gradients are put back afterwards: a caller who zeroes
@@ -212,6 +231,11 @@ class _Replica:
                 w_shared = shared[name].to(p.device)
                 # DiLoCo's sign: g = w_shared - w_avg, so a descent step moves towards
                 # the average. Half dtypes: the difference in float32, rounded once.
+                if averaged is not None and p.dtype == wire_dtype(p.dtype):
+                    p.copy_(w_shared)
+                    w_avg = torch.from_numpy(averaged[name]).reshape(p.shape).to(p.device)
+                    p.grad = w_shared.sub_(w_avg)
+                    continue
                 wide = torch.float32 if p.dtype in _HALF else p.dtype
                 grad = (w_shared.to(wide) - p.to(wide)).to(p.dtype)
                 p.copy_(w_shared)
@@ -222,6 +246,32 @@ class _Replica:
                 if self.shared is not None:
                     self.shared[name].copy_(p)
                 p.grad = inner
+
+    def outer_step_in(self, reference: Mapping[str, np.ndarray]) -> None:
+        """DiLoCo's outer step with the pseudo-gradient in ``reference``'s memory.
+
+        On entry the parameters hold ``w_avg`` and ``reference`` (the averager's, CPU
+        arrays in the parameters' dtype, left at ``w_shared`` by the sync) ``w_shared``.
+        Tensor by tensor ``g = w_shared - w_avg`` (one tensor's temporary, the same values
+        as :meth:`outer_step`) goes into ``reference`` and the parameter back to
+        ``w_shared``; the outer optimizer steps on ``.grad`` = those arrays. On exit the
+        parameters hold the new shared model and ``reference`` garbage: the caller
+        re-bases the averager at once (an error in the outer step leaves it so too:
+        restore from a checkpoint).
+        """
+        assert self.outer_optimizer is not None
+        inner_grads = [p.grad for _, p in self.params]  # put back afterwards
+        with torch.no_grad():
+            for name, p in self.params:
+                w_shared = torch.from_numpy(reference[name]).view(p.shape)
+                grad = w_shared - p
+                p.copy_(w_shared)
+                w_shared.copy_(grad)
+                p.grad = w_shared
+                del grad
+        self.outer_optimizer.step()
+        for (_, p), inner in zip(self.params, inner_grads, strict=True):
+            p.grad = inner
 
     def advance(self, pending: bool, *, launch: bool, unmoved: bool) -> None:
         """Overlapped: move to the next shared model, and (``launch``) form the next row.
@@ -515,13 +565,33 @@ class _Synchroniser:
             assert stats is not None
             return stats
         diloco = self._replicas[0].diloco
+        in_reference = self._reference_for_gradient() if diloco else None
+        if in_reference is not None:
+            # the averager's reference stays w_shared through the sync and then holds the
+            # pseudo-gradient: no model-sized copy is made
+            replica = self._replicas[0]
+            stats = in_reference.average(
+                replica.params, grad_rms=self._grad_rms()[0], advance_reference=False
+            )
+            replica.outer_step_in(in_reference.reference.align(replica.params))
+            self._rebase([replica.params])
+            self._sync_buffers()
+            return stats
         # blocking DiLoCo's w_shared: its own copy, or the averager's reference read now
         # (the sync advances it in place)
         shared = [self._shared_model(r) for r in self._replicas] if diloco else []
+        tenfold_avg = self.averager if isinstance(self.averager, AveragerBase) else None
+        tag = tenfold_avg.reference.tag if tenfold_avg is not None else None
         stats = self._average([r.params for r in self._replicas], self._grad_rms())
         if diloco:
+            # A tenfold averager whose reference moved (its hash changes with every sync
+            # that averaged; a group of one rank leaves both alone) holds w_avg there, and
+            # the parameters are a copy of it: the pseudo-gradient then takes the place of
+            # the w_shared copy instead of a model of its own.
+            moved = tenfold_avg is not None and tenfold_avg.reference.tag != tag
+            averaged = averager_reference(tenfold_avg) if moved else None
             for replica, w_shared in zip(self._replicas, shared, strict=True):
-                replica.outer_step(w_shared)
+                replica.outer_step(w_shared, averaged if replica.shared is None else None)
             del shared
             self._rebase([r.params for r in self._replicas])
         self._sync_buffers()
@@ -613,6 +683,11 @@ class _Synchroniser:
         rows = [_named(r.row) for r in self._replicas]
         rms = self._grad_rms()  # on this thread: it reads the workers' state
         self._flight = _Flight(lambda: self._average(rows, rms))
+
+    def _reference_for_gradient(self) -> CompressedAverager | None:
+        """Blocking DiLoCo: the averager whose reference can hold the pseudo-gradient
+        during the outer step (:meth:`_Replica.outer_step_in`), or None. LocalSGD's."""
+        return None
 
     def _shared_model(self, replica: _Replica) -> Mapping[str, torch.Tensor]:
         """Blocking DiLoCo's w_shared: the replica's copy, or the averager's reference
@@ -921,6 +996,20 @@ class LocalSGD(_Synchroniser):
 
     def _rebase(self, rows: Sequence[Sequence[tuple[str, torch.Tensor]]]) -> None:
         self.averager.set_reference(rows[0])
+
+    def _reference_for_gradient(self) -> CompressedAverager | None:
+        avg, replica = self.averager, self._replicas[0]
+        if (
+            not isinstance(avg, CompressedAverager)
+            or averager_reference(avg) is None
+            or replica.shared is not None
+        ):
+            return None
+        # the pseudo-gradient must fit the reference's arrays: CPU, in the wire dtype
+        for _, p in replica.params:
+            if p.device.type != "cpu" or p.dtype != wire_dtype(p.dtype):
+                return None
+        return avg
 
     def _gather(self, flats: list[torch.Tensor]) -> list[torch.Tensor]:
         group = self.process_group

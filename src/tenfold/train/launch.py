@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tenfold.distributed.process_group import destroy_process_group
 from tenfold.errors import TenfoldError
 from tenfold.train.config import TrainConfig
 
@@ -434,4 +435,4 @@ def _destroy_group() -> None:
     """Leave the process group; a broken group may not tear down cleanly: exit anyway."""
     if dist.is_initialized():
         with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+            destroy_process_group()

@@ -2,10 +2,11 @@
 goes to every rank, and every rank decodes all K of each chunk in rank order, divides by
 K: the same bits everywhere.
 
-Pipelined (docs/PROTOCOL.md): a coding thread codes chunk c+1 (and decodes this rank's own
-packet of it, for the residual) while chunk c is on the wire, and chunk c-1's packets are
-decoded into the accumulator while chunk c travels; each finished chunk goes to the
-caller's ``sink`` and its buffers are dropped, so no whole-model temporary exists.
+Pipelined (docs/PROTOCOL.md): a coding thread codes the chunks ahead; each chunk's sizes
+go out as soon as it is coded and its packets as soon as its sizes are known, a few
+chunks ahead of the one being decoded, so a sync pays a few round trips, not two per
+chunk; each finished chunk goes to the caller's ``sink`` and its buffers are dropped, so
+no whole-model temporary exists.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from tenfold.codec import PacketInfo
+from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 from tenfold.distributed.errors import (
     STATUS_NONFINITE,
     NonFiniteWeightsError,
@@ -55,7 +57,13 @@ from tenfold.distributed.protocol.steps import (
     SyncResult,
     fail_nonfinite,
 )
-from tenfold.distributed.protocol.transport import Transport
+from tenfold.distributed.protocol.transport import (
+    Arrivals,
+    ChunkStream,
+    LocalArrivals,
+    SizeRows,
+    Transport,
+)
 from tenfold.distributed.stats import packet_stats
 
 __all__ = ["ChunkSink", "Coded", "all_gather", "encode", "encode_chunk"]
@@ -134,6 +142,11 @@ class _Coder:
                 return
             del fut  # the consumer drops the chunk when it is done with it
 
+    def ready(self, i: int) -> bool:
+        """Whether chunk i is coded (or failed): :meth:`get` would not wait."""
+        fut = self._futures[i]
+        return fut is None or fut.done()
+
     def get(self, i: int) -> Coded:
         """Chunk i, waiting for it; lets the thread start one more."""
         fut = self._futures[i]
@@ -149,14 +162,105 @@ class _Coder:
         self._thread.join()
 
 
-@dataclass
-class _Pending:
-    """A chunk whose packets are (being) decoded."""
+#: Failures every rank raises at the same point of the same chunk (a drain keeps the
+#: group usable); a dead peer or a rank's own bug are not among them.
+_AGREED = (NonFiniteWeightsError, ReferenceMismatchError, CorruptPacketError, PacketMismatchError)
 
-    index: int
-    feed: RankOrderFeed
-    coded: Coded
-    packets: list[Any] = field(default_factory=list)
+#: Chunks coded ahead of the one being decoded: they travel while it is decoded (each
+#: holds its values and own decoding until it is decoded: memory).
+AHEAD = 4
+
+#: The status of the chunks a rank sends after a failure, only so that every rank has
+#: sent all of them (never raised: the sync has already failed).
+_STATUS_DRAINED = -2
+
+
+class _Exchanges:
+    """This rank's side of one sync's chunk stream (docs/PROTOCOL.md, "The pipeline
+    (all-gather) and memory").
+
+    Chunk 0's sizes are one blocking exchange (it carries the checks that must stop every
+    rank before anything else is sent: layout, reference, NaN/Inf) and its packets one
+    all-gather; chunks 1..n-1 go through a :class:`ChunkStream`: chunk c's row and packet
+    leave as soon as it is coded (``c <= d + AHEAD`` while chunk d is decoded) and arrive
+    in one trip; they are checked and decoded at chunk c's turn, alike on every rank. A
+    failure found at a turn (a status, a size, a tag, a corrupt packet) is raised by every
+    rank there; :meth:`drain` first sends the rest of the chunks (with a status) and
+    completes every exchange, so the group stays usable.
+    """
+
+    def __init__(self, coder: _Coder, send: Outgoing, plan: Sequence[Chunk]) -> None:
+        self.coder, self.send, self.plan = coder, send, plan
+        self.n = len(plan)
+        self.stream: ChunkStream | None = None
+        self.first: Arrivals | None = None  # chunk 0's all-gather
+        self.coded: dict[int, Coded] = {}
+        #: the arrays this rank found NaN/Inf in (a later chunk the codec refused): it
+        #: sends a status from that chunk on, and every rank raises at that chunk's turn
+        self.nonfinite: list[str] | None = None
+        self.wait_seconds = 0.0  # blocked on the stream
+        self.encode_seconds = self.encode_cpu = 0.0
+
+    def take_coded(self, i: int) -> Coded | None:
+        """Chunk i from the coder (waiting for it); None when the codec refused NaN/Inf."""
+        try:
+            coded = self.coder.get(i)
+        except ValueError:  # the codec refuses NaN/Inf
+            send = self.send
+            values = send.values(self.plan[i]) if send.values is not None else send.arrays
+            failing = nonfinite_arrays(values)
+            if not failing:
+                raise
+            self.nonfinite = failing
+            return None
+        self.encode_seconds += coded.seconds
+        self.encode_cpu += coded.cpu_seconds
+        self.coded[i] = coded
+        return coded
+
+    def progress(self, d: int, *, block_until: int = 0) -> None:
+        """Send the chunks coded so far, up to ``d + AHEAD`` (waiting for the coder up to
+        chunk ``block_until``)."""
+        stream = self.stream
+        if stream is None:
+            return
+        last = min(self.n - 1, d + AHEAD)
+        while stream.sent + 1 <= last:
+            c = stream.sent + 1
+            coded = None
+            if self.nonfinite is None:
+                if c > block_until and not self.coder.ready(c):
+                    return
+                coded = self.take_coded(c)
+            if coded is None:
+                stream.send(None, 0, status=STATUS_NONFINITE)
+            else:
+                stream.send(coded.blob, self.send.tag or 0)
+
+    def receive(self, c: int) -> tuple[SizeRows, dict[int, Any]]:
+        """Every rank's row and packet of chunk c >= 1 (sent by this rank first)."""
+        assert self.stream is not None
+        self.progress(c, block_until=c)
+        t0 = time.perf_counter()
+        try:
+            return self.stream.wait(c - 1)
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+
+    def drain(self, exc: BaseException) -> None:
+        """After a failure every rank raises at the same turn: send the rest of the chunks
+        (a status), wait for every chunk in and out."""
+        if self.stream is not None:
+            while self.stream.sent < self.n - 1:
+                self.stream.send(None, 0, status=_STATUS_DRAINED)
+            self.stream.close()
+        self.close(exc)
+
+    def close(self, exc: BaseException | None) -> None:
+        """Complete (or, after a communication error, abandon) chunk 0's all-gather."""
+        first, self.first = self.first, None
+        if first is not None:
+            first.__exit__(type(exc) if exc is not None else None, exc, None)
 
 
 def all_gather(
@@ -176,8 +280,10 @@ def all_gather(
     Code ``send`` chunk by chunk on a coding thread; exchange each chunk's sizes (the
     first exchange also carries every rank's reference tag, layout hash and NaN/Inf
     status, so a NaN/Inf rank, a rank on another reference or with other tensors fail on
-    every rank there, before anything is applied); exchange the packets, decoding the
-    previous chunk's in rank order meanwhile; apply the guard (``ratio``); divide by K.
+    every rank there, before anything is applied); exchange the packets; decode each
+    chunk in rank order while the next chunks' sizes and packets travel (a few chunks in
+    flight: a sync pays a few round trips, not two per chunk); apply the guard
+    (``ratio``); divide by K.
 
     Args:
         transport: this rank's side of the group.
@@ -212,79 +318,117 @@ def all_gather(
     all_packets: list[Any] = []
     sizes_total = [0] * world
     sent = received = 0
-    t_comm = t_decode = c_decode = t_encode = c_encode = 0.0
+    t_comm = t_decode = c_decode = 0.0
 
-    def finish(p: _Pending) -> None:
+    def check(i: int, rows: SizeRows) -> tuple[int, ...]:
+        """The checks every rank makes on chunk i's sizes, alike (the same rows)."""
+        sizes, tags, layout_tags = rows
+        if len(set(layout_tags)) > 1:
+            desc = layout_of(named)
+            raise_layout_mismatch(desc, transport.gather_payloads(json.dumps(desc).encode()))
+        if send.tag is not None and len(set(tags)) > 1:
+            raise ReferenceMismatchError(tags, round)
+        check_announced_sizes(sizes, layouts[i])
+        return sizes
+
+    def decode(i: int, coded: Coded, arrivals: Arrivals) -> None:
+        """Chunk i's packets in rank order as they arrive, the next chunks' exchanges
+        posted whenever they can go; hands the finished chunk to the sink."""
         nonlocal t_decode, c_decode
-        summed = p.feed.finish()
+        decoded = {rank: coded.own} if coded.own is not None else None
+        feed = RankOrderFeed(layouts[i], world, decoded=decoded, guard=guard, threads=threads)
+        feed.take(rank, coded.blob)
+        while not arrivals.done:
+            ex.progress(i)
+            item = arrivals.poll()
+            if item is None:
+                if feed.step():
+                    continue
+                item = arrivals.get()
+            feed.take(*item)
+        while feed.step():  # the rest of the chunk, still posting what can go
+            ex.progress(i)
+        summed = feed.finish()
         c0, t0 = time.thread_time(), time.perf_counter()
         divide_in_place(summed.acc, world)
-        own = p.coded.own[0] if p.coded.own is not None else None
+        own = coded.own[0] if coded.own is not None else None
         if guard:
             for r, s in enumerate(summed.sumsq):
                 sumsq[r] += s
-            held.append((plan[p.index], summed.acc, p.coded.values, own))
+            held.append((plan[i], summed.acc, coded.values, own))
         else:
-            sink(plan[p.index], summed.acc, p.coded.values, own)
+            sink(plan[i], summed.acc, coded.values, own)
         infos.append(summed.infos[rank])
         all_packets.extend(summed.packets)
-        t_decode += p.feed.seconds + time.perf_counter() - t0
-        c_decode += p.feed.cpu_seconds + time.thread_time() - c0
+        t_decode += feed.seconds + time.perf_counter() - t0
+        c_decode += feed.cpu_seconds + time.thread_time() - c0
 
     # NaN/Inf anywhere is found before the first exchange: nothing is applied then
     bad = nonfinite_arrays(send.arrays) if len(plan) > 1 else []
-    coder = _Coder(send, plan, threads) if not bad else None
-    pending: _Pending | None = None
+    if bad:
+        fail_nonfinite(lambda: _report(transport), bad)
+    coder = _Coder(send, plan, threads)
+    ex = _Exchanges(coder, send, plan)
+    order = [(rank + s) % world for s in range(1, world)]  # the peers, as the ring delivers
     try:
-        for i, layout in enumerate(layouts):
-            if bad:
-                fail_nonfinite(lambda: _report(transport), bad)
-            assert coder is not None
+        # chunk 0's sizes: one blocking exchange that carries the checks of the whole sync
+        first = ex.take_coded(0)
+        if first is None:
+            assert ex.nonfinite is not None
+            fail_nonfinite(lambda: _report(transport), ex.nonfinite)
+        t1 = time.perf_counter()
+        try:
+            rows0 = transport.exchange_sizes(
+                len(first.blob), send.tag or 0, layout=_layout_tag(named, 0)
+            )
+        except PeerStatusError as exc:
+            raise NonFiniteWeightsError(exc.statuses) from None
+        t_comm += time.perf_counter() - t1
+        sizes_of = {0: check(0, rows0)}
+        ex.first = transport.all_gather(first.blob, sizes_of[0]).__enter__()
+        if len(plan) > 1:  # every rank has the same chunks now: the stream of the rest
+            capacities = [_packet_capacity(layout) for layout in layouts[1:]]
+            ex.stream = transport.chunk_stream(capacities, lead=AHEAD + 2)
+        for d in range(len(plan)):
             try:
-                coded = coder.get(i)
-            except ValueError:  # the codec refuses NaN/Inf
-                values = send.values(plan[i]) if send.values is not None else send.arrays
-                failing = nonfinite_arrays(values)
-                if not failing:
-                    raise
-                fail_nonfinite(lambda: _report(transport), failing)
-            t_encode += coded.seconds
-            c_encode += coded.cpu_seconds
-            t1 = time.perf_counter()
-            try:
-                sizes, tags, layout_tags = transport.exchange_sizes(
-                    len(coded.blob), send.tag or 0, layout=_layout_tag(named, i)
-                )
-            except PeerStatusError as exc:
-                raise NonFiniteWeightsError(exc.statuses) from None
-            t_comm += time.perf_counter() - t1
-            if len(set(layout_tags)) > 1:
-                desc = layout_of(named)
-                raise_layout_mismatch(desc, transport.gather_payloads(json.dumps(desc).encode()))
-            if send.tag is not None and len(set(tags)) > 1:
-                raise ReferenceMismatchError(tags, round)
-            check_announced_sizes(sizes, layout)
-            for r, s in enumerate(sizes):
-                sizes_total[r] += s
-            decoded = {rank: coded.own} if coded.own is not None else None
-            feed = RankOrderFeed(layout, world, decoded=decoded, guard=guard, threads=threads)
-            feed.take(rank, coded.blob)
-            with transport.all_gather(coded.blob, sizes) as arrivals:
-                if pending is not None:  # the previous chunk, while this one travels
-                    finish(pending)
-                    pending = None
-                feed.feed(arrivals)
-                current = _Pending(i, feed, coded)
-                if i == len(plan) - 1:
-                    finish(current)
+                ex.progress(d)
+                if d == 0:
+                    assert ex.first is not None
+                    arrivals = ex.first
                 else:
-                    pending = current
+                    rows, packets = ex.receive(d)
+                    failed = {r: s for r, s in enumerate(rows[0]) if s < 0}
+                    if failed:
+                        mine = ex.nonfinite if rank in failed else None
+                        raise NonFiniteWeightsError(failed, mine or ())
+                    sizes_of[d] = check(d, rows)
+                    own = sizes_of[d][rank]
+                    arrivals = LocalArrivals(
+                        [(p, packets[p]) for p in order],
+                        sent_bytes=(world - 1) * own,
+                        received_bytes=sum(sizes_of[d]) - own,
+                    )
+                decode(d, ex.coded.pop(d), arrivals)
+            except _AGREED as exc:
+                ex.drain(exc)  # every rank raises this, at this turn: the same state
+                raise
+            if d == 0:
+                ex.first = None
+                arrivals.__exit__(None, None, None)
             t_comm += arrivals.wait_seconds
             sent += arrivals.sent_bytes
             received += arrivals.received_bytes
+        if ex.stream is not None:
+            ex.stream.close()
+    except BaseException as exc:
+        ex.close(exc)
+        raise
     finally:
-        if coder is not None:
-            coder.close()
+        coder.close()
+    for sizes in sizes_of.values():
+        for r, s in enumerate(sizes):
+            sizes_total[r] += s
+    t_comm += ex.wait_seconds
     n_all = sum(t.numel() for _, t in named)
     check_contributions(sumsq, n_all, ratio, round)
     for item in held:
@@ -302,7 +446,7 @@ def all_gather(
         packet_bytes=sizes_total,
         grad_rms=send.grad_rms,
         pieces=pieces,
-        encode_seconds=t_encode,
+        encode_seconds=ex.encode_seconds,
         comm_seconds=t_comm,
         decode_seconds=t_decode,
         bytes_sent=sent,
@@ -310,7 +454,7 @@ def all_gather(
         collective="all-gather",
         values_encoded=n_all,
         values_decoded=world * n_all,
-        encode_cpu_seconds=c_encode,
+        encode_cpu_seconds=ex.encode_cpu,
         decode_cpu_seconds=c_decode,
         wall_seconds=time.perf_counter() - t_start,
         chunks=len(plan),
@@ -320,6 +464,13 @@ def all_gather(
 
 def _report(transport: Transport) -> object:
     return transport.exchange_sizes(0, 0, status=STATUS_NONFINITE)
+
+
+def _packet_capacity(named: Sequence[tuple[str, torch.Tensor]]) -> int:
+    """The largest packet of ``named`` a peer may announce (bytes): the bound
+    :func:`check_announced_size` enforces (the receive buffer of a chunk's packet)."""
+    raw = sum(t.numel() * t.element_size() for _, t in named)
+    return 2 * raw + 65_536 + sum(1024 + 16 * t.dim() + len(n) for n, t in named)
 
 
 def _layout_tag(named: Sequence[tuple[str, torch.Tensor]], index: int) -> int:

@@ -1,9 +1,10 @@
 """What the protocol needs of a transport, and the in-process one the simulation uses.
 
 A :class:`Transport` is one rank's view of the group: small agreement messages (sizes,
-hashes, statuses, verdicts) and two bulk exchanges whose packets arrive one by one
+hashes, statuses, verdicts), bulk exchanges whose packets arrive one by one
 (:class:`Arrivals`: ``poll()`` never blocks, ``get()`` waits), so the protocol decodes
-one packet while the next is on the wire. :class:`tenfold.distributed.transport.TorchTransport`
+one packet while the next is on the wire, and the pipelined all-gather's
+:class:`ChunkStream`, which sends each chunk as soon as it is coded. :class:`tenfold.distributed.transport.TorchTransport`
 implements it over torch.distributed; :class:`LocalArrivals` hands over packets already
 in this process (K simulated workers).
 """
@@ -17,13 +18,51 @@ from typing import Any, Protocol
 __all__ = [
     "Arrival",
     "Arrivals",
+    "ChunkStream",
     "LocalArrivals",
     "ShardStream",
+    "SizeRows",
     "Transport",
 ]
 
 #: ``(sender rank, packet bytes)``
 Arrival = tuple[int, Any]
+
+#: every rank's ``(sizes, tags, layouts)``, in rank order
+SizeRows = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+class ChunkStream(Protocol):
+    """Chunks 1..count of the pipelined all-gather (chunk 0's sizes are the blocking first
+    exchange): per chunk, every rank's size row and packet, each sent to every peer as
+    soon as the chunk is coded, without waiting for any agreement; the receives are
+    posted ahead, so a chunk travels in one trip. Every rank sends all ``count`` chunks (on
+    a failure, the rest with a status) and calls :meth:`close`, so no message is left for
+    the next sync."""
+
+    #: chunks this rank has sent so far
+    sent: int
+    #: packet bytes this rank has put on the wire so far
+    sent_bytes: int
+
+    def send(self, packet: bytes | None, tag: int, *, status: int = 0) -> None:
+        """This rank's next chunk: its packet and reference tag, or a negative status (no
+        packet: this rank cannot take part). Never blocks on the network."""
+        ...
+
+    def ready(self, index: int) -> bool:
+        """Whether chunk ``index`` (0-based) of every rank is in (:meth:`wait` won't block)."""
+        ...
+
+    def wait(self, index: int) -> tuple[SizeRows, dict[int, Any]]:
+        """Every rank's ``(sizes, tags, layouts)`` of chunk ``index`` (this rank must have
+        sent it; a negative size is a status) and every peer's packet, by rank;
+        CommunicationError when a peer is gone."""
+        ...
+
+    def close(self) -> None:
+        """Wait for every chunk in and out (all ``count`` must have been sent)."""
+        ...
 
 
 class Arrivals(Protocol):
@@ -80,6 +119,11 @@ class Transport(Protocol):
     ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Every rank's packet size, tag and layout hash; raises PeerStatusError on a
         negative status."""
+        ...
+
+    def chunk_stream(self, capacities: Sequence[int], *, lead: int) -> ChunkStream:
+        """A :class:`ChunkStream` of ``len(capacities)`` chunks (``capacities[i]``: the
+        largest packet of chunk i, bytes); packet receives posted ``lead`` chunks ahead."""
         ...
 
     def exchange_size_matrix(
