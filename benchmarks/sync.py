@@ -1599,7 +1599,9 @@ def _fingerprint(cfg: BenchConfig) -> str:
 def _resume_path(cfg: BenchConfig, key: str) -> Path | None:
     if cfg.resume_dir is None:
         return None
-    return Path(cfg.resume_dir) / (key.replace("/", "_").replace("@", "_") + ".json")
+    # a delayed link's launches get their own files (same key, other measurement)
+    delay = f"_delay{cfg.shape.delay_ms:g}ms" if cfg.shape.delay_ms else ""
+    return Path(cfg.resume_dir) / (key.replace("/", "_").replace("@", "_") + delay + ".json")
 
 
 def run_benchmark(cfg: BenchConfig, command: str) -> tuple[dict[str, Any], int]:
