@@ -207,3 +207,15 @@ def test_rate_control_with_no_usable_scale_still_codes() -> None:
     out = tenfold.decompress(blob)
     step = tenfold.inspect(blob).tensors[0].step
     assert np.all(np.abs(out["a"] - x["a"]) <= step / 2 * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("rate", [0.1, 1.0, 8.0])
+def test_values_far_below_binary32_are_planned_without_overflow(rate: float) -> None:
+    # binary64 values of ~1e-58 fall in binary32's lowest buckets, billions of steps wide:
+    # the size model's level index once wrapped there (an int64 floor) and wrote out of
+    # bounds (a segfault Hypothesis found)
+    rng = np.random.default_rng(0)
+    x = {"tiny": rng.standard_normal(1760) * 1e-58, "w": rng.standard_normal(500)}
+    blob = compress(x, TargetRate(bits_per_param=rate))
+    out = decompress(blob)
+    assert np.isfinite(out["tiny"]).all() and out["tiny"].shape == (1760,)

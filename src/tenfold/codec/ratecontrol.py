@@ -506,8 +506,11 @@ def _model_kernel(
         a = lows[i]
         b = highs[i]
         c = counts[i]
-        qa = math.floor(a / step + 0.5)
-        qb = math.floor(b / step + 0.5)
+        # np.floor stays a float: numba's math.floor returns an int64, which wraps for
+        # a bucket billions of steps from zero (binary32 buckets of binary64 values far
+        # below them) and indexed `lev` out of bounds (found by Hypothesis in CI)
+        qa = np.floor(a / step + 0.5)
+        qb = np.floor(b / step + 0.5)
         if qa == qb and abs(qa) <= mid:
             k = int(qa) + mid
             lev[k] += c
@@ -549,8 +552,8 @@ def _spread_kernel(
         a = lows[i]
         b = highs[i]
         c = counts[i]
-        qa = min(max(math.floor(a / step + 0.5), qlo), qhi)
-        qb = min(max(math.floor(b / step + 0.5), qlo), qhi)
+        qa = min(max(np.floor(a / step + 0.5), qlo), qhi)  # floats: see _model_kernel
+        qb = min(max(np.floor(b / step + 0.5), qlo), qhi)
         if qa == qb:
             out[int(qa) - qlo] += c
             continue
