@@ -227,25 +227,15 @@ def compress_and_decode(
     if decoding.buffer is None:  # not TargetRate's packet-level path: decode it all
         decoding.allocate_records(packet.records)
     rest = [i for i in range(len(packet.records)) if i not in decoding.written]
-    levels = _group_levels(data, [packet.records[i] for i in rest])
-
-    def decode(i: int) -> None:
-        _decode_record(data, packet.records[i], decoding.view(i), add=False, levels=levels)
-
-    sizes = [packet.records[i].info.num_values for i in rest]
-    run_in_order([partial(decode, i) for i in rest], useful_threads(
-        resolve_threads(threads), sum(sizes)), sizes)  # fmt: skip
-    arrays = {
-        rec.info.name: decoding.view(i).reshape(rec.info.shape)
-        for i, rec in enumerate(packet.records)
-    }
-    return blob, arrays, packet.info
+    return blob, decoding.decode(data, packet.records, rest, resolve_threads(threads)), packet.info
 
 
 class _Decoding:
-    """Where :func:`compress_and_decode`'s arrays go: one buffer for every tensor (each at
-    a 64-byte boundary, as :func:`decompress` allocates them), and which tensors the coder
-    wrote as it coded them."""
+    """Where decoded arrays go: one buffer for every tensor, each at a 64-byte boundary
+    (one large buffer gets huge pages, where 76 tensor-sized ones page-faulted every
+    4 KiB: a fresh array per tensor made a CharGPT packet's decompress 4x slower than
+    decoding into place), and which tensors :func:`compress_and_decode`'s coder wrote as
+    it coded them."""
 
     def __init__(self) -> None:
         self.buffer: np.ndarray | None = None
@@ -273,6 +263,22 @@ class _Decoding:
         assert self.buffer is not None
         start, n, dtype = self._slots[i]
         return self.buffer[start : start + n * dtype.itemsize].view(dtype)
+
+    def decode(
+        self, data: np.ndarray, records: list[Record], indices: list[int], workers: int
+    ) -> dict[str, np.ndarray]:
+        """Decode records ``indices`` into their slots (a task per record on up to
+        ``workers`` threads); every record's array, shaped, by name."""
+        levels = _group_levels(data, [records[i] for i in indices])
+
+        def one(i: int) -> None:
+            _decode_record(data, records[i], self.view(i), add=False, levels=levels)
+
+        sizes = [records[i].info.num_values for i in indices]
+        run_in_order([partial(one, i) for i in indices], useful_threads(workers, sum(sizes)), sizes)
+        return {
+            rec.info.name: self.view(i).reshape(rec.info.shape) for i, rec in enumerate(records)
+        }
 
 
 def _compress(
@@ -969,20 +975,9 @@ def decompress(
     workers = resolve_threads(threads)
     data = _as_packet_bytes(blob)
     packet = parse(data, _check_max_output(max_output_bytes))
-    sizes = [rec.info.num_values for rec in packet.records]
-    levels = _group_levels(data, packet.records)
-    # One allocation for every output (each at a 64-byte boundary): one large buffer gets
-    # huge pages, where 76 tensor-sized ones page-faulted every 4 KiB (a fresh array per
-    # tensor made a CharGPT packet's decompress 4x slower than decoding into place).
-    spans = [-(-rec.info.num_values * rec.dtype.itemsize // 64) * 64 for rec in packet.records]
-    buffer = np.empty(sum(spans), dtype=np.uint8)
-    starts = np.cumsum([0, *spans[:-1]]).tolist() if spans else []
-    tasks = [
-        partial(_decode_new, data, rec, levels, buffer, start)
-        for rec, start in zip(packet.records, starts, strict=True)
-    ]
-    arrays = run_in_order(tasks, useful_threads(workers, sum(sizes)), sizes)
-    return {rec.info.name: out for rec, out in zip(packet.records, arrays, strict=True)}
+    decoding = _Decoding()
+    decoding.allocate_records(packet.records)
+    return decoding.decode(data, packet.records, list(range(len(packet.records))), workers)
 
 
 def _group_levels(data: np.ndarray, records: list[Record]) -> np.ndarray | None:
@@ -997,18 +992,6 @@ def _group_levels(data: np.ndarray, records: list[Record]) -> np.ndarray | None:
             "final state (corrupt payload)"
         )
     return levels
-
-
-def _decode_new(
-    data: np.ndarray, rec: Record, levels: np.ndarray | None, buffer: np.ndarray, start: int
-) -> np.ndarray:
-    """One record decoded into its part of ``buffer`` (from byte ``start``), as an array of
-    its shape (a thread's task)."""
-    dtype = rec.dtype.newbyteorder("=")
-    n = rec.info.num_values
-    out = buffer[start : start + n * dtype.itemsize].view(dtype)
-    _decode_record(data, rec, out, add=False, levels=levels)
-    return out.reshape(rec.info.shape)
 
 
 def inspect(

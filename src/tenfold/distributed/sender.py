@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from tenfold.codec import Policy, derive_seed
-from tenfold.codec.policy import rms
 from tenfold.distributed.delta_kernels import delta_input, delta_rms
 from tenfold.distributed.params import zeros_like_wire
 from tenfold.distributed.protocol.chunks import Chunk, chunk_views
@@ -137,13 +136,11 @@ class SenderState:
         """``x = (w - w_shared) + e`` per tensor, and the fresh deltas' RMS (step hints)."""
         x: dict[str, np.ndarray] = {}
         scale: dict[str, float] | None = {} if want_scale else None
+        residual = self.residual if error_feedback else None
         for name, w in host.items():
-            d = np.subtract(w, reference[name])
             if scale is not None:
-                scale[name] = rms(d.reshape(-1)) if d.size else 0.0
-            if error_feedback and self.residual is not None:
-                np.add(d, self.residual[name], out=d)
-            x[name] = d
+                scale[name] = delta_rms(w, reference[name])
+            x[name] = delta_input(w, reference[name], None if residual is None else residual[name])
         return x, scale
 
     def chunk_inputs(

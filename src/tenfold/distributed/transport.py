@@ -56,7 +56,6 @@ __all__ = [
     "exchange_verdicts",
     "receive_order",
     "gathered_bytes",
-    "ring_sent",
     "translate_comm_errors",
 ]
 
@@ -438,16 +437,6 @@ def gathered_bytes(sizes: Sequence[int]) -> int:
     240
     """
     return (len(sizes) - 1) * max(sizes) if len(sizes) > 1 else 0
-
-
-def ring_sent(sizes: Sequence[int], rank: int) -> int:
-    """Bytes rank ``rank`` puts on the wire in the gloo ring all-gather of ``sizes``.
-
-    Its own packet, and every packet it forwards: all but its downstream neighbour's own
-    (the last one it receives, which that neighbour already holds).
-    """
-    world = len(sizes)
-    return int(sum(sizes)) - int(sizes[(rank - 1) % world]) if world > 1 else 0
 
 
 _Item = tuple[int, np.ndarray]

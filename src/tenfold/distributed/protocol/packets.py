@@ -17,7 +17,6 @@ from tenfold.codec import (
     accumulate,
     compress,
     compress_and_decode,
-    decompress,
     inspect,
 )
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
@@ -26,7 +25,6 @@ __all__ = [
     "accumulate_from",
     "check_announced_size",
     "check_announced_sizes",
-    "decode_own",
     "encode_and_decode",
     "encode_timed",
     "packet_info",
@@ -83,9 +81,9 @@ def encode_and_decode(
     threads: int | None = None,
     seed: int | None = None,
 ) -> tuple[bytes, tuple[dict[str, np.ndarray], PacketInfo]]:
-    """:func:`encode_timed`'s packet and, as :func:`decode_own` gives it, its decoding: the
-    coder writes it as it codes (``compress_and_decode``), instead of decoding the packet
-    again (measured: docs/PROTOCOL.md)."""
+    """:func:`encode_timed`'s packet, its decoding (in the wire dtypes) and its info: the
+    coder writes the decoding as it codes (``compress_and_decode``) instead of decoding
+    the packet again; error feedback and the rank-order sum use the same arrays."""
     blob, decoded, info = compress_and_decode(
         arrays, policy, grad_rms=grad_rms, scale=scale, threads=threads, seed=seed
     )
@@ -102,14 +100,6 @@ def accumulate_from(
         raise PacketMismatchError(f"packet from rank {rank} does not match: {exc}") from exc
     except CorruptPacketError as exc:
         raise CorruptPacketError(f"packet from rank {rank} is corrupt: {exc}") from exc
-
-
-def decode_own(
-    packet: bytes, threads: int | None = None
-) -> tuple[dict[str, np.ndarray], PacketInfo]:
-    """A rank's own packet, decoded (in the wire dtypes) once: error feedback needs the
-    values, and the rank-order sum adds the same arrays instead of decoding it again."""
-    return decompress(packet, threads=threads), inspect(packet)
 
 
 def packet_info(packet: Any) -> PacketInfo:

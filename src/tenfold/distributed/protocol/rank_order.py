@@ -197,7 +197,7 @@ def decode_mean(
 
     Each packet is validated against the local tensors by ``accumulate`` (names, order,
     shapes, dtypes). Accumulators are float32 (float64 for float64 tensors), from
-    ``pool`` when given. ``decoded``: every packet already decoded (:func:`decode_own`),
+    ``pool`` when given. ``decoded``: every packet already decoded (``encode_and_decode``),
     added instead of decoded again (the same sums, bit for bit: see :class:`RankOrderSum`).
     """
     acc = pool.take(named) if pool is not None else zeros_like_wire(named)
