@@ -36,9 +36,10 @@ The codec contract (written down once; everything else in the package follows it
   fused decode-and-add, bit-equal to ``out[k] += decompress(blob)[k]`` (float32
   accumulators for bfloat16 tensors); a packet describing
   other tensors raises :class:`PacketMismatchError` naming the first offending one.
-* ``compress_and_decode(tensors, policy) -> (bytes, dict)``: the packet and exactly what
-  ``decompress`` returns for it, the TargetRate coder writing each tensor's decoding as it
-  codes it (what a sender keeping an error-feedback residual needs).
+* ``compress_and_decode(tensors, policy) -> (bytes, dict, PacketInfo)``: the packet,
+  exactly what ``decompress`` returns for it (the TargetRate coder writes each tensor's
+  decoding as it codes it: what a sender keeping an error-feedback residual needs) and
+  what ``inspect`` says of it.
 * ``inspect(blob) -> PacketInfo``: sizes, N, range, entropy and mode per tensor. Bits per
   parameter is always ``8 * len(packet) / values``: headers, tables, padding, CRC included.
 * ``compress``, ``decompress`` and ``accumulate`` take ``threads=`` (None, the default:
