@@ -116,6 +116,14 @@ def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
         big = {f"big{k}": rng.laplace(0.0, 0.05, 65_536 + 2 * k + 1).astype(dtype)}
         blob = compress(big, TargetRate(bits_per_param=rate))
         pool.append((blob, {n: (v.shape, v.dtype) for n, v in big.items()}))
+    # version 4's ANS over quads: as large, at most 4 levels (values clipped at 2 scales:
+    # N = 2; non-negative ones: N = 1), every count modulo 4, every decoder output dtype
+    for k, dtype in enumerate([np.float32, np.float16, np.float64, np.float32]):
+        x = np.clip(rng.laplace(0.0, 0.05, 65_536 + k), -0.1, 0.1)
+        quads = {f"quads{k}": (np.abs(x) if k == 3 else x).astype(dtype)}
+        blob = compress(quads, TargetRate(bits_per_param=1.0))
+        assert blob[4] == 4, "the pool's quad packets must hold ans-quads records"
+        pool.append((blob, {n: (v.shape, v.dtype) for n, v in quads.items()}))
     return pool + golden_packets()
 
 
@@ -175,8 +183,9 @@ _FIELDS += ["table", "streams", "payload"]
 def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
     """One record from random header fields: all plausible but (usually) one hostile field.
 
-    Returns the record and a tag: 1 if it needs version 2, 0 if not, ``-1 - n`` for a
-    group member of ``n`` values (version 3; :func:`forge` appends the group section).
+    Returns the record and a tag: the version it needs (0 or 1: version 1; 2; 3 for
+    ans-pairs; 4 for ans-quads), or ``-1 - n`` for a group member of ``n`` values (version
+    3; :func:`forge` appends the group section).
 
     Plausible fields get the forged packet past the header checks to the payload decoders
     (random Huffman streams and bit-packed data under a valid header); the hostile one
@@ -210,10 +219,12 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
     n = 1
     for d in dims:
         n *= d
-    mode = rnd.choice([1, 1, 4, 4, 2, 2, 0, 3, 6]) if bad != "mode" else rnd.choice([5, 7, 255])
+    mode = rnd.choice([1, 1, 4, 4, 2, 2, 0, 3, 6, 7])
+    if bad == "mode":  # a whole mode byte: unknown, or a step-only coder without its quantizer
+        mode = rnd.choice([5, 6, 7, 8, 0x25, 0x27, 0x13, 255])
     if quant and mode == 3:
         mode = 4
-    if mode == 6:  # version 3: ANS over pairs, a step record
+    if mode in (6, 7):  # ANS over pairs (version 3) or quads (version 4): step records
         quant = 1
     if n == 0 and bad is None:
         mode, quant = 3, 0
@@ -225,6 +236,7 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
         3: width,
         4: rnd.randint(1, 16),
         6: rnd.randint(1, 5),
+        7: rnd.randint(1, 2),
     }.get(mode, 8)
     if bad == "bits":
         bits = rnd.choice([0, 17, 24, 25, 32, 64, 255])
@@ -248,8 +260,9 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
         out.append(_varint(rnd.choice([0, 1, 2, 7, 65534, 65535, 65536]) if bad else 0))
         out.append(_varint(rnd.choice([0, 0, 1, n, n + 1])))
     payload_len = 0
-    if mode in (4, 6):  # ANS: a valid (or random) table, plausible (or not) lane sizes
-        k = 1 << min(max(bits, 1) * (2 if mode == 6 else 1), 16)
+    per = {4: 1, 6: 2, 7: 4}.get(mode, 1)  # values per ANS symbol (ans, pairs, quads)
+    if mode in (4, 6, 7):  # ANS: a valid (or random) table, plausible (or not) lane sizes
+        k = 1 << min(max(bits, 1) * per, 16)
         scale = rnd.choice([12, 12, 14, 16]) if bad != "table" else rnd.choice([0, 1, 17, 255])
         out.append(bytes([scale]))
         if bad != "table" and 1 <= scale <= 16:
@@ -263,7 +276,7 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
         else:
             table = rnd.randbytes(rnd.randint(0, 64))
         out += [_varint(len(table)), table]
-        symbols = (n + 1) // 2 if mode == 6 else n
+        symbols = (n + per - 1) // per
         for lane in range(4):
             ns = (symbols - lane + 3) // 4 if symbols > lane else 0
             size = 4 + 2 * rnd.randint(0, ns)
@@ -309,7 +322,7 @@ def _forge_record(rnd: random.Random) -> tuple[bytes, int]:
     else:
         payload = rnd.choice([b"\x00", b"\xff"]) * payload_len
     out.append(payload)
-    return b"".join(out), 3 if mode == 6 else int(bool(quant or mode == 4))
+    return b"".join(out), {6: 3, 7: 4}.get(mode, int(bool(quant or mode == 4)) * 2)
 
 
 def _forge_member(rnd: random.Random, bad: str | None) -> tuple[bytes, int]:
@@ -370,9 +383,9 @@ def forge(rnd: random.Random) -> bytes:
         count = rnd.choice([count + 1, max(0, count - 1), 1 << 40])
     # the version the records need, except now and then another one (or an unknown one)
     members = [-tag - 1 for _, tag in forged if tag < 0]
-    version = 3 if members else max([1, *(tag for _, tag in forged)])
+    version = max([1, 3 if members else 1, *(tag for _, tag in forged)])
     if rnd.random() < 0.05:
-        version = rnd.choice([1, 2, 3, 4])
+        version = rnd.choice([1, 2, 3, 4, 5])
     if members and rnd.random() < 0.97:
         records.append(_forge_group(rnd, sum(members)))
     body = b"TFLD" + bytes([version]) + _varint(count) + b"".join(records)

@@ -510,6 +510,22 @@ def test_estimate_nbytes_is_close(k: int, scale: float) -> None:
         ans.estimate_nbytes(counts, g, n)
 
 
+def test_encode_levels_clamps_huge_values_to_the_top_level() -> None:
+    # |x / step| >= 2**63 once wrapped to INT64_MIN in the level's integer conversion and
+    # clamped to the bottom level: in the vectorised blocks and in the n % 4 tail
+    x = np.array([1e30, -1e30, 0.0, 1e-3, 1e30, 5.0, -5.0, 1e300, -1e30, 1e30, 0.0])
+    qmin, qlo, qhi = -2, -2, 1
+    want = np.clip(np.floor(x * 1e3 + 0.5), qlo, qhi).astype(np.int64) - qmin
+    assert want[0] == qhi - qmin
+    f = np.array([1, 2, 3, 2])
+    lut = np.array([-2.0, -1.0, 0.0, 1.0])
+    out = np.empty_like(x)
+    lanes = ans.encode_levels(x, 1e3, qmin, qlo, qhi, f, 3, lut=lut, decoded=out)
+    ref = ans.encode(want.astype(np.uint16), f, 3)
+    assert [a.tobytes() for a in lanes] == [b.tobytes() for b in ref]
+    np.testing.assert_array_equal(out, lut[want])
+
+
 # ---- bad arguments ----------------------------------------------------------------------
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tenfold.codec import ans, anspairs
 
@@ -50,6 +52,79 @@ def test_round_trip_every_output_path(count: int, bits: int) -> None:
             acc = base.copy()
             assert anspairs.decode_pairs(data, starts, ends, table, acc, add=True) == 0
             np.testing.assert_array_equal(acc, base + want)
+
+
+def _pair_symbols(sym: np.ndarray, bits: int) -> np.ndarray:
+    padded = np.append(sym, 0)[: 2 * ((sym.size + 1) // 2)].reshape(-1, 2)
+    return (padded[:, 0] | padded[:, 1] << bits).astype(np.uint16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # sizes around the encoder's 2048-value blocks and the 4-lane tail, odd and even
+    count=st.one_of(st.integers(0, 40), st.integers(2040, 2060), st.integers(4090, 6200)),
+    bits=st.integers(1, anspairs.MAX_PAIR_BITS),
+    spread=st.sampled_from([0.3, 2.0, 40.0]),
+    clamp=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_pairs_equal_the_definition(count, bits, spread, clamp, dtype, seed) -> None:
+    # the fused quantise-and-pair pass against its definition: levels, pairs, ans.encode
+    rng = np.random.default_rng(seed)
+    huge = 1e25 if clamp and seed % 7 == 0 else 1.0  # some values far beyond the clamp
+    x = (rng.laplace(0.0, spread, count) * huge).astype(dtype)
+    k = 1 << bits
+    qmin = -(k // 2)
+    qlo, qhi = (qmin + (1 if k > 2 else 0), qmin + k - 1) if clamp else (qmin, qmin + k - 1)
+    inv = 0.75
+    sym = np.clip(np.floor(x.astype(np.float64) * inv + 0.5), qlo, qhi).astype(np.int64) - qmin
+    freq = ans.quantize_frequencies(np.ones(k * k, np.int64), ans.scale_bits_for(k * k))
+    n = ans.scale_bits_for(k * k)
+    lut = (np.arange(qmin, qmin + k) * 0.5).astype(dtype)
+    out = np.full(count, np.nan, dtype)
+    lanes = anspairs.encode_level_pairs(x, inv, qmin, qlo, qhi, bits, freq, n, lut=lut, decoded=out)
+    ref = ans.encode(_pair_symbols(sym, bits), freq, n)
+    assert [a.tobytes() for a in lanes] == [b.tobytes() for b in ref]
+    assert out.tobytes() == lut[sym].tobytes()
+    plain = anspairs.encode_level_pairs(x, inv, qmin, qlo, qhi, bits, freq, n)
+    assert [a.tobytes() for a in plain] == [b.tobytes() for b in ref]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bits=st.integers(1, anspairs.MAX_PAIR_BITS),
+    data=st.data(),
+)
+def test_product_counts_round_as_numpy(bits: int, data) -> None:
+    k = 1 << bits
+    used = data.draw(st.integers(1, k))
+    head = data.draw(st.lists(st.integers(1, 2**40), min_size=used, max_size=used))
+    counts = np.zeros(k, np.int64)
+    counts[:used] = head
+    p = counts / counts.sum()
+    joint = np.floor(np.outer(p, p) * float(1 << 40)).astype(np.int64) + 1
+    joint[used:, :] = 0
+    joint[:, used:] = 0
+    want = joint.T.reshape(-1)  # pair a + b * 2**bits at [b, a]
+    assert anspairs.product_counts(p, used, bits).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("count", [11, 16, 4099])
+def test_huge_values_clamp_to_the_top_level(count: int) -> None:
+    # |x / step| >= 2**63 once wrapped to INT64_MIN and clamped to the bottom level
+    x = np.resize(np.array([1e30, -1e30, 0.0, 1e-3, 1e30, 5.0, -5.0, 1e300, -1e30]), count)
+    qmin, qlo, qhi, bits = -2, -2, 1, 2
+    sym = np.clip(np.floor(x * 1e3 + 0.5), qlo, qhi).astype(np.int64) - qmin
+    assert sym[0] == qhi - qmin
+    pairs = np.append(sym, 0)[: 2 * ((count + 1) // 2)].reshape(-1, 2)
+    f = np.full(16, 256)
+    lut = np.array([-2.0, -1.0, 0.0, 1.0])
+    out = np.empty_like(x)
+    lanes = anspairs.encode_level_pairs(x, 1e3, qmin, qlo, qhi, bits, f, 12, lut=lut, decoded=out)
+    ref = ans.encode((pairs[:, 0] | pairs[:, 1] << bits).astype(np.uint16), f, 12)
+    assert [a.tobytes() for a in lanes] == [b.tobytes() for b in ref]
+    np.testing.assert_array_equal(out, lut[sym])
 
 
 def test_pair_table_matches_its_halves() -> None:

@@ -80,7 +80,7 @@ def test_inspect_fields(rng: np.random.Generator) -> None:
     assert info.num_values == 5050
     assert info.bits_per_param == 8 * len(blob) / 5050
     assert tw.bits_per_param == 8 * tw.nbytes / 5000
-    assert info.version == 1 and tenfold.codec.FORMAT_VERSION == 3  # v1 when v1 suffices
+    assert info.version == 1 and tenfold.codec.FORMAT_VERSION == 4  # v1 when v1 suffices
     assert info.as_dict()["tensors"][0]["name"] == "w"
 
 

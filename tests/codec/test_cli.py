@@ -48,9 +48,21 @@ def test_inspect_shows_ans_steps_and_clamps(
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
     row = dict(zip(header, lines[1].split(), strict=True))
-    assert row["mode"] in ("ans", "ans-pairs") and float(row["step"]) > 0
+    assert row["mode"] in ("ans", "ans-pairs", "ans-quads") and float(row["step"]) > 0
     assert row["clamped"] == "0"
-    assert f"format v{3 if row['mode'] == 'ans-pairs' else 2}" in lines[2]
+    version = {"ans": 2, "ans-pairs": 3, "ans-quads": 4}[row["mode"]]
+    assert f"format v{version}" in lines[2]
+
+
+def test_inspect_names_ans_quads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.clip(np.random.default_rng(0).laplace(0, 0.01, 70_001), -0.02, 0.02)
+    path = tmp_path / "quads.bin"
+    path.write_bytes(compress({"delta": x.astype(np.float32)}, TargetRate(bits_per_param=1.0)))
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = dict(zip(lines[0].split(), lines[1].split(), strict=True))
+    assert row["mode"] == "ans-quads" and row["N"] == "2"
+    assert "format v4" in lines[2]
 
 
 def test_inspect_json(packet_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,6 +46,8 @@ def _model(rng: np.random.Generator, dtype: type) -> dict[str, np.ndarray]:
         "fc.bias": (0.001 * rng.laplace(size=300)).astype(dtype),  # the group
         "norm": np.ones(64, dtype=dtype),  # constant
         "odd": (0.05 * rng.laplace(size=2 * n + 3)).astype(dtype),
+        # a few levels (clipped at 2 scales): ans-quads around 1 bit/value
+        "few": np.clip(0.01 * rng.laplace(size=n + 2), -0.02, 0.02).astype(dtype),
         "empty": np.zeros((0, 3), dtype=dtype),
     }
 
@@ -58,6 +60,8 @@ def test_the_decoding_is_decompress_bit_for_bit(rate: float, dtype: type) -> Non
     blob, out, info = compress_and_decode(tensors, policy, threads=1)
     assert blob == compress(tensors, policy, threads=1)
     _same(blob, out, info)
+    if rate in (0.5, 1.0):
+        assert {t.name: t.mode for t in info.tensors}["few"] == "ans-quads"
 
 
 def test_bfloat16_and_threads_give_the_same_packet_and_values() -> None:

@@ -69,3 +69,39 @@ def test_format_doc_version_3_example_matches_the_codec() -> None:
     out = decompress(blob)
     assert out["w"].tolist() == x.tolist() and out["b"].tolist() == b.tolist()
     assert [t.nbytes for t in inspect(blob).tensors] == [38, 26]
+
+
+def test_format_doc_version_4_example_decodes() -> None:
+    """docs/FORMAT.md's version-4 (ans-quads) example, byte for byte, built as section 6D
+    says (ans over the quad symbols), and what it decodes to."""
+    import numpy as np
+
+    from tenfold.codec import ans, decompress, inspect
+    from tenfold.codec.packet import (
+        MODE_ANS_QUADS,
+        QUANT_STEP,
+        encode_record_header,
+        finish_packet,
+        packet_header,
+    )
+
+    quads = np.array([1 | 2 << 2 | 0 << 4 | 1 << 6, 1 | 3 << 2], np.uint16)
+    assert quads.tolist() == [73, 13]
+    freq = np.zeros(256, np.int64)
+    freq[quads] = 2048
+    table = ans.pack_frequencies(freq)
+    lanes = ans.encode(quads, freq, 12)
+    header = encode_record_header(
+        name="q", dtype=np.dtype(np.float32), shape=(6,), mode=MODE_ANS_QUADS, quant=QUANT_STEP,
+        bits=2, entropy=None, w_min=-0.5, w_max=1.0, step=0.5, qmin=-1, clamped=0,
+        scale_bits=12, table=table, stream_nbytes=[lane.size for lane in lanes],
+    )  # fmt: skip
+    blob = finish_packet([packet_header(1, 4), header, *lanes])
+    assert blob.hex(" ").upper() == (
+        "54 46 4C 44 04 01 01 71 02 01 06 17 02 00 00 C0 7F 00 00 00 BF 00 00 80 3F "
+        "00 00 00 00 00 00 E0 3F 01 00 0C 0B 00 0C 80 10 00 3A 80 10 00 B5 01 04 04 04 04 "
+        "00 08 02 00 00 00 02 00 00 00 01 00 00 00 01 00 EA 9E A7 7C"
+    )
+    assert decompress(blob)["q"].tolist() == [0.0, 0.5, -0.5, 0.0, 0.0, 1.0]
+    t = inspect(blob).tensors[0]
+    assert (inspect(blob).version, t.mode, t.bits, t.step) == (4, "ans-quads", 2, 0.5)

@@ -61,3 +61,13 @@ def test_encoder_still_produces_the_golden_bytes(case: str) -> None:
     }
     policy = Policy.from_config(meta["policy"])
     assert compress(tensors, policy, grad_rms=meta["grad_rms"]) == blob
+
+
+def test_the_golden_packets_cover_every_version_and_mode() -> None:
+    infos = [json.loads((GOLDEN / f"{case}.json").read_text())["info"] for case in CASES]
+    assert {info["version"] for info in infos} == {1, 2, 3, 4}
+    modes = {(info["version"], t["mode"], t["bits"]) for info in infos for t in info["tensors"]}
+    # ans-quads (version 4) at both of its widths; the other modes at least once
+    assert {(4, "ans-quads", 1), (4, "ans-quads", 2)} <= modes
+    names = {mode for _, mode, _ in modes}
+    assert names >= {"constant", "huffman", "bitpack", "raw", "ans", "group", "ans-pairs"}

@@ -99,3 +99,42 @@ def test_level_counter_counts_and_resets() -> None:
     assert sorted(c.counts(0.5).tolist()) == [1, 2, 2]  # levels -2, 0 (x2), 2 (x2)
     assert sorted(c.counts(0.5).tolist()) == [1, 2, 2]  # scratch was reset
     assert c.counts(100.0).tolist() == [5]
+
+
+# ---- values beyond int64 levels: clamped to the nearest extreme, not wrapped ----------------
+# |x / step| >= 2**63 once wrapped to INT64_MIN in the level's float -> int64 conversion
+# (numba's math.floor returns an int64), so a huge positive value took the bottom level.
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_values_clamp_to_the_nearest_extreme_level(dtype: type) -> None:
+    x: np.ndarray = np.array([0.0, 1e30, -1e30, 0.5, 3e38, -2.0, 1e30, 7.0], dtype=dtype)
+    q = StepQuantizer.for_range(float(x.min()), float(x.max()), 0.1)
+    assert (q.qmin, q.qmax, q.needs_clamp) == (-LEVEL_LIMIT, LEVEL_LIMIT, True)
+    for threads in (1, 2):
+        sym, hist, clamped = midtread_symbols(kernel_view(x), q, threads)
+        levels = sym.astype(np.int64) + q.qmin
+        top, bottom = LEVEL_LIMIT, -LEVEL_LIMIT
+        assert levels.tolist() == [0, top, bottom, 5, top, -20, top, 70]
+        assert clamped == 4
+        assert hist.sum() == x.size and hist[1, top - q.qmin] == 1  # value 1 is row 1's
+
+
+def test_range_beyond_binary64_levels_is_clamped_not_an_overflow() -> None:
+    # w * (1 / step) overflows to inf: math.floor(inf) raised OverflowError
+    q = StepQuantizer.for_range(-1e30, 1e30, 1e-300)
+    assert (q.qmin, q.qmax, q.bits, q.needs_clamp) == (-LEVEL_LIMIT, LEVEL_LIMIT, 16, True)
+    sym, _, clamped = midtread_symbols(np.array([1e30, -1e30, 0.0, 1e-310]), q)
+    assert (sym.astype(np.int64) + q.qmin).tolist() == [LEVEL_LIMIT, -LEVEL_LIMIT, 0, 0]
+    assert clamped == 2
+    q = StepQuantizer.for_range(1e30, 2e30, 1e-300)  # wholly beyond the clamp: one level
+    assert (q.qmin, q.qmax, q.bits) == (LEVEL_LIMIT, LEVEL_LIMIT, 0)
+
+
+def test_level_counter_clamps_huge_values_to_the_top_level() -> None:
+    # counts in order of first appearance: 1e30, 1e6 and 3e38 share the top level
+    c = LevelCounter(np.array([1e30, 1e6, 0.0, 3e38]))
+    assert c.counts(0.1).tolist() == [3, 1]
+    assert c.counts(1e-300).tolist() == [3, 1]  # x / step beyond binary64
+    c = LevelCounter(np.array([1e30, -1e30, -1e6]))
+    assert c.counts(0.1).tolist() == [1, 2]  # the top level, then the bottom one

@@ -13,12 +13,23 @@ import zlib
 import numpy as np
 import pytest
 
-from tenfold.codec import CorruptPacketError, Fixed, Lossless, compress, decompress, inspect
+from tenfold.codec import (
+    CorruptPacketError,
+    Fixed,
+    Lossless,
+    accumulate,
+    ans,
+    compress,
+    decompress,
+    inspect,
+)
 from tenfold.codec.packet import (
+    MODE_ANS_QUADS,
     MODE_BITPACK,
     MODE_CONSTANT,
     MODE_HUFFMAN,
     MODE_RAW,
+    QUANT_STEP,
     encode_record_header,
     finish_packet,
     packet_header,
@@ -66,7 +77,7 @@ def test_finish_packet_appends_crc() -> None:
         (b"TFL", "bad magic"),
         (b"XFLD\x01\x00\x00\x00\x00\x00", "bad magic"),
         (b"TFLD\x01\x00", "truncated"),
-        (b"TFLD\x04\x00" + b"\x00" * 4, "unsupported format version 4"),
+        (b"TFLD\x05\x00" + b"\x00" * 4, "unsupported format version 5"),
         (b"TFLD\x00\x00" + b"\x00" * 4, "unsupported format version 0"),
         (b"TFLD\x01\x00\x00\x00\x00\x00", "checksum mismatch"),
     ],
@@ -92,7 +103,7 @@ def test_envelope_errors(blob: bytes, message: str) -> None:
         (packet(record(shape=(0, 1 << 62)) + RAW4), "max_output_bytes"),
         (packet(record(shape=(1 << 20,) * 3)), "max_output_bytes"),
         (packet(record(mode=MODE_CONSTANT, bits=0, w_max=0.0, shape=(1 << 31,))), "max_output"),
-        (packet(record(mode=7) + RAW4), "unknown coding mode 7"),
+        (packet(record(mode=8) + RAW4), "unknown coding mode 8"),
         (packet(record(bits=16) + RAW4), "raw float32 tensor needs bits = 32"),
         (packet(record(w_min=4.0) + RAW4), "w_min <= w_max"),
         (packet(record(w_max=float("inf")) + RAW4), "non-finite range"),
@@ -203,3 +214,137 @@ def test_every_single_bit_flip_of_a_packet_is_detected() -> None:
         bad[i // 8] ^= 1 << (i % 8)
         with pytest.raises(CorruptPacketError):
             decompress(bytes(bad))
+
+
+# ---- ans-quads (mode 0x17, version 4) ---------------------------------------------------
+
+
+def _quad_symbols(sym: np.ndarray, bits: int) -> np.ndarray:
+    """docs/FORMAT.md 6D: quad k = s[4k] | s[4k+1] << N | s[4k+2] << 2N | s[4k+3] << 3N."""
+    padded = np.zeros(-(-sym.size // 4) * 4, np.uint16)
+    padded[: sym.size] = sym
+    q = padded.reshape(-1, 4)
+    return q[:, 0] | q[:, 1] << bits | q[:, 2] << 2 * bits | q[:, 3] << 3 * bits
+
+
+def _quad_record(
+    sym: np.ndarray,
+    bits: int = 2,
+    *,
+    dtype: type = np.float32,
+    qmin: int = -1,
+    step: float = 0.5,
+    scale_bits: int = 12,
+    precision: int | None = None,
+    quads: np.ndarray | None = None,
+    table: bytes | None = None,
+    sizes: list[int] | None = None,
+    mode: int = MODE_ANS_QUADS | QUANT_STEP << 4,
+    shape: tuple[int, ...] | None = None,
+) -> bytes:
+    """A step record (mode byte ``mode``) coding ``sym`` (levels ``qmin + sym``), its lanes
+    made as docs/FORMAT.md 6D says: ans.encode over the quad symbols (not by ansquads).
+    ``precision``, ``table``, ``sizes``: header fields that say otherwise than the lanes."""
+    quads = _quad_symbols(sym, bits) if quads is None else quads
+    counts = np.bincount(quads, minlength=1 << 4 * bits).astype(np.int64)
+    freq = ans.quantize_frequencies(counts, scale_bits)
+    lanes = ans.encode(quads, freq, scale_bits)
+    header = encode_record_header(
+        name="q", dtype=np.dtype(dtype), shape=(sym.size,) if shape is None else shape,
+        mode=mode & 0x0F, quant=mode >> 4, bits=bits, entropy=None, w_min=-0.5, w_max=1.0,
+        step=step, qmin=qmin, clamped=0,
+        scale_bits=scale_bits if precision is None else precision,
+        table=ans.pack_frequencies(freq) if table is None else table,
+        stream_nbytes=[lane.size for lane in lanes] if sizes is None else sizes,
+    )  # fmt: skip
+    return header + b"".join(lane.tobytes() for lane in lanes)
+
+
+def _quad_packet(rec: bytes, version: int = 4) -> bytes:
+    return recrc(packet_header(1, version) + rec)
+
+
+_SYM = np.array([0, 1, 1, 3, 2, 1, 0, 1, 1, 1, 3], np.uint16)  # 11 values: 3 quads, padded
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 11, 1000, 1001, 1002, 1003])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_a_quad_record_decodes_as_the_spec_says(n: int, dtype: type) -> None:
+    rng = np.random.default_rng(n)
+    sym = rng.choice(4, size=n, p=[0.1, 0.6, 0.2, 0.1]).astype(np.uint16)
+    blob = _quad_packet(_quad_record(sym, dtype=dtype))
+    info = inspect(blob)
+    assert (info.version, info.tensors[0].mode, info.tensors[0].bits) == (4, "ans-quads", 2)
+    want: np.ndarray = ((sym.astype(np.float64) - 1) * 0.5).astype(dtype)
+    got = decompress(blob)["q"]
+    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    if dtype is not np.float16:  # accumulators are float32/float64
+        acc: dict[str, np.ndarray] = {"q": np.full(n, 2.0, dtype)}
+        accumulate(blob, acc)
+        assert acc["q"].tobytes() == (want + np.full(n, 2.0, dtype)).tobytes()
+
+
+@pytest.mark.parametrize("n", [1, 4, 1000])
+@pytest.mark.parametrize("precision", [1, 12, 16])
+def test_a_quad_record_of_one_used_symbol_decodes(n: int, precision: int) -> None:
+    # a single used quad symbol (f = 2**P, 0 bits per quad) at either end of P's range
+    sym = np.full(n, 3, np.uint16)
+    blob = _quad_packet(_quad_record(sym, scale_bits=precision))
+    assert decompress(blob)["q"].tolist() == [1.0] * n
+
+
+def test_a_one_bit_quad_record_decodes() -> None:
+    sym = np.array([1, 0, 0, 1, 1, 1, 0], np.uint16)
+    blob = _quad_packet(_quad_record(sym, bits=1, qmin=0, step=0.25))
+    assert decompress(blob)["q"].tolist() == (sym * 0.25).tolist()
+
+
+def test_quad_padding_symbols_are_not_values() -> None:
+    # 6 values: the last quad's two padded symbols are ignored, whatever they are
+    sym = np.array([1, 2, 3, 0, 3, 3], np.uint16)
+    quads = _quad_symbols(sym, 2)
+    quads[-1] |= 3 << 4 | 2 << 6
+    blob = _quad_packet(_quad_record(sym, quads=quads))
+    assert decompress(blob)["q"].tolist() == [0.0, 0.5, 1.0, -0.5, 1.0, 1.0]
+
+
+def _bad_frequency_table() -> bytes:
+    # 16 frequencies (a 2-bit alphabet's pairs), where a 2-bit quad record needs 256
+    return ans.pack_frequencies(np.full(16, 256))
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        # the version: 4, however old a packet says it is
+        (_quad_packet(_quad_record(_SYM), 3), r"ans-quads \(mode 0x17\) needs format version 4"),
+        (_quad_packet(_quad_record(_SYM), 2), r"needs format version 4 \(packet says 2\)"),
+        (_quad_packet(_quad_record(_SYM), 1), r"needs format version 4 \(packet says 1\)"),
+        # the quantizer: step only (0x07 and 0x27 ... 0xF7 are not ans-quads)
+        (_quad_packet(_quad_record(_SYM, mode=0x07)), "unknown coding mode 7 "),
+        (_quad_packet(_quad_record(_SYM, mode=0x27)), "unknown coding mode 39"),
+        # bits: 1 ... 2 (0 is a constant's)
+        (_quad_packet(_quad_record(_SYM, bits=3)), r"ans-quads needs 1 <= bits <= 2 \(bits=3\)"),
+        (_quad_packet(_quad_record(_SYM, bits=0, quads=_SYM[:3] * 0)), "with bits=0"),
+        # the table: 16**N frequencies at a precision of 1 ... 16
+        (_quad_packet(_quad_record(_SYM, table=_bad_frequency_table())), "frequency table"),
+        (_quad_packet(_quad_record(_SYM, precision=17)), "ANS precision 17 outside 1..16"),
+        # lanes: even, 4 ... 4 + 2 * (quads in the lane): 11 values, 3 quads, lane 3 empty
+        (_quad_packet(_quad_record(_SYM, sizes=[5, 4, 4, 4])), r"lane 0 size 5 impossible"),
+        (_quad_packet(_quad_record(_SYM, sizes=[8, 4, 4, 4])), r"lane 0 size 8 .*4\.\.6"),
+        (_quad_packet(_quad_record(_SYM, sizes=[4, 4, 4, 6])), r"lane 3 size 6 .*4\.\.4"),
+        (_quad_packet(_quad_record(_SYM, sizes=[2, 4, 4, 4])), r"lane 0 size 2 impossible"),
+        # the extreme levels' values: finite in the dtype
+        (_quad_packet(_quad_record(_SYM, step=1e308, qmin=2)), "overflow float32"),
+        # the payload: all there, and decoding exactly
+        (_quad_packet(_quad_record(_SYM)[:-1]), "truncated: payload"),
+        (_quad_packet(_quad_record(_SYM, shape=(8,))), "ANS lane 2"),
+        (_quad_packet(_quad_record(_SYM, shape=(13,))), "ANS lane 3"),
+    ],
+)
+def test_quad_header_errors(blob: bytes, message: str) -> None:
+    with pytest.raises(CorruptPacketError, match=message):
+        decompress(blob)
+    if not message.startswith("ANS lane"):  # found by parse, not by the decoder
+        with pytest.raises(CorruptPacketError, match=message):
+            inspect(blob)

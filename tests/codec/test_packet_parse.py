@@ -36,6 +36,11 @@ def _packets() -> list[bytes]:
     tensors["c"] = np.zeros(7, np.float32)
     tensors["e"] = np.zeros((0, 3), np.float32)
     out = [compress(tensors, TargetRate(r)) for r in (0.25, 1.0, 6.0)]
+    # version 4: ans-quads records (a few levels: Laplace values clipped at 2 scales)
+    quads = {f"q{i}": np.clip(rng.laplace(size=65_536 + i), -2, 2).astype(dtype)
+             for i, dtype in enumerate([np.float32, np.float64, np.float16, np.float32])}  # fmt: skip
+    out.append(compress(quads, TargetRate(1.0)))
+    assert {t.mode for t in parse(np.frombuffer(out[-1], np.uint8)).info.tensors} == {"ans-quads"}
     return out + [p.read_bytes() for p in sorted(GOLDEN.glob("*.bin"))]
 
 

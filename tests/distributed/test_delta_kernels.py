@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tenfold.codec.policy import rms
-from tenfold.distributed.delta_kernels import delta_input, delta_rms
+from tenfold.distributed.delta_kernels import apply_mean, delta_input, delta_input_rms, delta_rms
 
 FLOATS = st.floats(-1e30, 1e30, allow_nan=False, width=32)
 
@@ -28,9 +28,16 @@ def test_equal_to_numpy(data: st.DataObject, n: int, dtype: type) -> None:
     if dtype != np.float16:  # the codec's RMS takes float32/float64 only
         assert delta_rms(w, ref) == rms(want.reshape(-1))
     assert delta_input(w, ref, None).tobytes() == want.tobytes()
+    wire = dtype != np.float16  # the sender's arrays are float32/float64 (wire dtypes)
+    if wire:
+        x0, r0 = delta_input_rms(w, ref, None)
+        assert x0.tobytes() == want.tobytes() and r0 == rms(want.reshape(-1))
     np.add(want, e, out=want)
     got = delta_input(w, ref, e)
     assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    if wire:
+        x1, r1 = delta_input_rms(w, ref, e)
+        assert x1.dtype == want.dtype and x1.tobytes() == want.tobytes() and r1 == r0
 
 
 @pytest.mark.parametrize("shape", [(0,), (3, 0)])
@@ -38,6 +45,8 @@ def test_empty(shape: tuple[int, ...]) -> None:
     z = np.zeros(shape, np.float32)
     assert delta_rms(z, z) == 0.0
     assert delta_input(z, z, z).shape == shape
+    x, r = delta_input_rms(z, z, z)
+    assert x.shape == shape and r == 0.0
 
 
 def test_large_2d_and_non_contiguous_views() -> None:
@@ -48,3 +57,59 @@ def test_large_2d_and_non_contiguous_views() -> None:
     wt, rt, et = w.T, ref.T, e.T  # not C-contiguous: the numpy path
     assert delta_input(wt, rt, et).tobytes() == ((wt - rt) + et).tobytes()
     assert delta_rms(wt, rt) == rms(np.subtract(wt, rt).reshape(-1))
+    for a, b, c in ((w, ref, e), (wt, rt, et)):  # fused and numpy paths
+        x, r = delta_input_rms(a, b, c)
+        assert x.tobytes() == delta_input(a, b, c).tobytes() and r == delta_rms(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(0, 40),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    k=st.integers(1, 7),
+    advance=st.booleans(),
+    feedback=st.booleans(),
+    into_total=st.booleans(),
+)
+def test_apply_mean_equals_numpy(
+    data: st.DataObject,
+    n: int,
+    dtype: type,
+    k: int,
+    advance: bool,
+    feedback: bool,
+    into_total: bool,
+) -> None:
+    total, ref, x, own = (
+        data.draw(hnp.arrays(dtype, n, elements=st.floats(-1e4, 1e4, width=32))) for _ in range(4)
+    )
+    # the numpy expressions the sync used before: divide, subtract, add, copy
+    mean = np.divide(total, dtype(k))
+    want_ref = np.add(ref, mean)
+    want_e = np.subtract(x, own)
+    got_ref, got_total = ref.copy(), total.copy()
+    e: np.ndarray = np.full(n, 7, dtype)
+    out = got_total if into_total else np.empty(n, dtype)
+    apply_mean(
+        got_total, k, got_ref, out, advance=advance, residual=(x, own, e) if feedback else None
+    )
+    assert out.tobytes() == want_ref.tobytes()
+    assert got_ref.tobytes() == (want_ref if advance else ref).tobytes()
+    assert e.tobytes() == (want_e if feedback else np.full(n, 7, dtype)).tobytes()
+
+
+def test_apply_mean_non_contiguous_takes_the_numpy_path() -> None:
+    rng = np.random.default_rng(1)
+    total, ref, x, own = (rng.standard_normal((9, 5)).astype(np.float32) for _ in range(4))
+    want = ref.T + total.T / np.float32(3)
+    ref_t, out, e = (
+        ref.T.copy(order="F"),
+        np.empty((5, 9), np.float32),
+        np.empty((5, 9), np.float32),
+    )
+    apply_mean(total.T, 3, ref_t, out, advance=True, residual=(x.T, own.T, e))
+    assert (
+        out.tobytes() == want.tobytes() and ref_t.tobytes() == np.ascontiguousarray(want).tobytes()
+    )
+    assert e.tobytes() == (x.T - own.T).tobytes()

@@ -87,7 +87,7 @@ _RESUME_NEUTRAL = {"quiet", "resume", "out"}
 
 #: argparse types of the config fields' annotations (``from __future__ import annotations``
 #: leaves them as strings).
-_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+_TYPES = {"int": int, "float": float, "float | None": float, "str": str, "str | None": str}
 
 # Each policy option: the policy it belongs to (a stray --bits etc. is refused) and the
 # field of that policy's config it sets.
@@ -191,8 +191,8 @@ def _default_text(f: Any) -> str:
     """`` (default X; cnn Y, char-gpt Z)``: the field's default and the models' own."""
     from tenfold.train.config import MODEL_DEFAULTS
 
-    if f.default is dataclasses.MISSING or isinstance(f.default, bool):
-        return ""
+    if f.default is dataclasses.MISSING or isinstance(f.default, bool) or f.default is None:
+        return ""  # None: the help says what the default is
     per_model = [
         f"{m} {d[f.name]:g}" if isinstance(d[f.name], float) else f"{m} {d[f.name]}"
         for m, d in MODEL_DEFAULTS.items()
@@ -546,7 +546,9 @@ def _run(args: argparse.Namespace, where: dict[str, Path]) -> int:
         f"tenfold train: {config.model}, {config.workers} workers, policy "
         f"{_describe_policy(config.policy)}, sending {_describe_transmit(config)}, "
         f"{config.epochs} epochs{f' (at most {config.steps} steps)' if config.steps else ''}, "
-        f"sync every {f'{config.sync_every} steps' if config.sync_every else 'epoch'}, "
+        f"sync every {f'{config.sync_every} steps' if config.sync_every else 'epoch'}"
+        f"{', overlapped' if config.overlap else ''}"
+        f"{f', outer lr {config.effective_outer_lr:g}' if config.effective_outer_lr != 1 else ''}, "
         f"{recipe.describe(data)} -> {out}",
         flush=True,
     )

@@ -11,8 +11,9 @@ The codec contract (written down once; everything else in the package follows it
 * The default policy is :class:`TargetRate` ``(bits_per_param=1.0)``, the library's
   default everywhere (the averagers, ``LocalSGD``, the DDP hook): the zero-centred
   mid-tread quantizer with one step multiplier for the whole packet, chosen so the packet
-  costs the target bits per value, headers included; tensors are rANS coded, small ones
-  together in the packet's group section (format version 3).
+  costs the target bits per value, headers included; tensors are rANS coded (one, two or
+  four values per coder step: format versions 2, 3 and 4), small ones together in the
+  packet's group section (version 3).
 * The paper's scheme is :class:`EntropyAdaptive` (paper Alg. 1, with the errata of
   docs/DESIGN.md): per tensor ``w_min``, ``w_max``; ``N = ceil(H + c)`` bits, H the
   entropy in bits of an M-bit quantization of a seeded sample of a fraction F; values are

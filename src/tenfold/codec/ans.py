@@ -296,6 +296,15 @@ def quantize_frequencies(counts: np.ndarray, scale_bits: int) -> np.ndarray:
     return f.astype(np.uint32)
 
 
+def _quantized(counts: np.ndarray, scale_bits: int) -> np.ndarray:
+    """:func:`quantize_frequencies` (int64 frequencies) without its checks, for callers
+    whose ``counts`` are known valid: int64, C-contiguous, at most ``2**scale_bits`` nonzero,
+    total in ``1 .. 2**47 - 1``."""
+    f = np.empty(counts.size, dtype=np.int64)
+    _quantize_kernel(counts, 1 << scale_bits, int(counts.sum()), f)
+    return f
+
+
 @njit(cache=True, nogil=True)
 def _quantize_kernel(c: np.ndarray, m: int, total: int, f: np.ndarray) -> None:
     # quantize_frequencies' three steps into f (a kernel: numpy took 10-70 us, paid several
@@ -416,6 +425,12 @@ def _pack_kernel(freq: np.ndarray, out: np.ndarray) -> int:
         i = _put_varint(out, i + 1, r - 1)
         s += r
     return i
+
+
+def _packed(freq: np.ndarray) -> bytes:
+    # pack_frequencies for int64 frequencies known to be in 0..2**16 (unchecked)
+    out = np.zeros(3 * freq.size + 4, dtype=np.uint8)
+    return bytes(out[: _pack_kernel(freq, out)])
 
 
 def pack_frequencies(freq: np.ndarray) -> bytes:
@@ -682,7 +697,9 @@ def _encode_kernel(
 @njit(inline="always", cache=True, nogil=True)
 def _row_of(v: float, inv: float, qlo: float, qhi: float, qmin: float) -> int:
     # the encoder-table row of a value's symbol: its mid-tread level, clamped, minus qmin
-    q = math.floor(np.float64(v) * inv + 0.5)
+    # (np.floor stays a float, clamped before the one conversion: numba's math.floor
+    # returns an int64, which wraps for |v * inv| >= 2**63 and sent a huge value to qlo)
+    q = np.floor(np.float64(v) * inv + 0.5)
     q = q if q > qlo else qlo
     q = q if q < qhi else qhi
     return np.uint64(np.int64(q - qmin)) << _U2
@@ -713,10 +730,11 @@ def _levels_block(
 ) -> None:
     # symbols of x[lo:hi] into sym[:hi - lo]; a branch-free loop LLVM vectorises (with
     # conditional expressions: the builtin min/max on floats are not, 0.77 vs 2.5 G/s)
-    # (and over a slice: x[lo + j] may be a negative index to numba, which defeats it)
+    # (and over a slice: x[lo + j] may be a negative index to numba, which defeats it);
+    # the level stays a float until clamped, as in _row_of
     xs = x[lo:hi]
     for j in range(xs.size):
-        q = math.floor(np.float64(xs[j]) * inv + 0.5)
+        q = np.floor(np.float64(xs[j]) * inv + 0.5)
         q = q if q > qlo else qlo
         q = q if q < qhi else qhi
         sym[j] = np.uint16(np.int32(q - qmin))
@@ -833,6 +851,22 @@ def encode_levels(
     x = np.ascontiguousarray(values).reshape(-1)
     if x.dtype not in (np.float32, np.float64):
         raise ConfigError(f"values must be float32 or float64, got {x.dtype}")
+    return _encode_levels(x, step_inverse, qmin, qlo, qhi, f, scale_bits, lut, decoded)
+
+
+def _encode_levels(
+    x: np.ndarray,
+    step_inverse: float,
+    qmin: int,
+    qlo: int,
+    qhi: int,
+    f: np.ndarray,
+    scale_bits: int,
+    lut: np.ndarray | None,
+    decoded: np.ndarray | None,
+) -> list[np.ndarray]:
+    # encode_levels once its arguments are known valid (x 1-D contiguous float32/float64,
+    # f valid frequencies, nonzero over qlo..qhi): a caller that built them skips the checks
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
     n = x.size
@@ -1140,6 +1174,33 @@ def _decode_kernel(
 _EMPTY_LANE = np.array([0, 0, 1, 0], dtype=np.uint8)  # the state L, no words
 
 
+def lane_ranges(
+    data: np.ndarray, lane_starts: Any, lane_ends: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The 4 lanes' ranges checked for a decoding kernel: ``(data, starts, ends, short)``,
+    where a lane shorter than its 4-byte state is replaced by an empty lane appended to
+    (a copy of) ``data`` and flagged in the bit mask ``short`` (it is corrupt: the kernels
+    then read a valid state and report the lane through the mask).
+
+    Raises:
+        tenfold.ConfigError: not 4 ranges, or a range outside ``data``.
+    """
+    starts = np.array(lane_starts, dtype=np.int64).reshape(-1)
+    ends = np.array(lane_ends, dtype=np.int64).reshape(-1)
+    if starts.size != LANES or ends.size != LANES:
+        raise ConfigError("need 4 lane starts and ends")
+    if np.any(starts < 0) or np.any(ends < starts) or np.any(ends > data.size):
+        raise ConfigError(f"lane ranges {starts.tolist()}..{ends.tolist()} outside the data")
+    short = ends - starts < 4
+    short_mask = int(sum(1 << lane for lane in range(LANES) if short[lane]))
+    if short_mask:
+        size = data.size
+        data = np.concatenate([data, _EMPTY_LANE])
+        starts[short] = size
+        ends[short] = size + 4
+    return data, starts, ends, short_mask
+
+
 def decode(
     data: np.ndarray,
     lane_starts: np.ndarray,
@@ -1190,19 +1251,7 @@ def decode(
         )
     if add and out.dtype == np.uint16:
         raise ConfigError("add=True needs a float32/float64 output")
-    starts = np.array(lane_starts, dtype=np.int64).reshape(-1)
-    ends = np.array(lane_ends, dtype=np.int64).reshape(-1)
-    if starts.size != LANES or ends.size != LANES:
-        raise ConfigError("need 4 lane starts and ends")
-    if np.any(starts < 0) or np.any(ends < starts) or np.any(ends > data.size):
-        raise ConfigError(f"lane ranges {starts.tolist()}..{ends.tolist()} outside the data")
-    short = ends - starts < 4
-    short_mask = int(sum(1 << lane for lane in range(LANES) if short[lane]))
-    if short_mask:
-        size = data.size
-        data = np.concatenate([data, _EMPTY_LANE])
-        starts[short] = size
-        ends[short] = size + 4
+    data, starts, ends, short_mask = lane_ranges(data, lane_starts, lane_ends)
     if branchless is None:
         words_bits = 8 * int((ends - starts).sum() - 4 * LANES)
         branchless = words_bits >= _DECODE_BRANCHLESS_BITS * max(out.size, 1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tenfold.codec import ans, anspairs, bitpack, huffman, ratecontrol
+from tenfold.codec import ans, anspairs, ansquads, bitpack, huffman, ratecontrol
 from tenfold.codec.bfloat16 import BFloat16Bits
 from tenfold.codec.errors import CorruptPacketError, PacketMismatchError
 from tenfold.codec.grouped import Member, decode_group, encode_group, fits, member_values
@@ -23,6 +23,7 @@ from tenfold.codec.packet import (
     DEFAULT_MAX_OUTPUT_BYTES,
     MODE_ANS,
     MODE_ANS_PAIRS,
+    MODE_ANS_QUADS,
     MODE_BITPACK,
     MODE_CONSTANT,
     MODE_GROUP,
@@ -465,6 +466,10 @@ def _compress_packet_rate(
 #: 0.4% at 14, where pairs coded 1.5x faster and decoded 1.3x faster than singles.
 PAIR_TOLERANCE = 0.001
 PAIR_MAX_SCALE_BITS = 14
+#: ans-quads (alphabets of at most 2**ansquads.MAX_QUAD_BITS levels) is chosen when its
+#: modelled size, at a precision of at most QUAD_MAX_SCALE_BITS, is at most PAIR_TOLERANCE
+#: above that of what would be chosen otherwise (pairs, else single symbols).
+QUAD_MAX_SCALE_BITS = 14
 
 
 def _model_bits(p: np.ndarray, freq: np.ndarray, scale_bits: int) -> float:
@@ -478,6 +483,69 @@ def _model_bits(p: np.ndarray, freq: np.ndarray, scale_bits: int) -> float:
 FUSED_MIN_VALUES = 1 << 16
 
 
+def _pair_frequencies(
+    counts: np.ndarray, used: int, freq: np.ndarray, scale_bits: int
+) -> tuple[np.ndarray, int, float] | None:
+    """The pair alphabet's frequencies, precision and modelled bits per pair where pairs are
+    chosen (module constants PAIR_TOLERANCE, PAIR_MAX_SCALE_BITS), else None.
+
+    ``counts``: the ``2**bits`` level counts (``used`` of them nonzero, first); ``freq`` at
+    ``scale_bits``: their single-symbol frequencies. A pair's count comes from the product
+    of its halves' probabilities (symbol ``a + b * 2**bits`` at ``[b, a]``).
+    """
+    p = counts / counts.sum()
+    pair_counts = anspairs.product_counts(p, used, int(counts.size).bit_length() - 1)
+    single = 2.0 * _model_bits(p, freq, scale_bits)
+    bound = (1.0 + PAIR_TOLERANCE) * single
+    return _joint_search(pair_counts, ans.scale_bits_for(used * used), PAIR_MAX_SCALE_BITS, bound)
+
+
+def _joint_search(
+    joint: np.ndarray, lowest: int, highest: int, bound: float
+) -> tuple[np.ndarray, int, float] | None:
+    """The frequencies of the joint alphabet's ``joint`` counts at the lowest precision in
+    ``lowest .. highest`` whose modelled bits per joint symbol are at most ``bound``, that
+    precision and those bits; None if none is."""
+    # _model_bits per precision, its operands taken once: the same elements, in the same
+    # order, through the same operations, so the same float (the choice is bit-exact)
+    nonzero = np.flatnonzero(joint)
+    pq = (joint / joint.sum())[nonzero]
+    for joint_bits in range(lowest, highest + 1):
+        joint_freq = ans._quantized(joint, joint_bits)
+        cost = float(-(pq * np.log2(joint_freq[nonzero] / float(1 << joint_bits))).sum())
+        if cost <= bound:
+            return joint_freq, joint_bits, cost
+    return None
+
+
+def _ans_alphabet(
+    counts: np.ndarray, used: int, bits: int, freq: np.ndarray, scale_bits: int
+) -> tuple[int, np.ndarray, int]:
+    """The ANS mode (ans, ans-pairs or ans-quads), frequencies and precision of a step
+    record whose ``2**bits`` level counts are ``counts`` (``used`` nonzero, first) and
+    whose single-symbol frequencies are ``freq`` at ``scale_bits``.
+
+    Pairs where the model says they cost at most PAIR_TOLERANCE more than single values;
+    then, for at most ``2**MAX_QUAD_BITS`` levels, quads where they cost at most
+    PAIR_TOLERANCE more than single values (compared per four values).
+    """
+    if bits > anspairs.MAX_PAIR_BITS:
+        return MODE_ANS, freq, scale_bits
+    pair = _pair_frequencies(counts, used, freq, scale_bits)
+    mode = MODE_ANS if pair is None else MODE_ANS_PAIRS
+    if bits <= ansquads.MAX_QUAD_BITS:
+        # against single values' modelled cost (not the pairs'): the tolerances do not add up
+        per_pair = 2.0 * _model_bits(counts / counts.sum(), freq, scale_bits)
+        quad_counts = ansquads.product_counts(counts / counts.sum(), used, bits)
+        bound = (1.0 + PAIR_TOLERANCE) * (2.0 * per_pair)
+        quad = _joint_search(quad_counts, ans.scale_bits_for(used**4), QUAD_MAX_SCALE_BITS, bound)
+        if quad is not None:
+            return MODE_ANS_QUADS, quad[0], quad[1]
+    if pair is not None:
+        return mode, pair[0], pair[1]
+    return mode, freq, scale_bits
+
+
 def _fused_ans_record(
     common: dict[str, Any],
     arr: np.ndarray,
@@ -487,52 +555,51 @@ def _fused_ans_record(
     decoded: np.ndarray | None = None,
 ) -> tuple[list[bytes | np.ndarray], int] | None:
     """A step + ANS record coded in one pass over ``x`` and the format version it needs
-    (3 for pairs), or None where the exact path must decide (a small tensor, a clamp, one
-    level, levels beyond the dtype, or raw would be smaller). ``decoded`` (``x.size``
-    values of ``x``'s dtype) receives the record's decoding, written in the same pass.
+    (3 for pairs, 4 for quads), or None where the exact path must decide (a small tensor,
+    a clamp, one level, levels beyond the dtype, or raw would be smaller). ``decoded``
+    (``x.size`` values of ``x``'s dtype) receives the record's decoding, written in the
+    same pass.
 
     The frequencies come from the rate-control histogram (``ratecontrol.level_counts``),
-    not from a counting pass: quantization is fused into the coder.
+    not from a counting pass: quantization is fused into the coder. Everything passed to
+    the coders is valid by construction, so their unchecked entry points are used.
     """
     wire = common["dtype"]
     q = StepQuantizer.for_range(st.w_min, st.w_max, step)
     if q.needs_clamp or q.bits == 0 or x.size < FUSED_MIN_VALUES:
         return None
-    lut = wire.cast(midtread_lut(q.qmin, q.step, q.bits, _F64))  # Record.lut()'s values
-    if not np.isfinite(lut[[0, -1]]).all():
+    top = q.qmin + (1 << q.bits) - 1
+    if decoded is None:  # Record.lut()'s end values only (midtread_lut's rule)
+        with np.errstate(over="ignore"):
+            ends = wire.cast(np.array([q.qmin, top], dtype=np.float64) * np.float64(q.step))
+        fused_lut = None
+    else:
+        full = wire.cast(midtread_lut(q.qmin, q.step, q.bits, _F64))  # Record.lut()'s values
+        ends = full[[0, -1]]
+        fused_lut = full.astype(x.dtype)
+    if not np.isfinite(ends).all():
         return None
     used = q.qmax - q.qmin + 1
     counts = np.zeros(1 << q.bits, dtype=np.int64)
-    counts[:used] = ratecontrol.level_counts(st, q.step, q.qmin, q.qmax)
-    mode = MODE_ANS
+    counts[:used] = ratecontrol.level_counts(st, q.step, q.qmin, q.qmax)  # each >= 1
     scale_bits = ans.scale_bits_for(used)
-    freq = ans.quantize_frequencies(counts, scale_bits)
-    if q.bits <= anspairs.MAX_PAIR_BITS:
-        # Two values per coder step, a pair's frequency from the product of its halves',
-        # where the model says that costs at most PAIR_TOLERANCE more than one at a time
-        # (the pairs' 12-bit frequencies are coarser for wide alphabets).
-        p = counts / counts.sum()
-        joint = np.floor(np.outer(p, p) * float(1 << 40)).astype(np.int64) + 1
-        joint[used:, :] = 0
-        joint[:, used:] = 0
-        pair_counts = joint.T.reshape(-1)  # pair symbol a + b * 2**bits at [b, a]
-        single = 2.0 * _model_bits(p, freq[: p.size], scale_bits)
-        pq = pair_counts / pair_counts.sum()
-        for pair_bits in range(ans.scale_bits_for(used * used), PAIR_MAX_SCALE_BITS + 1):
-            pair_freq = ans.quantize_frequencies(pair_counts, pair_bits)
-            if _model_bits(pq, pair_freq, pair_bits) <= (1.0 + PAIR_TOLERANCE) * single:
-                mode, freq, scale_bits = MODE_ANS_PAIRS, pair_freq, pair_bits
-                break
-    table = ans.pack_frequencies(freq)
-    fused_lut = None if decoded is None else lut.astype(x.dtype)
-    if mode == MODE_ANS_PAIRS:
-        lanes = anspairs.encode_level_pairs(
-            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits,
-            lut=fused_lut, decoded=decoded,
-        )  # fmt: skip
+    freq = ans._quantized(counts, scale_bits)
+    # Two or four values per coder step, a pair's or quad's frequency from the product of
+    # its values', where the model says that costs at most PAIR_TOLERANCE more (the joint
+    # alphabets' 12-bit frequencies are coarser for wide alphabets).
+    mode, freq, scale_bits = _ans_alphabet(counts, used, q.bits, freq, scale_bits)
+    table = ans._packed(freq)
+    if mode == MODE_ANS_QUADS:
+        lanes = ansquads._encode_level_quads(
+            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits, fused_lut, decoded
+        )
+    elif mode == MODE_ANS_PAIRS:
+        lanes = anspairs._encode_level_pairs(
+            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits, fused_lut, decoded
+        )
     else:
-        lanes = ans.encode_levels(
-            x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits, lut=fused_lut, decoded=decoded
+        lanes = ans._encode_levels(
+            x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits, fused_lut, decoded
         )
     sizes = [lane.size for lane in lanes]
     if sum(sizes) + _ans_overhead(table, sizes) >= arr.size * wire.nbytes:
@@ -542,7 +609,11 @@ def _fused_ans_record(
         bits=q.bits, entropy=None, w_min=st.w_min, w_max=st.w_max, scale_bits=scale_bits,
         table=table, stream_nbytes=sizes,
     )  # fmt: skip
-    return [header, *lanes], 3 if mode == MODE_ANS_PAIRS else 2
+    return [header, *lanes], _ANS_VERSIONS[mode]
+
+
+#: the format version each ANS mode needs
+_ANS_VERSIONS = {MODE_ANS: 2, MODE_ANS_PAIRS: 3, MODE_ANS_QUADS: 4}
 
 
 def _check_name(name: object, seen: set[str]) -> None:
@@ -912,22 +983,18 @@ def _decode_record(
             raise CorruptPacketError(f"tensor {info.name!r}: bit-packed payload has bad padding")
         return
     assert lut is not None and rec.stream_starts is not None and rec.stream_ends is not None
-    if rec.mode == MODE_ANS_PAIRS:
+    if rec.mode in (MODE_ANS, MODE_ANS_PAIRS, MODE_ANS_QUADS):
         assert rec.freq is not None
-        pair_table = anspairs.build_pair_table(rec.freq, rec.scale_bits, lut, info.bits)
-        status = anspairs.decode_pairs(
-            data, rec.stream_starts, rec.stream_ends, pair_table, target, add=add
-        )
-        if status:
-            raise CorruptPacketError(
-                f"tensor {info.name!r}: ANS lane {status - 1} does not decode to exactly "
-                f"its declared size and final state (corrupt payload)"
-            )
-        return
-    if rec.mode == MODE_ANS:
-        assert rec.freq is not None
-        tables = ans.build_decode_table(rec.freq, rec.scale_bits, lut)
-        status = ans.decode(data, rec.stream_starts, rec.stream_ends, tables, target, add=add)
+        starts, ends = rec.stream_starts, rec.stream_ends
+        if rec.mode == MODE_ANS_QUADS:
+            quads = ansquads.build_quad_table(rec.freq, rec.scale_bits, lut, info.bits)
+            status = ansquads.decode_quads(data, starts, ends, quads, target, add=add)
+        elif rec.mode == MODE_ANS_PAIRS:
+            pairs = anspairs.build_pair_table(rec.freq, rec.scale_bits, lut, info.bits)
+            status = anspairs.decode_pairs(data, starts, ends, pairs, target, add=add)
+        else:
+            singles = ans.build_decode_table(rec.freq, rec.scale_bits, lut)
+            status = ans.decode(data, starts, ends, singles, target, add=add)
         if status:
             raise CorruptPacketError(
                 f"tensor {info.name!r}: ANS lane {status - 1} does not decode to exactly "

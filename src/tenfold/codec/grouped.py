@@ -35,10 +35,12 @@ class Member:
     def levels(self) -> tuple[int, int]:
         """Its lowest and highest level, clamped to ``+-LEVEL_LIMIT``."""
         inv = 1.0 / self.step
-        lo = math.floor(self.w_min * inv + 0.5)
-        hi = math.floor(self.w_max * inv + 0.5)
         clamp = float(LEVEL_LIMIT)
-        return int(min(max(lo, -clamp), clamp)), int(min(max(hi, -clamp), clamp))
+        # clamped before the floor, which raises OverflowError for an inf (w * inv beyond
+        # binary64); floor commutes with a clamp to integer bounds
+        lo = min(max(self.w_min * inv + 0.5, -clamp), clamp)
+        hi = min(max(self.w_max * inv + 0.5, -clamp), clamp)
+        return math.floor(lo), math.floor(hi)
 
 
 def _span(members: list[Member]) -> tuple[int, int]:

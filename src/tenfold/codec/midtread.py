@@ -56,8 +56,10 @@ LEVEL_LIMIT = (1 << 15) - 1
 
 def _level(value: float, inv: float) -> float:
     """``floor(value * inv + 0.5)`` as a float, clamped to the level range (no overflow)."""
-    t = math.floor(value * inv + 0.5)
-    return float(min(max(t, -LEVEL_LIMIT - 1.0), LEVEL_LIMIT + 1.0))
+    # clamped before the floor: math.floor of an inf (value * inv beyond binary64 for a
+    # tiny step) raises OverflowError; floor commutes with a clamp to integer bounds
+    t = min(max(value * inv + 0.5, -LEVEL_LIMIT - 1.0), LEVEL_LIMIT + 1.0)
+    return float(math.floor(t))
 
 
 @dataclass(frozen=True)
@@ -110,14 +112,21 @@ def _symbols_kernel(
 ) -> int:
     # One fused pass: level, clamp, offset, store, and the per-stream histogram (row j % 4,
     # which is also the Huffman stream / ANS lane of value j). Returns the clamp count.
+    # The level stays a float until it is known to be in range: numba's math.floor returns
+    # an int64, which wraps for |x * inv| >= 2**63 (a huge value went to qmin, not qmax).
+    # A NaN (never passed: callers refuse non-finite tensors) takes the bottom level.
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
     clamped = 0
     for j in range(x.size):
-        q = np.int64(math.floor(np.float64(x[j]) * inv + 0.5))
-        if q < qmin:
-            q = qmin
-            clamped += 1
-        elif q > qmax:
+        t = np.floor(np.float64(x[j]) * inv + 0.5)
+        if t > hi:
             q = qmax
+            clamped += 1
+        elif t >= lo:
+            q = np.int64(t)
+        else:
+            q = qmin
             clamped += 1
         s = q - qmin
         sym[j] = s
@@ -222,10 +231,12 @@ def _level_counts_kernel(
     # Counts of the distinct clamped levels, written compactly into `counts` (in order of
     # first appearance). `scratch` (2 * LEVEL_LIMIT + 1 zeros) is returned zeroed: only the
     # bins touched are reset, so one call costs O(sample), not O(alphabet).
+    # The level is clamped as a float (np.floor), then converted: see _symbols_kernel.
     used = 0
     for j in range(sample.size):
-        t = math.floor(sample[j] * inv + 0.5)
-        t = min(max(t, -32767.0), 32767.0)
+        t = np.floor(sample[j] * inv + 0.5)
+        t = t if t > -32767.0 else -32767.0  # (a NaN, never passed, to the bottom)
+        t = t if t < 32767.0 else 32767.0
         i = np.int64(t) + 32767
         if scratch[i] == 0:
             touched[used] = i

@@ -11,9 +11,10 @@ followed by its payload. All integers are little-endian; varints are unsigned LE
 (minimal form).
 
 Version 2 adds the ANS coder, the mid-tread (step) quantizer and the bfloat16 dtype
-(:class:`WireDtype`); everything else is as in version 1. The encoder writes version 1
+(:class:`WireDtype`); version 3 the group section and ANS over pairs of values; version 4
+ANS over quads of values. The encoder writes the lowest version its records need (1
 whenever no record needs a version-2 feature, so the paper's policies produce exactly the
-packets they always did, and this parser reads both.
+packets they always did), and this parser reads all four.
 
 :func:`parse` is *total*: for any byte string it returns a fully validated
 :class:`ParsedPacket` or raises :class:`CorruptPacketError` saying what is wrong. Every size
@@ -55,6 +56,7 @@ __all__ = [
     "MODE_BITPACK",
     "MODE_CONSTANT",
     "MODE_ANS_PAIRS",
+    "MODE_ANS_QUADS",
     "MODE_GROUP",
     "MODE_HUFFMAN",
     "MODE_NAMES",
@@ -80,10 +82,11 @@ __all__ = [
 
 MAGIC = b"TFLD"
 #: the newest version this tenfold writes (it writes the oldest version whose features the
-#: packet's records use: 1 for the paper's policies, 2 for step and ANS records, 3 for groups)
-FORMAT_VERSION = 3
+#: packet's records use: 1 for the paper's policies, 2 for step and ANS records, 3 for groups
+#: and ans-pairs, 4 for ans-quads)
+FORMAT_VERSION = 4
 #: the versions this tenfold reads
-READ_VERSIONS = (1, 2, 3)
+READ_VERSIONS = (1, 2, 3, 4)
 #: decompress/inspect/accumulate refuse packets whose tensors would need more output memory.
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 32  # 4 GiB
 
@@ -96,6 +99,9 @@ MODE_GROUP = 5  # version 3: the values are coded in the packet's shared group s
 MODE_ANS_PAIRS = 6  # version 3: ANS over pairs of values (step quantizer, bits <= 5)
 #: the widest alphabet (bits) of an ans-pairs record: pair alphabets of up to 1024 symbols
 MAX_PAIR_BITS = 5
+MODE_ANS_QUADS = 7  # version 4: ANS over quads of values (step quantizer, bits <= 2)
+#: the widest alphabet (bits) of an ans-quads record: quad alphabets of up to 256 symbols
+MAX_QUAD_BITS = 2
 MODE_NAMES = {
     MODE_CONSTANT: "constant",
     MODE_HUFFMAN: "huffman",
@@ -104,6 +110,7 @@ MODE_NAMES = {
     MODE_ANS: "ans",
     MODE_GROUP: "group",
     MODE_ANS_PAIRS: "ans-pairs",
+    MODE_ANS_QUADS: "ans-quads",
 }
 #: the mode byte's high nibble: which quantizer made the symbols (version 2)
 QUANT_RANGE = 0  # the paper's min/max bins (tenfold.codec.quantize)
@@ -228,7 +235,8 @@ class TensorInfo:
         shape: its shape (``()`` for 0-d).
         dtype: ``"float16"``, ``"float32"``, ``"float64"`` or ``"bfloat16"`` (decoded as
             float32 holding the exact bfloat16 values: numpy has no bfloat16).
-        mode: ``"constant"``, ``"huffman"``, ``"ans"``, ``"bitpack"`` or ``"raw"``.
+        mode: ``"constant"``, ``"huffman"``, ``"ans"``, ``"ans-pairs"``, ``"ans-quads"``,
+            ``"group"``, ``"bitpack"`` or ``"raw"`` (:data:`MODE_NAMES`).
         bits: N, bits per quantized value (huffman/ans/bitpack); the dtype's width for raw
             (Lossless, empty tensors, or when raw was smaller); 0 for constant. For the
             mid-tread quantizer, the symbol width ``ceil(log2(levels))``.
@@ -345,8 +353,9 @@ class Record:
             ANS lanes.
         quant: ``QUANT_RANGE`` or ``QUANT_STEP``.
         qmin: the lowest level (mid-tread records), else 0.
-        freq: ANS frequencies (uint32, ``2**bits``) for ans records, else None.
-        scale_bits: ANS precision n (frequencies sum to ``2**n``), else 0.
+        freq: ANS frequencies (uint32; ``2**bits`` for ans, ``4**bits`` for ans-pairs,
+            ``16**bits`` for ans-quads records), else None.
+        scale_bits: ANS precision P (frequencies sum to ``2**P``), else 0.
         group_offset: for a group member (mode :data:`MODE_GROUP`), the index of its first
             value in the group's sequence; -1 otherwise. A member's ``stream_*``, ``freq``,
             ``scale_bits``, ``qmin`` and ``info.bits`` are the group's.
@@ -473,7 +482,7 @@ def encode_group_header(
 def record_needs_v2(mode: int, quant: int) -> bool:
     """Whether a record with this coder and quantizer exists only from version 2 on (a
     dtype's own first version is :attr:`WireDtype.min_version`)."""
-    return mode in (MODE_ANS, MODE_ANS_PAIRS, MODE_GROUP) or quant != QUANT_RANGE
+    return mode in (MODE_ANS, MODE_ANS_PAIRS, MODE_ANS_QUADS, MODE_GROUP) or quant != QUANT_RANGE
 
 
 def _float_bytes(value: float, dtype: WireDtype) -> bytes:
@@ -519,9 +528,9 @@ def encode_record_header(
     if quant == QUANT_STEP:
         assert step is not None
         parts += [struct.pack("<d", step), varint(zigzag(qmin)), varint(clamped)]
-    if mode in (MODE_ANS, MODE_ANS_PAIRS):
+    if mode in (MODE_ANS, MODE_ANS_PAIRS, MODE_ANS_QUADS):
         parts.append(bytes([scale_bits]))
-    if mode in (MODE_HUFFMAN, MODE_ANS, MODE_ANS_PAIRS):
+    if mode in (MODE_HUFFMAN, MODE_ANS, MODE_ANS_PAIRS, MODE_ANS_QUADS):
         parts += [varint(len(table)), table]
         parts += [varint(int(s)) for s in stream_nbytes]
     return b"".join(parts)
@@ -707,6 +716,11 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
     mode, quant = mode_byte & 0x0F, mode_byte >> 4
     if mode not in MODE_NAMES or quant not in (QUANT_RANGE, QUANT_STEP):
         raise r.fail(f"unknown coding mode {mode_byte}")
+    if mode == MODE_ANS_QUADS:  # first: the version it needs is 4, whatever the packet's
+        if quant != QUANT_STEP:
+            raise r.fail(f"unknown coding mode {mode_byte} (ans-quads exists only as 0x17)")
+        if version < 4:
+            raise r.fail(f"ans-quads (mode 0x17) needs format version 4 (packet says {version})")
     if version < 2 and record_needs_v2(mode, quant):
         raise r.fail(f"coding mode {mode_byte} needs format version 2 (packet says {version})")
     if mode == MODE_GROUP:
@@ -774,9 +788,9 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
                 )
         payload = sum(sizes)
         stream_starts, stream_ends = _ranges(r.pos, sizes)
-    else:  # MODE_ANS, MODE_ANS_PAIRS
-        pairs = mode == MODE_ANS_PAIRS
-        top = MAX_PAIR_BITS if pairs else 16
+    else:  # MODE_ANS, MODE_ANS_PAIRS, MODE_ANS_QUADS: values per coder symbol 1, 2, 4
+        per = _VALUES_PER_SYMBOL[mode]
+        top = _MAX_ANS_BITS[mode]
         if not 1 <= bits <= top:
             raise r.fail(f"{MODE_NAMES[mode]} needs 1 <= bits <= {top} (bits={bits})")
         scale_bits = r.u8("ANS precision")
@@ -784,11 +798,11 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
             raise r.fail(f"ANS precision {scale_bits} outside 1..16")
         table_len = r.varint("frequency table size")
         table = np.frombuffer(r.take(table_len, "frequency table"), dtype=np.uint8)
-        freq, reason = ans.unpack_frequencies(table, 1 << (2 * bits if pairs else bits), scale_bits)
+        freq, reason = ans.unpack_frequencies(table, 1 << (per * bits), scale_bits)
         if freq is None:
             raise r.fail(reason)
         sizes = [r.varint("lane size") for _ in range(ans.LANES)]
-        symbols = (n + 1) // 2 if pairs else n
+        symbols = (n + per - 1) // per
         for s, nbytes in enumerate(sizes):
             # a lane is its 4-byte state plus at most one 16-bit word per symbol
             hi = 4 + 2 * _lane_count(symbols, s)
@@ -830,6 +844,11 @@ def _parse_record(r: _Reader, index: int, max_output_bytes: int, version: int) -
         scale_bits=scale_bits,
         group_offset=-1,
     )
+
+
+#: the ANS modes' values per coder symbol and widest alphabet (bits per value)
+_VALUES_PER_SYMBOL = {MODE_ANS: 1, MODE_ANS_PAIRS: 2, MODE_ANS_QUADS: 4}
+_MAX_ANS_BITS = {MODE_ANS: 16, MODE_ANS_PAIRS: MAX_PAIR_BITS, MODE_ANS_QUADS: MAX_QUAD_BITS}
 
 
 def _lane_count(n: int, lane: int) -> int:

@@ -12,10 +12,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.autograd.graph import increment_version
 
 from tenfold.codec import Lossless, Policy
 from tenfold.distributed.averager_base import AveragerBase, align_ranks
 from tenfold.distributed.collective import DEFAULT_COLLECTIVE
+from tenfold.distributed.delta_kernels import apply_mean
 from tenfold.distributed.params import (
     ParamsLike,
     array_dict,
@@ -24,6 +26,7 @@ from tenfold.distributed.params import (
     host_arrays,
     named_tensors,
     require_parameters,
+    shares_memory,
     tensor_dict,
     uses_scale,
     zeros_like_wire,
@@ -36,7 +39,8 @@ from tenfold.distributed.process_group import (
 from tenfold.distributed.protocol import Outgoing, SyncResult, all_gather, reduce_scatter
 from tenfold.distributed.protocol.all_gather import ChunkSink
 from tenfold.distributed.protocol.chunks import DEFAULT_CHUNK_VALUES, Chunk, chunk_views
-from tenfold.distributed.sender import SenderState, add_chunk, reference_tag, scales
+from tenfold.distributed.protocol.rank_order import divide_in_place
+from tenfold.distributed.sender import SenderState, reference_tag
 from tenfold.distributed.stats import SyncStats, noop_stats
 from tenfold.distributed.transport import TorchTransport
 
@@ -265,15 +269,7 @@ class CompressedAverager(AveragerBase):
             return
         named = named_tensors(params)
         require_parameters(named)
-        if self.reference.arrays is None:
-            self.reference.set(host_arrays(named))
-            return
-        # into the arrays it has (the same tensors, or a clear error): no second model
-        # alive while the new one is copied, no fresh pages to fault in
-        reference = self.reference.align(named)
-        for name, a in host_arrays(named).items():
-            np.copyto(reference[name], a)
-        self.reference.tag = reference_tag(reference)
+        self.reference.rebase(named)
 
     # -- one synchronisation ----------------------------------------------------------------------
 
@@ -380,7 +376,8 @@ class CompressedAverager(AveragerBase):
             first = self.transmit == "delta"  # the first delta sync: the weights, exactly
             fresh = zeros_like_wire(named) if first else None
 
-            def apply_weights(chunk: Chunk, mean: dict[str, np.ndarray], *_: Any) -> None:
+            def apply_weights(chunk: Chunk, mean: dict[str, np.ndarray], k: int, *_: Any) -> None:
+                divide_in_place(mean, k)
                 copy_parts(tensors, chunk, mean)
                 if fresh is not None:
                     for key, view in chunk_views(fresh, chunk).items():
@@ -398,25 +395,40 @@ class CompressedAverager(AveragerBase):
         feedback = self.error_feedback
         residual = sender.residual if sender.residual is not None else zeros_like_wire(named)
 
+        # CPU float32/float64 parameters are written in place by the fused pass; the others
+        # (CUDA, half precision) get the result through a copy
+        direct = {name for name, t in named if shares_memory(t, host[name])}
+
         def apply_delta(
             chunk: Chunk,
-            mean: dict[str, np.ndarray],
+            total: dict[str, np.ndarray],
+            k: int,
             x: Mapping[str, np.ndarray],
             own: dict[str, np.ndarray] | None,
         ) -> None:
-            if own is not None:
-                sender.keep_chunk(residual, chunk, x, own)
-            if advance_reference:
-                copy_parts(tensors, chunk, add_chunk(reference, chunk, mean))
-            else:  # w_shared + mean into the tensors only (the chunk's mean is done with)
-                ref = chunk_views(reference, chunk)
-                copy_parts(tensors, chunk, {k: np.add(ref[k], m, out=m) for k, m in mean.items()})
+            ref, out = chunk_views(reference, chunk), chunk_views(host, chunk)
+            e = chunk_views(residual, chunk) if own is not None else None
+            copies = []
+            for p in chunk:
+                key = p.key
+                dst = out[key] if p.tensor in direct else total[key]
+                apply_mean(
+                    total[key], k, ref[key], dst, advance=advance_reference,
+                    residual=None if e is None or own is None else (x[key], own[key], e[key]),
+                )  # fmt: skip
+                if p.tensor in direct:
+                    increment_version(tensors[p.tensor])  # as the in-place copy_ did
+                else:
+                    copies.append(p)
+            if copies:
+                copy_parts(tensors, copies, total)
 
+        # the coding thread fills in each tensor's scale as it forms the chunk's values
+        scale: dict[str, float] | None = {} if uses_scale(self.policy) else None
         send = Outgoing(
-            host, self.policy, grad_rms=grad_rms,
-            scale=scales(host, reference) if uses_scale(self.policy) else None,
-            tag=self.reference.tag, keep_own=feedback,
-            values=sender.chunk_inputs(host, reference, error_feedback=feedback),
+            host, self.policy, grad_rms=grad_rms, scale=scale, tag=self.reference.tag,
+            keep_own=feedback,
+            values=sender.chunk_inputs(host, reference, error_feedback=feedback, scale=scale),
         )  # fmt: skip
         result = plan.run(send, apply_delta)
         if feedback:

@@ -16,7 +16,7 @@ from numba import njit
 
 from tenfold.codec.policy import rms
 
-__all__ = ["delta_input", "delta_rms"]
+__all__ = ["apply_mean", "delta_input", "delta_input_rms", "delta_rms"]
 
 
 def _fusable(*arrays: np.ndarray) -> bool:
@@ -27,23 +27,40 @@ def _fusable(*arrays: np.ndarray) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def _delta_rms_kernel(w: np.ndarray, ref: np.ndarray) -> float:
+def _delta_rms_kernel(w: np.ndarray, ref: np.ndarray, e: np.ndarray, out: np.ndarray) -> float:
     # tenfold.codec.policy's _rms_kernel over d = w - ref (rounded to the arrays' dtype,
-    # as np.subtract does): the same four float64 partial sums, in the same order.
+    # as np.subtract does): the same four float64 partial sums, in the same order. With a
+    # non-empty ``out``, also out = d + e (``e`` empty: out = d) in the same pass: the
+    # all-gather's chunks need both, and a second pass over w and ref cost as much as
+    # the first (docs/PROTOCOL.md, "per-sync costs").
     s0 = s1 = s2 = s3 = 0.0
     n = w.size
     n4 = n - n % 4
+    write = out.size > 0
+    add = e.size > 0
     for j in range(0, n4, 4):
-        a0 = np.float64(w[j] - ref[j])
-        a1 = np.float64(w[j + 1] - ref[j + 1])
-        a2 = np.float64(w[j + 2] - ref[j + 2])
-        a3 = np.float64(w[j + 3] - ref[j + 3])
+        d0 = w[j] - ref[j]
+        d1 = w[j + 1] - ref[j + 1]
+        d2 = w[j + 2] - ref[j + 2]
+        d3 = w[j + 3] - ref[j + 3]
+        if write:
+            out[j] = d0 + e[j] if add else d0
+            out[j + 1] = d1 + e[j + 1] if add else d1
+            out[j + 2] = d2 + e[j + 2] if add else d2
+            out[j + 3] = d3 + e[j + 3] if add else d3
+        a0 = np.float64(d0)
+        a1 = np.float64(d1)
+        a2 = np.float64(d2)
+        a3 = np.float64(d3)
         s0 += a0 * a0
         s1 += a1 * a1
         s2 += a2 * a2
         s3 += a3 * a3
     for j in range(n4, n):
-        a = np.float64(w[j] - ref[j])
+        d = w[j] - ref[j]
+        if write:
+            out[j] = d + e[j] if add else d
+        a = np.float64(d)
         s0 += a * a
     return math.sqrt(((s0 + s1) + (s2 + s3)) / n)
 
@@ -58,7 +75,8 @@ def delta_rms(w: np.ndarray, ref: np.ndarray) -> float:
     if w.size == 0:
         return 0.0
     if _fusable(w, ref):
-        return float(_delta_rms_kernel(w.reshape(-1), ref.reshape(-1)))
+        empty = np.empty(0, dtype=w.dtype)
+        return float(_delta_rms_kernel(w.reshape(-1), ref.reshape(-1), empty, empty))
     return rms(np.subtract(w, ref).reshape(-1))
 
 
@@ -94,3 +112,91 @@ def delta_input(w: np.ndarray, ref: np.ndarray, e: np.ndarray | None) -> np.ndar
     else:
         _delta_input_kernel(w.reshape(-1), ref.reshape(-1), e.reshape(-1), out.reshape(-1))
     return out
+
+
+def delta_input_rms(
+    w: np.ndarray, ref: np.ndarray, e: np.ndarray | None
+) -> tuple[np.ndarray, float]:
+    """:func:`delta_input` and :func:`delta_rms` (of ``w - ref``, without ``e``) in one
+    pass over ``w`` and ``ref``, bit for bit what the two calls return.
+
+    Example:
+        >>> one = np.ones(2, np.float32)
+        >>> x, r = delta_input_rms(3 * one, one, one)
+        >>> x.tolist(), r
+        ([3.0, 3.0], 2.0)
+    """
+    arrays = (w, ref) if e is None else (w, ref, e)
+    if w.size == 0 or not _fusable(*arrays):
+        return delta_input(w, ref, e), delta_rms(w, ref)
+    out = np.empty(w.shape, dtype=w.dtype)
+    e_flat = np.empty(0, dtype=w.dtype) if e is None else e.reshape(-1)
+    r = _delta_rms_kernel(w.reshape(-1), ref.reshape(-1), e_flat, out.reshape(-1))
+    return out, float(r)
+
+
+@njit(cache=True, nogil=True)
+def _apply_mean_kernel(
+    total: np.ndarray,
+    k: float,
+    x: np.ndarray,
+    own: np.ndarray,
+    residual: np.ndarray,
+    ref: np.ndarray,
+    out: np.ndarray,
+    advance: bool,
+) -> None:
+    # As apply_mean's numpy expressions, element by element in the arrays' dtype (``k``
+    # arrives as that dtype's value, so ``total / k`` rounds as np.divide does).
+    keep = residual.size > 0
+    for j in range(total.size):
+        if keep:
+            residual[j] = x[j] - own[j]
+        r = ref[j] + total[j] / k
+        if advance:
+            ref[j] = r
+        out[j] = r
+
+
+def apply_mean(
+    total: np.ndarray,
+    k: int,
+    ref: np.ndarray,
+    out: np.ndarray,
+    *,
+    advance: bool,
+    residual: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """A delta sync's last step for one piece, in one pass: ``out = ref + total / k`` (and
+    ``ref = out`` when ``advance``), and with ``residual = (x, own, e)`` the error
+    feedback ``e = x - own``; bit for bit those numpy expressions in the arrays' dtype.
+
+    ``total``: the rank-order sum of ``k`` decoded packets; ``out`` may be ``total``
+    itself or the parameters' own memory. Replaces four passes (the division, the
+    residual, the reference's add, the copy into the parameters): docs/PROTOCOL.md,
+    "per-sync costs".
+
+    Example:
+        >>> ref, total = np.ones(2, np.float32), np.array([2.0, 4.0], np.float32)
+        >>> apply_mean(total, 2, ref, total, advance=True)
+        >>> ref.tolist(), total.tolist()
+        ([2.0, 3.0], [2.0, 3.0])
+    """
+    arrays = (total, ref, out) if residual is None else (total, ref, out, *residual)
+    if _fusable(*arrays):
+        kk = total.dtype.type(k)
+        flat = [a.reshape(-1) for a in arrays]
+        if residual is None:
+            empty = np.empty(0, dtype=total.dtype)
+            x, own, e = empty, empty, empty
+        else:
+            x, own, e = flat[3:]
+        _apply_mean_kernel(flat[0], kk, x, own, e, flat[1], flat[2], advance)
+        return
+    if residual is not None:
+        x, own, e = residual
+        np.subtract(x, own, out=e)
+    mean = np.divide(total, total.dtype.type(k))
+    np.add(ref, mean, out=out)
+    if advance:
+        np.copyto(ref, out)

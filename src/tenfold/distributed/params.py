@@ -24,6 +24,7 @@ __all__ = [
     "named_tensors",
     "nonfinite_names",
     "require_parameters",
+    "shares_memory",
     "tensor_dict",
     "uses_scale",
     "wire_dtype",
@@ -85,6 +86,18 @@ def host_arrays(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarr
     return {
         name: t.detach().to("cpu", wire_dtype(t.dtype)).contiguous().numpy() for name, t in named
     }
+
+
+def shares_memory(tensor: torch.Tensor, array: np.ndarray) -> bool:
+    """Whether ``array`` (from :func:`host_arrays`) is ``tensor``'s own memory (a CPU,
+    contiguous tensor of the wire dtype), so that writing it writes the tensor."""
+    return (
+        tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+        and array.ctypes.data == tensor.data_ptr()
+        and array.nbytes == tensor.numel() * tensor.element_size()
+        and tensor.dtype == wire_dtype(tensor.dtype)
+    )
 
 
 def nonfinite_names(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from tenfold.codec import Policy, derive_seed
-from tenfold.distributed.delta_kernels import delta_input, delta_rms
-from tenfold.distributed.params import zeros_like_wire
+from tenfold.distributed.delta_kernels import delta_input, delta_input_rms, delta_rms
+from tenfold.distributed.params import host_arrays, zeros_like_wire
 from tenfold.distributed.protocol.chunks import Chunk, chunk_views
 from tenfold.errors import ConfigError, InputTypeError
 
@@ -24,13 +24,11 @@ __all__ = [
     "TRANSMIT_MODES",
     "SenderState",
     "SharedReference",
-    "add_chunk",
     "aligned_reference",
     "chain_tag",
     "check_transmit",
     "reference_tag",
     "round_seed",
-    "scales",
 ]
 
 
@@ -53,21 +51,6 @@ def check_transmit(transmit: str, error_feedback: bool) -> None:
         raise ConfigError(f"transmit must be one of {TRANSMIT_MODES}, got {transmit!r}")
     if not isinstance(error_feedback, bool):
         raise InputTypeError(f"error_feedback must be a bool, got {error_feedback!r}")
-
-
-def scales(host: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """The fresh deltas' RMS per tensor (RelativeStep's unit), one tensor at a time."""
-    return {name: delta_rms(w, reference[name]) for name, w in host.items()}
-
-
-def add_chunk(
-    arrays: Mapping[str, np.ndarray], chunk: Chunk, mean: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """``arrays += mean`` on one chunk, in place; returns the chunk's views of ``arrays``."""
-    views = chunk_views(arrays, chunk)
-    for key, view in views.items():
-        np.add(view, mean[key], out=view)
-    return views
 
 
 def reference_tag(arrays: Mapping[str, np.ndarray]) -> int:
@@ -149,30 +132,34 @@ class SenderState:
         reference: Mapping[str, np.ndarray],
         *,
         error_feedback: bool,
+        scale: dict[str, float] | None = None,
     ) -> Callable[[Chunk], dict[str, np.ndarray]]:
         """``x = (w - w_shared) + e`` computed one chunk at a time (on the coding thread):
-        the same float operations as :meth:`inputs`, never a whole-model ``x``."""
+        the same float operations as :meth:`inputs`, never a whole-model ``x``.
+
+        ``scale`` (when given) receives the fresh deltas' RMS per tensor, the values
+        :meth:`inputs` returns, by the time a chunk's values are returned: a whole tensor's
+        in the same pass as its ``x`` (one read of ``w`` and ``w_shared``, not two), a
+        tensor cut into pieces in a pass of its own when its first piece is coded.
+        """
         residual = self.residual if error_feedback else None
 
         def values(chunk: Chunk) -> dict[str, np.ndarray]:
             w, ref = chunk_views(host, chunk), chunk_views(reference, chunk)
             e = chunk_views(residual, chunk) if residual is not None else None
-            return {
-                key: delta_input(v, ref[key], None if e is None else e[key]) for key, v in w.items()
-            }
+            out: dict[str, np.ndarray] = {}
+            for p in chunk:
+                key = p.key
+                e_part = None if e is None else e[key]
+                if scale is not None and p.whole:
+                    out[key], scale[p.tensor] = delta_input_rms(w[key], ref[key], e_part)
+                    continue
+                if scale is not None and p.tensor not in scale:
+                    scale[p.tensor] = delta_rms(host[p.tensor], reference[p.tensor])
+                out[key] = delta_input(w[key], ref[key], e_part)
+            return out
 
         return values
-
-    def keep_chunk(
-        self,
-        new: dict[str, np.ndarray],
-        chunk: Chunk,
-        x: Mapping[str, np.ndarray],
-        decoded: Mapping[str, np.ndarray],
-    ) -> None:
-        """``e = x - decoded(x)`` of one chunk, written into ``new`` (the next residual)."""
-        for key, view in chunk_views(new, chunk).items():
-            np.subtract(x[key], decoded[key], out=view)
 
     def keep_residual(self, x: Mapping[str, np.ndarray], decoded: Mapping[str, np.ndarray]) -> None:
         """``e = x - decoded(x)``: what this rank's packet failed to carry."""
@@ -206,6 +193,21 @@ class SharedReference:
         self.arrays = {n: a.copy() for n, a in arrays.items()}
         self.tag = reference_tag(self.arrays)
 
+    def rebase(self, named: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Take ``named``'s values as the reference (copied into the existing arrays, which
+        must hold the same tensors), hashed afresh: what ``set_reference`` does on every
+        rank after an outer step."""
+        values = host_arrays(named)
+        if self.arrays is None:
+            self.set(values)
+            return
+        # into the arrays it has (the same tensors, or a clear error): no second model
+        # alive while the new one is copied, no fresh pages to fault in
+        reference = self.align(named)
+        for name, a in values.items():
+            np.copyto(reference[name], a)
+        self.tag = reference_tag(reference)
+
     def align(self, named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
         """The reference in the order of ``named``, after checking it holds the same tensors."""
         assert self.arrays is not None
@@ -213,7 +215,7 @@ class SharedReference:
         return self.arrays
 
     def chain(self, round: int, packets: Sequence[Any]) -> None:
-        """The hash after a sync whose chunks were added in place (:func:`add_chunk`)."""
+        """The hash after a sync whose chunks were added in place (``apply_mean``)."""
         self.tag = chain_tag(self.tag, round, packets)
 
     def advance(

@@ -152,6 +152,16 @@ class SimulatedAverager(AveragerBase):
         self.senders = [SenderState() for _ in named]
         return received
 
+    def set_reference(self, workers: Sequence[ParamsLike]) -> None:
+        """As :meth:`CompressedAverager.set_reference` on every rank (the same copy, the
+        same hash), once for the group: worker 0's tensors (every worker holds the same
+        after an outer step) become the shared model; nothing in weights mode."""
+        if self.transmit != "delta":
+            return
+        named = named_tensors(workers[0])
+        require_parameters(named)
+        self.reference.rebase(named)
+
     def average(
         self,
         workers: Sequence[ParamsLike],

@@ -29,6 +29,7 @@ __all__ = [
     "MODELS",
     "MODEL_DEFAULTS",
     "OPTION_GROUPS",
+    "OVERLAP_OUTER_LR",
     "Option",
     "DEFAULT_RATE",
     "INITS",
@@ -150,6 +151,12 @@ def make_policy(config: Mapping[str, Any]) -> Any:
         raise ConfigError(f"bad policy config {dict(config)!r}: {exc}") from exc
 
 
+#: The outer learning rate of overlapped runs that do not set one (``TrainConfig.outer_lr``
+#: None). A sync applied one round late with an outer step of 1 oscillates (on a quadratic
+#: a round fits fully, ``e_{t+1} = e_t - beta e_{t-1}``: beta = 1 is the edge of stability,
+#: 1/4 critically damped); chosen on char-gpt among 0.25, 0.5, 0.75 and 1 (docs/OVERLAP.md).
+OVERLAP_OUTER_LR = 0.5
+
 #: Fields added after configs were first saved, with the behaviour those configs had.
 LEGACY_DEFAULTS: dict[str, Any] = {
     "transmit": "weights",
@@ -157,6 +164,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "model": "paper-mlp",
     "steps": 0,
     "overlap": False,
+    "outer_lr": 1.0,
 }
 
 
@@ -239,6 +247,22 @@ class TrainConfig:
     )
     """Overlapped local SGD (``LocalSGD(overlap=True)``): the sync of round t runs while
     round t+1 trains and is applied one round late; False: every sync blocks."""
+
+    outer_lr: float | None = _opt(
+        None,
+        flag="--outer-lr",
+        metavar="LR",
+        group="sync",
+        help="outer step: each sync moves the shared model by LR times the ranks' averaged "
+        "update (outer SGD without momentum; 1: the average, plain Local SGD). Default 1, "
+        f"and {OVERLAP_OUTER_LR:g} with --overlap, where 1 oscillates (docs/OVERLAP.md)",
+        sweep="setting",
+    )
+    """Outer learning rate beta: the new shared model is ``s + beta * u``, u the ranks'
+    averaged pseudo-gradient (DiLoCo's outer step with ``SGD(lr=beta)``, no momentum: it
+    keeps no state and every rank stays bit-identical). None: 1 blocking (the average
+    itself, bit for bit Local SGD) and :data:`OVERLAP_OUTER_LR` overlapped
+    (:attr:`effective_outer_lr`). Delta transmit only."""
 
     timeout_s: float = _opt(
         60.0,
@@ -465,6 +489,23 @@ class TrainConfig:
                 "overlap needs transmit='delta' (a resumed run takes the sync in flight's "
                 "result from the averager's shared model)"
             )
+        if self.outer_lr is not None:
+            beta = self.outer_lr
+            if (
+                isinstance(beta, bool)
+                or not isinstance(beta, (int, float))
+                or not math.isfinite(beta)
+                or beta <= 0
+            ):
+                raise ConfigError(
+                    f"outer_lr must be a positive finite number (or None: the default), "
+                    f"got {beta!r}"
+                )
+        if self.effective_outer_lr != 1 and self.transmit != "delta":
+            raise ConfigError(
+                f"outer_lr {self.effective_outer_lr:g} needs transmit='delta' (the outer step "
+                "re-bases the averager's shared model, which weights mode has not)"
+            )
         if not isinstance(self.policy, Mapping):
             raise ConfigError(f"policy must be a policy config mapping, got {self.policy!r}")
         try:
@@ -518,6 +559,14 @@ class TrainConfig:
         if model not in MODEL_DEFAULTS:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
         return cls(**{**MODEL_DEFAULTS[model], **fields_, "model": model})
+
+    @property
+    def effective_outer_lr(self) -> float:
+        """The outer learning rate the run uses: ``outer_lr``, or if None 1 blocking and
+        :data:`OVERLAP_OUTER_LR` overlapped."""
+        if self.outer_lr is not None:
+            return float(self.outer_lr)
+        return OVERLAP_OUTER_LR if self.overlap else 1.0
 
     def averager_options(self) -> dict[str, Any]:
         """Keyword arguments for the averagers: ``transmit``, ``error_feedback`` and

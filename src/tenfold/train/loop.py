@@ -35,6 +35,7 @@ from tenfold.distributed.stats import noop_stats
 from tenfold.distributed.transport import all_gather_row
 from tenfold.errors import ConfigError
 from tenfold.train.config import TrainConfig
+from tenfold.train.outer import outer_optimizer, restart_overlapped
 from tenfold.train.recipes import Evaluator, get_recipe
 from tenfold.train.state import ConfigMismatchError, Record, TrainResult, TrainState
 
@@ -78,10 +79,12 @@ def simulated_state(
     workers = make_workers(config, data, list(range(config.workers)))
     if averager is None:
         averager = SimulatedAverager(config.make_policy(), **config.averager_options())
+    outers = [outer_optimizer(config, w.model) for w in workers]
     sync = SimulatedLocalSGD(
         [w.model for w in workers],
         sync_every=_sync_every(config, workers),
         averager=averager,
+        outer_optimizers=None if outers[0] is None else [o for o in outers if o is not None],
         grad_rms=[w.take_grad_rms for w in workers],
         overlap=config.overlap,
     )
@@ -295,7 +298,10 @@ def _drive(
         fingerprint=fingerprint,
     )
     if state.step:  # resumed: the restored weights start the round (overlapped runs)
-        state.sync.restart_from_parameters()
+        if state.config.overlap and state.config.effective_outer_lr != 1:
+            restart_overlapped(state.sync, [w.model for w in state.workers])
+        else:
+            state.sync.restart_from_parameters()
     checkpointer = (
         Checkpointer(rd, mode=mode, distributed=distributed, data=fingerprint)
         if checkpointing
@@ -458,6 +464,7 @@ def run_rank(
         workers[0].model,
         sync_every=_sync_every(config, workers),
         averager=CompressedAverager(config.make_policy(), **config.averager_options()),
+        outer_optimizer=outer_optimizer(config, workers[0].model),
         grad_rms=workers[0].take_grad_rms,
         overlap=config.overlap,
     )

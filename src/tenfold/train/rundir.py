@@ -195,6 +195,8 @@ def x_axis(metrics: Sequence[dict[str, Any]]) -> tuple[str, list[float]]:
 #: metrics "mode" of a tensor -> how the legend names its coder
 _CODER_NAMES = {
     "ans": "ANS",
+    "ans-pairs": "ANS",  # two values per coder step
+    "ans-quads": "ANS",  # four values per coder step
     "group": "ANS",  # small tensors coded together in one ANS stream
     "huffman": "Huffman",
     "bitpack": "bit-packed",

@@ -126,6 +126,21 @@ CASES: dict[str, Callable[[], tuple[Tensors, Policy, dict[str, float] | None]]] 
         TargetRate(bits_per_param=1.0, seed=0),
         None,
     ),
+    # version 4: ANS over quads of values (tensors of 2**16 values and more, <= 4 levels):
+    # Laplace values clipped at 2 scales (3 levels, N = 2; 257 * 257 values, so the last
+    # quad is padded) and non-negative bfloat16 ones (2 levels, N = 1; 65537 values)
+    "v4_target_rate_quads": lambda: (
+        {
+            "delta": np.clip(
+                np.random.default_rng(29).laplace(0, 0.01, (257, 257)), -0.02, 0.02
+            ).astype(np.float16),
+            "mask": BFloat16Bits.from_float(
+                np.clip(np.abs(np.random.default_rng(30).laplace(0, 0.01, 65537)), 0, 0.015)
+            ),
+        },
+        TargetRate(bits_per_param=1.0, seed=0),
+        None,
+    ),
     "v3_bfloat16_target_rate_group": lambda: (
         {"delta": _bf16(26, (60, 40), 0.01), "bias": _bf16(27, (40,), 0.01)},
         TargetRate(bits_per_param=0.5, seed=0),

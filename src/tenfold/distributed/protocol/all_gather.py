@@ -48,7 +48,7 @@ from tenfold.distributed.protocol.packets import (
     encode_and_decode,
     encode_timed,
 )
-from tenfold.distributed.protocol.rank_order import BufferPool, divide_in_place
+from tenfold.distributed.protocol.rank_order import BufferPool
 from tenfold.distributed.protocol.reduce_scatter import raise_layout_mismatch
 from tenfold.distributed.protocol.shards import layout_of, layout_tag
 from tenfold.distributed.protocol.steps import (
@@ -68,10 +68,13 @@ from tenfold.distributed.stats import packet_stats
 
 __all__ = ["ChunkSink", "Coded", "all_gather", "encode", "encode_chunk"]
 
-#: ``sink(chunk, mean, values, own)``: one chunk's mean (part key -> array, divided by
-#: K), the values this rank coded for it and their decoding (None without keep_own).
+#: ``sink(chunk, total, k, values, own)``: one chunk's rank-order sum (part key -> array,
+#: the sink's to use up: the mean is ``total / k``, in its dtype, e.g. ``divide_in_place``;
+#: a sink may fuse that division into its own pass), the number of packets summed, the
+#: values this rank coded for the chunk and their decoding (None without keep_own).
 ChunkSink = Callable[
-    [Chunk, dict[str, np.ndarray], Mapping[str, np.ndarray], dict[str, np.ndarray] | None], None
+    [Chunk, dict[str, np.ndarray], int, Mapping[str, np.ndarray], dict[str, np.ndarray] | None],
+    None,
 ]
 
 
@@ -312,7 +315,7 @@ def all_gather(
         own_full = zeros_like_wire(named) if send.keep_own else None
         sink = _assemble(assembled, own_full)
     guard = ratio is not None
-    held: list[tuple[Chunk, dict[str, np.ndarray], Mapping[str, np.ndarray], Any]] = []
+    held: list[tuple[Chunk, dict[str, np.ndarray], int, Mapping[str, np.ndarray], Any]] = []
     sumsq = [0.0] * world
     infos: list[PacketInfo] = []
     all_packets: list[Any] = []
@@ -350,14 +353,13 @@ def all_gather(
             ex.progress(i)
         summed = feed.finish()
         c0, t0 = time.thread_time(), time.perf_counter()
-        divide_in_place(summed.acc, world)
         own = coded.own[0] if coded.own is not None else None
         if guard:
             for r, s in enumerate(summed.sumsq):
                 sumsq[r] += s
-            held.append((plan[i], summed.acc, coded.values, own))
+            held.append((plan[i], summed.acc, world, coded.values, own))
         else:
-            sink(plan[i], summed.acc, coded.values, own)
+            sink(plan[i], summed.acc, world, coded.values, own)
         infos.append(summed.infos[rank])
         all_packets.extend(summed.packets)
         t_decode += feed.seconds + time.perf_counter() - t0
@@ -483,12 +485,14 @@ def _assemble(mean: dict[str, np.ndarray], own: dict[str, np.ndarray] | None) ->
 
     def sink(
         chunk: Chunk,
-        acc: dict[str, np.ndarray],
+        total: dict[str, np.ndarray],
+        k: int,
         values: Mapping[str, np.ndarray],
         decoded: dict[str, np.ndarray] | None,
     ) -> None:
         for key, view in chunk_views(mean, chunk).items():
-            view[...] = acc[key]
+            # the mean's division written straight into place (as divide_in_place rounds)
+            np.divide(total[key], total[key].dtype.type(k), out=view)
         if own is not None and decoded is not None:
             for key, view in chunk_views(own, chunk).items():
                 view[...] = decoded[key]
