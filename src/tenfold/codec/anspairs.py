@@ -435,12 +435,11 @@ def _pairs_run(
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _finish(
+def _finish_joint(
     data: np.ndarray,
     ends: np.ndarray,
     fbtab: np.ndarray,
-    first: np.ndarray,
-    second: np.ndarray,
+    values: np.ndarray,
     sh: int,
     out: np.ndarray,
     add: bool,
@@ -455,13 +454,16 @@ def _finish(
     q3: int,
     bad: int,
 ) -> int:
-    # the remaining pairs f4 .. m - 1, in lane order (at most 4: lanes 0, 1, 2, 3), then
-    # the end checks: the bit mask of the corrupt lanes
+    # The joint symbols f4 .. m - 1 left after the runs of whole lane rounds, in lane order
+    # (at most 3 and a partial one), for pairs or quads alike: ``values`` holds each slot's
+    # per = values.shape[1] decoded values, of which a padded last symbol writes only the
+    # first n % per. Then the end checks: the bit mask of the corrupt lanes.
     n = out.size
+    per = values.shape[1]
     base = np.int64(data.ctypes.data)
     last = base + data.size - 2
     mask = np.uint64(fbtab.size - 1)
-    for k in range(f4, (n + 1) // 2):
+    for k in range(f4, (n + per - 1) // per):
         lane = k % 4
         if lane == 0:
             x, q = x0, q0
@@ -472,9 +474,9 @@ def _finish(
         else:
             x, q = x3, q3
         t = x & mask
-        _put(out, 2 * k, first[t], add)
-        if 2 * k + 1 < n:
-            _put(out, 2 * k + 1, second[t], add)
+        for i in range(per):
+            if per * k + i < n:
+                _put(out, per * k + i, values[t, i], add)
         x, q = _step(x, np.uint64(fbtab[t]), sh, q, last, True)
         if lane == 0:
             x0, q0 = x, q
@@ -532,8 +534,8 @@ def _decode_pairs_packed(
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True,
             )  # fmt: skip
         k = kend
-    return _finish(
-        data, ends, fbtab, first, second, sh, out, False, f4,
+    return _finish_joint(
+        data, ends, fbtab, both, sh, out, False, f4,
         x0, x1, x2, x3, q0, q1, q2, q3, bad,
     )  # fmt: skip
 
@@ -546,6 +548,7 @@ def _decode_pairs_kernel(
     fbtab: np.ndarray,
     first: np.ndarray,
     second: np.ndarray,
+    both: np.ndarray,
     scale_bits: int,
     out: np.ndarray,
     add: bool,
@@ -560,8 +563,8 @@ def _decode_pairs_kernel(
         fbtab, first, second, 0, out, 0, f4, sh,
         x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True,
     )  # fmt: skip
-    return _finish(
-        data, ends, fbtab, first, second, sh, out, add, f4,
+    return _finish_joint(
+        data, ends, fbtab, both, sh, out, add, f4,
         x0, x1, x2, x3, q0, q1, q2, q3, bad,
     )  # fmt: skip
 
@@ -588,6 +591,8 @@ def decode_pairs(
     if not add and out.dtype == np.float32:
         status = _decode_pairs_packed(data, starts, ends, fbtab, first, second, both, scale, out)
     else:
-        status = _decode_pairs_kernel(data, starts, ends, fbtab, first, second, scale, out, add)
+        status = _decode_pairs_kernel(
+            data, starts, ends, fbtab, first, second, both, scale, out, add
+        )
     bad = short_mask | int(status)
     return (bad & -bad).bit_length()

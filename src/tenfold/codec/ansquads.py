@@ -29,14 +29,13 @@ from tenfold.codec.ans import (
     _enc_put,
     _encoder_table,
     _initial_states,
-    _lane_bad,
     _levels_block,
     _load_u64,
     _store_u64,
     decoded_target,
     lane_ranges,
 )
-from tenfold.codec.anspairs import _put, _step
+from tenfold.codec.anspairs import _finish_joint, _put, _step
 from tenfold.errors import ConfigError
 
 __all__ = [
@@ -434,62 +433,6 @@ def _quads_run(
     return x0, x1, x2, x3, q0, q1, q2, q3
 
 
-@njit(inline="always", cache=True, nogil=True)
-def _finish(
-    data: np.ndarray,
-    ends: np.ndarray,
-    fbtab: np.ndarray,
-    values: np.ndarray,
-    sh: int,
-    out: np.ndarray,
-    add: bool,
-    f4: int,
-    x0: int,
-    x1: int,
-    x2: int,
-    x3: int,
-    q0: int,
-    q1: int,
-    q2: int,
-    q3: int,
-    bad: int,
-) -> int:
-    # the remaining quads f4 .. m - 1, in lane order (at most 3 complete ones and a partial
-    # one), then the end checks: the bit mask of the corrupt lanes
-    n = out.size
-    base = np.int64(data.ctypes.data)
-    last = base + data.size - 2
-    mask = np.uint64(fbtab.size - 1)
-    for k in range(f4, (n + 3) // 4):
-        lane = k % 4
-        if lane == 0:
-            x, q = x0, q0
-        elif lane == 1:
-            x, q = x1, q1
-        elif lane == 2:
-            x, q = x2, q2
-        else:
-            x, q = x3, q3
-        t = x & mask
-        for i in range(4):
-            if 4 * k + i < n:
-                _put(out, 4 * k + i, values[t, i], add)
-        x, q = _step(x, np.uint64(fbtab[t]), sh, q, last, True)
-        if lane == 0:
-            x0, q0 = x, q
-        elif lane == 1:
-            x1, q1 = x, q
-        elif lane == 2:
-            x2, q2 = x, q
-        else:
-            x3, q3 = x, q
-    bad |= _lane_bad(x0, q0, base + ends[0], 1)
-    bad |= _lane_bad(x1, q1, base + ends[1], 2)
-    bad |= _lane_bad(x2, q2, base + ends[2], 4)
-    bad |= _lane_bad(x3, q3, base + ends[3], 8)
-    return bad
-
-
 @njit(cache=True, nogil=True)
 def _decode_quads_packed(
     data: np.ndarray,
@@ -522,7 +465,7 @@ def _decode_quads_packed(
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True,
             )  # fmt: skip
         k = kend
-    return _finish(
+    return _finish_joint(
         data, ends, fbtab, values, sh, out, False, f4,
         x0, x1, x2, x3, q0, q1, q2, q3, bad,
     )  # fmt: skip
@@ -549,7 +492,7 @@ def _decode_quads_kernel(
         fbtab, values, out, 0, f4, sh,
         x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True,
     )  # fmt: skip
-    return _finish(
+    return _finish_joint(
         data, ends, fbtab, values, sh, out, add, f4,
         x0, x1, x2, x3, q0, q1, q2, q3, bad,
     )  # fmt: skip
