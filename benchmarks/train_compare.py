@@ -12,7 +12,8 @@ communicate differs:
 * every ``--sync-every`` steps: Local SGD with float32 averaging
   (``AllReduceAverager``), Local SGD and DiLoCo (outer SGD lr 0.7, Nesterov 0.9) with
   tenfold, blocking and overlapped (``LocalSGD(..., overlap=True)``, detected with
-  ``inspect.signature``; "not available" otherwise).
+  ``inspect.signature``; "not available" otherwise), and overlapped Local SGD with the
+  damped outer step ``tenfold train --overlap`` uses (outer SGD lr 0.5, no momentum).
 
 Per link and seed, fp32 DDP runs first for ``--steps`` steps; its final validation loss is
 the TARGET. Every other method runs until its validation loss (rank 0's model, every
@@ -62,6 +63,7 @@ TENFOLD_METHODS = (
     "ddp-tenfold",
     "local-tenfold",
     "local-tenfold-overlap",
+    "local-tenfold-overlap-damped",
     "diloco-tenfold",
     "diloco-tenfold-overlap",
 )
@@ -79,6 +81,7 @@ class Method:
     comm: str  # ddp: fp32 | fp16 | powersgd | tenfold; local: fp32 | tenfold
     outer: bool = False  # DiLoCo's Nesterov outer optimizer
     overlap: bool = False  # LocalSGD(..., overlap=True)
+    outer_lr: float | None = None  # a damped Local SGD outer step: SGD(lr), no momentum
 
 
 def all_methods() -> list[Method]:
@@ -91,6 +94,8 @@ def all_methods() -> list[Method]:
         Method("local-fp32", "local", "fp32"),
         Method("local-tenfold", "local", "tenfold"),
         Method("local-tenfold-overlap", "local", "tenfold", overlap=True),
+        # tenfold train --overlap's default: the delayed update damped by an outer step 0.5
+        Method("local-tenfold-overlap-damped", "local", "tenfold", overlap=True, outer_lr=0.5),
         Method("diloco-tenfold", "local", "tenfold", outer=True),
         Method("diloco-tenfold-overlap", "local", "tenfold", outer=True, overlap=True),
     ]
@@ -305,11 +310,11 @@ def _train(cfg: WorkerConfig, method: Method, rank: int, rec: Any) -> None:
         net = ddp
     optimizer = configure_adamw(model, lr=1e-3)
     if method.kind == "local":
-        outer = (
-            torch.optim.SGD(model.parameters(), lr=0.7, momentum=0.9, nesterov=True)
-            if method.outer
-            else None
-        )
+        outer: torch.optim.Optimizer | None = None
+        if method.outer:
+            outer = torch.optim.SGD(model.parameters(), lr=0.7, momentum=0.9, nesterov=True)
+        elif method.outer_lr is not None:
+            outer = torch.optim.SGD(model.parameters(), lr=method.outer_lr)
         kwargs: dict[str, Any] = {"overlap": True} if method.overlap else {}
         if method.comm == "fp32":
             kwargs["averager"] = AllReduceAverager()
