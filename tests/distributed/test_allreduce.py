@@ -21,11 +21,12 @@ from tenfold.distributed import (
     AllReduceAverager,
     Averager,
     CompressedAverager,
+    LocalSGD,
     ProcessGroupError,
     ReferenceMismatchError,
     SimulatedAverager,
 )
-from tenfold.errors import ConfigError
+from tenfold.errors import ConfigError, InputTypeError
 
 WORLD = 3
 
@@ -196,8 +197,11 @@ def test_a_rank_with_another_reference_is_named(run: Path) -> None:
 def test_the_distributed_averagers_follow_the_protocol() -> None:
     assert isinstance(AllReduceAverager(), Averager)
     assert isinstance(CompressedAverager(tenfold.Lossless()), Averager)
-    # K workers in, K stats out: the simulation is the twin of a group, not of one rank
-    assert not isinstance(SimulatedAverager(tenfold.Lossless()), Averager)
+    # K workers in, K stats out: the simulation is the twin of a group, not of one rank;
+    # it has the protocol's method names, so LocalSGD refuses it by name
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(InputTypeError, match="SimulatedLocalSGD"):
+        LocalSGD(model, sync_every=2, averager=SimulatedAverager(tenfold.Lossless()))
 
 
 def test_not_distributed_refuses_to_run_unless_asked() -> None:

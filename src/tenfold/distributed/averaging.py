@@ -58,9 +58,10 @@ class Averager(Protocol):
     :class:`AllReduceAverager` (the uncompressed fp32 baseline), so one can stand in for
     the other. Each method is called on every rank of the averager's group, with the same
     tensors (names, shapes, dtypes) every time. :class:`SimulatedAverager` has the same
-    methods over K workers held in one process (``Sequence[ParamsLike]`` in,
-    ``list[SyncStats]`` out) and is deliberately not an :class:`Averager`: it is the
-    sweep-time twin of K ranks, not one rank.
+    method names over K workers held in one process (``Sequence[ParamsLike]`` in,
+    ``list[SyncStats]`` out), so it passes ``isinstance`` structurally, but it is not an
+    :class:`Averager`: it is the sweep-time twin of K ranks, not one rank, and
+    :class:`~tenfold.distributed.LocalSGD` refuses it by name.
 
     ``isinstance(x, Averager)`` checks that the methods exist (``runtime_checkable``), not
     their signatures.

@@ -118,6 +118,7 @@ from tenfold.distributed.process_group import (
     is_distributed,
     require_process_group,
 )
+from tenfold.distributed.simulated import SimulatedAverager
 from tenfold.distributed.stats import SyncStats
 from tenfold.distributed.transport import all_gather_row, translate_comm_errors
 from tenfold.errors import ConfigError, InputTypeError
@@ -969,6 +970,11 @@ class LocalSGD(_Synchroniser):
             raise ConfigError(
                 "collective is an option of the default averager: pass it to the averager "
                 "you give instead"
+            )
+        elif isinstance(averager, SimulatedAverager):  # the right methods, over K workers
+            raise InputTypeError(
+                "SimulatedAverager averages K workers held in one process: use "
+                "SimulatedLocalSGD with it, or a CompressedAverager on each rank"
             )
         elif not isinstance(averager, Averager):
             raise InputTypeError(
