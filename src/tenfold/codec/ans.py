@@ -811,6 +811,26 @@ def decoded_target(
     return np.ascontiguousarray(lut), decoded
 
 
+def _lane_buffer(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ends, buf)`` for an encoder kernel of ``steps`` coder steps: the 4 lanes' end
+    indices (uint16 words) in one buffer with room for a word per step and the state."""
+    room = np.array([(steps - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
+    ends = np.cumsum(room)
+    return ends, np.empty(int(ends[-1]), dtype=np.uint16)
+
+
+def _lane_bytes(
+    buf: np.ndarray, starts: Any, ends: np.ndarray, *, copy: bool = True
+) -> list[np.ndarray]:
+    """The 4 lanes the kernel wrote into ``buf`` (words ``starts[l]:ends[l]``) as
+    little-endian bytes; copies by default (the buffer has room for a word per step,
+    half the input's bytes at float32)."""
+    if _BIG_ENDIAN:
+        buf = buf.astype("<u2")
+    lanes = [buf[int(a) : int(b)].view(np.uint8) for a, b in zip(starts, ends, strict=True)]
+    return [lane.copy() for lane in lanes] if copy else lanes
+
+
 def encode_levels(
     values: np.ndarray,
     step_inverse: float,
@@ -869,18 +889,12 @@ def _encode_levels(
     # f valid frequencies, nonzero over qlo..qhi): a caller that built them skips the checks
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
-    n = x.size
-    room = np.array([(n - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
-    ends = np.cumsum(room)
-    buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    ends, buf = _lane_buffer(x.size)
     lut_, out = decoded_target(x, lut, decoded)
     starts = _encode_values_kernel(
         x, float(step_inverse), float(qlo), float(qhi), float(qmin), tab, buf, ends, lut_, out
     )
-    if _BIG_ENDIAN:
-        buf = buf.astype("<u2")
-    # copies: the buffer has room for a word per value (half the input's bytes at float32)
-    return [buf[int(a) : int(b)].view(np.uint8).copy() for a, b in zip(starts, ends, strict=True)]
+    return _lane_bytes(buf, starts, ends)
 
 
 @njit(cache=True, nogil=True)
@@ -946,14 +960,9 @@ def encode(
             raise ConfigError(f"value {j} has symbol {int(sym[j])}, whose frequency is 0")
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
-    n = sym.size
-    room = np.array([(n - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
-    ends = np.cumsum(room)
-    buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    ends, buf = _lane_buffer(sym.size)
     starts = _encode_kernel(sym, tab, buf, ends)
-    if _BIG_ENDIAN:
-        buf = buf.astype("<u2")
-    return [buf[int(a) : int(b)].view(np.uint8) for a, b in zip(starts, ends, strict=True)]
+    return _lane_bytes(buf, starts, ends, copy=False)
 
 
 # ---- decoding ---------------------------------------------------------------------------

@@ -16,12 +16,10 @@ from numba import njit
 
 from tenfold.codec import packet
 from tenfold.codec.ans import (
-    _BIG_ENDIAN,
     _L,
     _LOW16,
     _U2,
     _U16,
-    LANES,
     _check_frequencies,
     _decoded_block,
     _effective,
@@ -31,6 +29,8 @@ from tenfold.codec.ans import (
     _encoder_table,
     _initial_states,
     _lane_bad,
+    _lane_buffer,
+    _lane_bytes,
     _levels_block,
     _load_le16,
     _load_u64,
@@ -270,18 +270,13 @@ def _encode_level_pairs(
     # built them skips the checks
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
-    m = (x.size + 1) // 2
-    room = np.array([(m - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
-    ends = np.cumsum(room)
-    buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    ends, buf = _lane_buffer((x.size + 1) // 2)
     lut_, out = decoded_target(x, lut, decoded)
     starts = _encode_pairs_kernel(
         x, float(step_inverse), float(qlo), float(qhi), float(qmin), bits, tab, buf, ends,
         lut_, out,
     )  # fmt: skip
-    if _BIG_ENDIAN:
-        buf = buf.astype("<u2")
-    return [buf[int(a) : int(b)].view(np.uint8).copy() for a, b in zip(starts, ends, strict=True)]
+    return _lane_bytes(buf, starts, ends)
 
 
 # ---- decoding ---------------------------------------------------------------------------

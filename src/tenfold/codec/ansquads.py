@@ -17,10 +17,8 @@ from numba import njit
 
 from tenfold.codec import packet
 from tenfold.codec.ans import (
-    _BIG_ENDIAN,
     _L,
     _U2,
-    LANES,
     _check_frequencies,
     _decoded_block,
     _effective,
@@ -29,6 +27,8 @@ from tenfold.codec.ans import (
     _enc_put,
     _encoder_table,
     _initial_states,
+    _lane_buffer,
+    _lane_bytes,
     _levels_block,
     _load_u64,
     _store_u64,
@@ -307,18 +307,13 @@ def _encode_level_quads(
     # float32/float64, f valid frequencies, nonzero for every quad it needs)
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
-    m = (x.size + 3) // 4
-    room = np.array([(m - lane + 3) // 4 + 2 for lane in range(LANES)], dtype=np.int64)
-    ends = np.cumsum(room)
-    buf = np.empty(int(ends[-1]), dtype=np.uint16)
+    ends, buf = _lane_buffer((x.size + 3) // 4)
     lut_, out = decoded_target(x, lut, decoded)
     starts = _encode_quads_kernel(
         x, float(step_inverse), float(qlo), float(qhi), float(qmin), bits, tab, buf, ends,
         lut_, out,
     )  # fmt: skip
-    if _BIG_ENDIAN:
-        buf = buf.astype("<u2")
-    return [buf[int(a) : int(b)].view(np.uint8).copy() for a, b in zip(starts, ends, strict=True)]
+    return _lane_bytes(buf, starts, ends)
 
 
 # ---- decoding ---------------------------------------------------------------------------
