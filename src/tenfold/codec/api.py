@@ -485,9 +485,9 @@ FUSED_MIN_VALUES = 1 << 16
 
 def _pair_frequencies(
     counts: np.ndarray, used: int, freq: np.ndarray, scale_bits: int
-) -> tuple[np.ndarray, int, float] | None:
-    """The pair alphabet's frequencies, precision and modelled bits per pair where pairs are
-    chosen (module constants PAIR_TOLERANCE, PAIR_MAX_SCALE_BITS), else None.
+) -> tuple[np.ndarray, int] | None:
+    """The pair alphabet's frequencies and precision where pairs are chosen (module
+    constants PAIR_TOLERANCE, PAIR_MAX_SCALE_BITS), else None.
 
     ``counts``: the ``2**bits`` level counts (``used`` of them nonzero, first); ``freq`` at
     ``scale_bits``: their single-symbol frequencies. A pair's count comes from the product
@@ -502,10 +502,10 @@ def _pair_frequencies(
 
 def _joint_search(
     joint: np.ndarray, lowest: int, highest: int, bound: float
-) -> tuple[np.ndarray, int, float] | None:
+) -> tuple[np.ndarray, int] | None:
     """The frequencies of the joint alphabet's ``joint`` counts at the lowest precision in
-    ``lowest .. highest`` whose modelled bits per joint symbol are at most ``bound``, that
-    precision and those bits; None if none is."""
+    ``lowest .. highest`` whose modelled bits per joint symbol are at most ``bound``, and
+    that precision; None if none is."""
     # _model_bits per precision, its operands taken once: the same elements, in the same
     # order, through the same operations, so the same float (the choice is bit-exact)
     nonzero = np.flatnonzero(joint)
@@ -514,7 +514,7 @@ def _joint_search(
         joint_freq = ans._quantized(joint, joint_bits)
         cost = float(-(pq * np.log2(joint_freq[nonzero] / float(1 << joint_bits))).sum())
         if cost <= bound:
-            return joint_freq, joint_bits, cost
+            return joint_freq, joint_bits
     return None
 
 
@@ -535,14 +535,14 @@ def _ans_alphabet(
     mode = MODE_ANS if pair is None else MODE_ANS_PAIRS
     if bits <= ansquads.MAX_QUAD_BITS:
         # against single values' modelled cost (not the pairs'): the tolerances do not add up
-        per_pair = 2.0 * _model_bits(counts / counts.sum(), freq, scale_bits)
-        quad_counts = ansquads.product_counts(counts / counts.sum(), used, bits)
-        bound = (1.0 + PAIR_TOLERANCE) * (2.0 * per_pair)
+        p = counts / counts.sum()
+        bound = (1.0 + PAIR_TOLERANCE) * (4.0 * _model_bits(p, freq, scale_bits))
+        quad_counts = ansquads.product_counts(p, used, bits)
         quad = _joint_search(quad_counts, ans.scale_bits_for(used**4), QUAD_MAX_SCALE_BITS, bound)
         if quad is not None:
-            return MODE_ANS_QUADS, quad[0], quad[1]
+            return MODE_ANS_QUADS, *quad
     if pair is not None:
-        return mode, pair[0], pair[1]
+        return mode, *pair
     return mode, freq, scale_bits
 
 

@@ -121,9 +121,11 @@ class SenderState:
         scale: dict[str, float] | None = {} if want_scale else None
         residual = self.residual if error_feedback else None
         for name, w in host.items():
-            if scale is not None:
-                scale[name] = delta_rms(w, reference[name])
-            x[name] = delta_input(w, reference[name], None if residual is None else residual[name])
+            e = None if residual is None else residual[name]
+            if scale is None:
+                x[name] = delta_input(w, reference[name], e)
+            else:  # one pass for both (the same values as the two calls)
+                x[name], scale[name] = delta_input_rms(w, reference[name], e)
         return x, scale
 
     def chunk_inputs(
