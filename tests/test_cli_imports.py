@@ -41,9 +41,29 @@ def test_a_submodule_does_not_hide_the_export_of_the_same_name() -> None:
     assert callable(launch) and not isinstance(launch, type(tenfold))
 
 
-def test_the_installed_cli_carries_no_reproduction_or_benchmark() -> None:
-    """``make reproduce`` (paper/) and ``make bench`` (benchmarks/) run from a clone only."""
+def test_the_installed_cli_carries_no_reproduction() -> None:
+    """``make reproduce`` (paper/) and ``make bench`` (benchmarks/) run from a clone only;
+    ``tenfold bench`` runs the library's own ``tenfold.bench`` (tests/test_layers.py checks
+    that the library never imports ``benchmarks/``)."""
     from tenfold.cli import SUBCOMMANDS
 
-    assert "reproduce" not in SUBCOMMANDS and "bench" not in SUBCOMMANDS
+    assert "reproduce" not in SUBCOMMANDS
+    assert SUBCOMMANDS["bench"] == "tenfold.cli.bench_cmd"
     assert all(module.startswith("tenfold.cli.") for module in SUBCOMMANDS.values())
+
+
+def test_tenfold_bench_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from tenfold.cli import main\n"
+        "try:\n"
+        "    main(['bench', '--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert "tenfold bench" in out.stdout and "zstd" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

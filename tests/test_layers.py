@@ -2,7 +2,8 @@
 functions, and under ``TYPE_CHECKING``.
 
 * Inside the library (``src/tenfold``) the layers are errors < codec < distributed <
-  integrations (the third-party training tools' glue) < train < cli: each imports only its
+  integrations (the third-party training tools' glue) < train < bench (the codec's speed
+  benchmark; its data is a model's pseudo-gradient) < cli: each imports only its
   own layer and the ones below it, with no cycles inside a layer.
 * The library never imports the repository's research and tooling code (``paper``, the
   ``benchmarks/`` scripts, ``tests``): ``pip install .`` ships ``src/tenfold`` alone.
@@ -25,7 +26,7 @@ SRC = ROOT / "src"
 PAPER = ROOT / "paper"
 
 #: Lowest first: a module may import its own layer and the ones before it.
-LAYERS = ("errors", "codec", "distributed", "integrations", "train", "cli")
+LAYERS = ("errors", "codec", "distributed", "integrations", "train", "bench", "cli")
 #: The library layers ``paper`` may use (the command line is a user interface, not an API).
 PAPER_MAY_IMPORT = ("errors", "codec", "distributed", "integrations", "train")
 #: Top-level names of the repository's code that is not the library.

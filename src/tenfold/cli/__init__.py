@@ -1,7 +1,9 @@
-"""The ``tenfold`` command line: ``tenfold train | inspect``.
+"""The ``tenfold`` command line: ``tenfold train | inspect | bench``.
 
 The paper's reproduction (``make reproduce``) and the benchmarks (``make bench``) are not
-part of the installed package: they run from a clone (``paper/``, ``benchmarks/``).
+part of the installed package: they run from a clone (``paper/``, ``benchmarks/``). The
+codec's speed benchmark is the exception: ``tenfold bench`` (:mod:`tenfold.bench`) lets a
+user time the codec on their own machine; ``benchmarks/codec_speed.py`` runs the same code.
 
 Each subcommand lives in its own module of this package and exposes two functions:
 
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "train": "tenfold.cli.train",
     "inspect": "tenfold.cli.inspect_cmd",
+    "bench": "tenfold.cli.bench_cmd",
 }
 
 EXIT_OK = 0

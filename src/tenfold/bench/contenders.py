@@ -1,0 +1,222 @@
+"""The contenders the codec benchmark times on one tensor set: tenfold, zstd-3, a numpy
+copy, constriction's ANS, zfp and SZ3. Each returns a JSON-able dict, or None when its
+package is not installed (zstandard and constriction come with ``tenfold[bench]``; zfpy and
+pysz are optional)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from tenfold.bench.timing import median_seconds, mvps, peak_bytes, rel_rmse
+
+__all__ = [
+    "bench_constriction",
+    "bench_copy",
+    "bench_memory",
+    "bench_sz3",
+    "bench_tenfold",
+    "bench_zfp",
+    "bench_zstd",
+]
+
+Arrays = dict[str, np.ndarray]
+Row = dict[str, Any]
+
+
+def _count(data: Arrays) -> int:
+    return sum(v.size for v in data.values())
+
+
+def bench_tenfold(data: Arrays, rate: float, reps: int, threads: int = 1) -> Row:
+    """``TargetRate(rate)`` on the whole set: bits/param, relative RMSE, both speeds."""
+    import tenfold
+
+    n = _count(data)
+    policy = tenfold.TargetRate(bits_per_param=rate)
+    blob = tenfold.compress(data, policy, threads=threads)
+    out = tenfold.decompress(blob, threads=threads)
+    enc = median_seconds(lambda: tenfold.compress(data, policy, threads=threads), reps)
+    dec = median_seconds(lambda: tenfold.decompress(blob, threads=threads), reps)
+    return {
+        "bits_per_param": round(8 * len(blob) / n, 4),
+        "rel_rmse": round(rel_rmse(data, out), 5),
+        "compress_Mvps": mvps(n, enc),
+        "decompress_Mvps": mvps(n, dec),
+    }
+
+
+def bench_zstd(data: Arrays, reps: int) -> Row | None:
+    """zstd level 3 (lossless), one frame per tensor."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    n = _count(data)
+    cctx, dctx = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+    blobs = [cctx.compress(v.tobytes()) for v in data.values()]
+    enc = median_seconds(lambda: [cctx.compress(v.data) for v in data.values()], reps)
+    dec = median_seconds(lambda: [dctx.decompress(b) for b in blobs], reps)
+    return {
+        "bits_per_param": round(8 * sum(len(b) for b in blobs) / n, 3),
+        "compress_Mvps": mvps(n, enc),
+        "decompress_Mvps": mvps(n, dec),
+    }
+
+
+def bench_copy(data: Arrays, reps: int) -> Row:
+    """A plain numpy copy of every tensor: what moving the values through memory costs."""
+    n = _count(data)
+    t = median_seconds(lambda: [v.copy() for v in data.values()], reps)
+    return {"bits_per_param": 32, "compress_Mvps": mvps(n, t), "decompress_Mvps": mvps(n, t)}
+
+
+def bench_constriction(data: Arrays, reps: int) -> Row | None:
+    """constriction's ANS coder on the levels tenfold's ``TargetRate(1)`` sends, as one
+    stream with one model (coder time only: no quantization, no headers)."""
+    try:
+        import constriction
+    except ImportError:
+        return None
+    import tenfold
+
+    blob = tenfold.compress(data, tenfold.TargetRate(bits_per_param=1.0), threads=1)
+    info = {t.name: t for t in tenfold.inspect(blob).tensors}
+    out = tenfold.decompress(blob)
+    levels = []
+    for k, v in out.items():
+        step = info[k].step or 1.0
+        levels.append(np.rint(v.reshape(-1).astype(np.float64) / step).astype(np.int64))
+    q = np.concatenate(levels)
+    q -= q.min()
+    counts = np.bincount(q)
+    model = constriction.stream.model.Categorical(counts / q.size, perfect=False)
+    sym = q.astype(np.int32)
+
+    def enc() -> np.ndarray:
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(sym, model)
+        return coder.get_compressed()
+
+    comp = enc()
+    t_enc = median_seconds(enc, reps)
+    t_dec = median_seconds(
+        lambda: constriction.stream.stack.AnsCoder(comp).decode(model, sym.size), reps
+    )
+    return {
+        "what": "entropy coder only, on TargetRate(1)'s levels (no quantization, no headers)",
+        "bits_per_param": round(32 * comp.size / sym.size, 4),
+        "compress_Mvps": mvps(sym.size, t_enc),
+        "decompress_Mvps": mvps(sym.size, t_dec),
+    }
+
+
+def _zfp_shape(v: np.ndarray) -> np.ndarray:
+    # zfpy 1.0.1 corrupts its heap decoding 1-D fixed-rate streams below ~4 bits: code
+    # vectors as (n/16, 16) blocks, zero-padded (the padding's bits are counted)
+    if v.ndim in (2, 3, 4):
+        return v
+    flat = v.reshape(-1)
+    pad = (-flat.size) % 16
+    return np.concatenate([flat, np.zeros(pad, flat.dtype)]).reshape(-1, 16)
+
+
+def _zfp_back(y: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return y.reshape(-1)[: like.size].reshape(like.shape)
+
+
+def _zfp_all(data: Arrays, rate: float) -> list[bytes]:
+    import zfpy
+
+    return [zfpy.compress_numpy(_zfp_shape(v), rate=rate) for v in data.values()]
+
+
+def _unzfp_all(blobs: list[bytes]) -> list[np.ndarray]:
+    import zfpy
+
+    return [zfpy.decompress_numpy(b) for b in blobs]
+
+
+def bench_zfp(data: Arrays, rates: list[float], reps: int) -> list[Row] | None:
+    """zfp in fixed-rate mode at each of ``rates`` bits/value (>= 2: zfpy 1.0.1 corrupts its
+    heap decoding some rate-1 streams)."""
+    try:
+        import zfpy
+    except ImportError:
+        return None
+    n = _count(data)
+    rows = []
+    for r in rates:
+        blobs = _zfp_all(data, r)
+        out = {
+            k: _zfp_back(zfpy.decompress_numpy(b), data[k])
+            for k, b in zip(data, blobs, strict=True)
+        }
+        enc = median_seconds(partial(_zfp_all, data, r), reps)
+        dec = median_seconds(partial(_unzfp_all, blobs), reps)
+        rows.append({
+            "rate": r, "bits_per_param": round(8 * sum(len(b) for b in blobs) / n, 4),
+            "rel_rmse": round(rel_rmse(data, out), 5),
+            "compress_Mvps": mvps(n, enc), "decompress_Mvps": mvps(n, dec),
+        })  # fmt: skip
+    return rows
+
+
+def bench_sz3(data: Arrays, bounds: list[float], reps: int) -> list[Row] | None:
+    """SZ3 with an absolute error bound of ``b`` times the RMS of the whole set, for each
+    ``b`` of ``bounds``."""
+    try:
+        from pysz import sz, szConfig, szErrorBoundMode
+    except ImportError:
+        return None
+    n = _count(data)
+    rms = math.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in data.values()) / n)
+
+    def comp(eb: float) -> list[np.ndarray]:
+        blobs = []
+        for v in data.values():
+            cfg = szConfig(v.shape)
+            cfg.errorBoundMode = szErrorBoundMode.ABS
+            cfg.absErrorBound = eb
+            blobs.append(sz.compress(np.ascontiguousarray(v), cfg)[0])
+        return blobs
+
+    def decomp(blobs: list[np.ndarray]) -> Arrays:
+        return {
+            k: sz.decompress(b, np.float32, v.shape)[0]
+            for (k, v), b in zip(data.items(), blobs, strict=True)
+        }
+
+    rows = []
+    for b in bounds:
+        eb = b * rms
+        blobs = comp(eb)
+        out = decomp(blobs)
+        enc = median_seconds(partial(comp, eb), reps)
+        dec = median_seconds(partial(decomp, blobs), reps)
+        rows.append({
+            "abs_bound_over_rms": b, "bits_per_param": round(8 * sum(x.size for x in blobs) / n, 4),
+            "rel_rmse": round(rel_rmse(data, out), 5),
+            "compress_Mvps": mvps(n, enc), "decompress_Mvps": mvps(n, dec),
+        })  # fmt: skip
+    return rows
+
+
+def bench_memory(data: Arrays) -> Row:
+    """tenfold's peak extra memory at ``TargetRate(1)``: compressing, over the input's
+    bytes; decompressing, beyond the output, over the output's bytes."""
+    import tenfold
+
+    nbytes = sum(v.nbytes for v in data.values())
+    policy = tenfold.TargetRate(bits_per_param=1.0)
+    blob = tenfold.compress(data, policy, threads=1)
+    enc = peak_bytes(lambda: tenfold.compress(data, policy, threads=1))
+    dec = peak_bytes(lambda: tenfold.decompress(blob, threads=1))
+    return {
+        "input_bytes": nbytes,
+        "compress_peak_extra_over_input": round(enc / nbytes, 3),
+        "decompress_peak_extra_over_output": round((dec - nbytes) / nbytes, 3),
+    }
