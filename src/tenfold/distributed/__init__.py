@@ -45,6 +45,7 @@ from tenfold.distributed.errors import (
     ReferenceMismatchError,
 )
 from tenfold.distributed.local_sgd import GroupAverager, LocalSGD, SimulatedLocalSGD
+from tenfold.distributed.outer_delay import OuterStepWarning
 from tenfold.distributed.params import ParamsLike, named_tensors
 from tenfold.distributed.process_group import destroy_process_group, require_process_group
 from tenfold.distributed.simulated import SimulatedAverager
@@ -64,6 +65,7 @@ __all__ = [
     "LocalSGD",
     "NonFiniteGradientsError",
     "NonFiniteWeightsError",
+    "OuterStepWarning",
     "ParamsLike",
     "PeerStatusError",
     "ProcessGroupError",

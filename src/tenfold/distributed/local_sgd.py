@@ -112,6 +112,7 @@ from tenfold.distributed.averager_base import AveragerBase
 from tenfold.distributed.averaging import Averager, CompressedAverager
 from tenfold.distributed.collective import DEFAULT_COLLECTIVE
 from tenfold.distributed.errors import BufferMismatchError
+from tenfold.distributed.outer_delay import warn_if_unstable
 from tenfold.distributed.params import ParamsLike, wire_dtype
 from tenfold.distributed.process_group import (
     comm_device,
@@ -480,6 +481,8 @@ class _Synchroniser:
         self._pending_stats: SyncStats | None = None
         self._failure: BaseException | None = None
         self._unmoved = True  # overlapped: no inner step since the last boundary
+        if overlap:  # the subclass's __init__, then the user's line
+            warn_if_unstable(replicas[0].outer_optimizer, stacklevel=3)
 
     # -- what differs between a rank and the simulation ---------------------------------------
 
@@ -920,6 +923,10 @@ class LocalSGD(_Synchroniser):
             ``outer_optimizer=torch.optim.SGD(model.parameters(), lr=0.5)``, keeps ranks
             bit-identical and came within 0.04-0.06 nats of blocking Local SGD on
             char-gpt (``tenfold train --overlap`` uses it by default; docs/OVERLAP.md).
+            An outer step the delay makes unstable (that step of 1; DiLoCo's usual
+            Nesterov ``SGD(lr=0.7, momentum=0.9)``, which diverged overlapped on
+            char-gpt) gets an :class:`~tenfold.distributed.OuterStepWarning` naming the
+            largest stable lr (:mod:`tenfold.distributed.outer_delay`).
 
     Attributes:
         num_steps: inner steps counted so far (restored by :meth:`load_state_dict`).
