@@ -531,19 +531,19 @@ def _ans_alphabet(
     """
     if bits > anspairs.MAX_PAIR_BITS:
         return MODE_ANS, freq, scale_bits
-    pair = _pair_frequencies(counts, used, freq, scale_bits)
-    mode = MODE_ANS if pair is None else MODE_ANS_PAIRS
     if bits <= ansquads.MAX_QUAD_BITS:
-        # against single values' modelled cost (not the pairs'): the tolerances do not add up
+        # against single values' modelled cost (not the pairs'): the tolerances do not add
+        # up, and the pairs need no search where quads are chosen
         p = counts / counts.sum()
         bound = (1.0 + PAIR_TOLERANCE) * (4.0 * _model_bits(p, freq, scale_bits))
         quad_counts = ansquads.product_counts(p, used, bits)
         quad = _joint_search(quad_counts, ans.scale_bits_for(used**4), QUAD_MAX_SCALE_BITS, bound)
         if quad is not None:
             return MODE_ANS_QUADS, *quad
+    pair = _pair_frequencies(counts, used, freq, scale_bits)
     if pair is not None:
-        return mode, *pair
-    return mode, freq, scale_bits
+        return MODE_ANS_PAIRS, *pair
+    return MODE_ANS, freq, scale_bits
 
 
 def _fused_ans_record(
