@@ -336,3 +336,28 @@ def test_an_overlapped_state_does_not_load_into_a_blocking_run() -> None:
 def test_overlap_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="overlap"):
         LocalSGD(make_net(0), sync_every=2, overlap=1, allow_single_process=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_restart_from_parameters_needs_a_stateless_outer_step(momentum: float) -> None:
+    """tenfold train resumes an overlapped run from the parameters and the averager's state:
+    enough for an outer SGD without momentum, not for one whose momentum is lost."""
+    nets = [make_net(r) for r in range(WORLD)]
+    inners = [_sgd(n, lr=0.1) for n in nets]
+    outers = [_sgd(n, lr=0.2, momentum=momentum) for n in nets]
+    averager = SimulatedAverager(tenfold.TargetRate(1.0))
+    sim = SimulatedLocalSGD(
+        nets, sync_every=2, averager=averager, outer_optimizers=outers, overlap=True
+    )
+    for step in range(4):
+        for rank, (net, inner) in enumerate(zip(nets, inners, strict=True)):
+            _train(net, inner, _NoSync(), rank, range(step, step + 1))
+        sim.step()
+    if momentum:
+        with pytest.raises(ConfigError, match="outer SGD without momentum"):
+            sim.restart_from_parameters()
+    else:
+        sim.restart_from_parameters()
+        sim.wait()  # applies the restored sync's result: every worker the same model
+        first = snap(nets[0])
+        assert all(_identical(snap(n), first) for n in nets[1:])

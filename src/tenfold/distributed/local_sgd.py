@@ -748,8 +748,10 @@ class _Synchroniser:
         checkpoint waited for it), its result is the averager's shared model.
 
         Raises:
-            tenfold.ConfigError: overlapped DiLoCo, or an averager without a shared model
-                (weights mode, ``AllReduceAverager``): the result cannot be rebuilt.
+            tenfold.ConfigError: overlapped DiLoCo with an outer optimizer that keeps state
+                (anything but SGD without momentum: its state is not in the parameters),
+                or an averager without a shared model (weights mode,
+                ``AllReduceAverager``): the result cannot be rebuilt.
         """
         if not self.overlap:
             return
@@ -762,10 +764,11 @@ class _Synchroniser:
         if self.num_steps < self.sync_every:
             return
         ref = averager_reference(self.averager)
-        if ref is None or self._replicas[0].diloco:
+        if ref is None or not all(_stateless(r.outer_optimizer) for r in self._replicas):
             raise ConfigError(
                 "an overlapped LocalSGD resumes from the model and the averager's state only "
-                "for Local SGD over a delta-mode tenfold averager; save state_dict() instead"
+                "for Local SGD, or an outer SGD without momentum, over a delta-mode tenfold "
+                "averager; save state_dict() instead"
             )
         for replica in self._replicas:
             replica.row = {
@@ -1200,6 +1203,16 @@ def _same_group(a: dist.ProcessGroup | None, b: dist.ProcessGroup | None) -> boo
         return None if dist.is_available() and g is dist.group.WORLD else g
 
     return norm(a) is norm(b)
+
+
+def _stateless(optimizer: torch.optim.Optimizer | None) -> bool:
+    """Whether an outer optimizer keeps no state between steps (None: Local SGD; SGD
+    without momentum), so that nothing but the parameters is needed to resume it."""
+    if optimizer is None:
+        return True
+    return type(optimizer) is torch.optim.SGD and all(
+        not group.get("momentum", 0.0) for group in optimizer.param_groups
+    )
 
 
 def _check_outer(

@@ -35,7 +35,7 @@ from tenfold.distributed.stats import noop_stats
 from tenfold.distributed.transport import all_gather_row
 from tenfold.errors import ConfigError
 from tenfold.train.config import TrainConfig
-from tenfold.train.outer import outer_optimizer, restart_overlapped
+from tenfold.train.outer import outer_optimizer
 from tenfold.train.recipes import Evaluator, get_recipe
 from tenfold.train.state import ConfigMismatchError, Record, TrainResult, TrainState
 
@@ -298,10 +298,7 @@ def _drive(
         fingerprint=fingerprint,
     )
     if state.step:  # resumed: the restored weights start the round (overlapped runs)
-        if state.config.overlap and state.config.effective_outer_lr != 1:
-            restart_overlapped(state.sync, [w.model for w in state.workers])
-        else:
-            state.sync.restart_from_parameters()
+        state.sync.restart_from_parameters()
     checkpointer = (
         Checkpointer(rd, mode=mode, distributed=distributed, data=fingerprint)
         if checkpointing
