@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import tenfold
 from tenfold.codec.quantize import (
     Quantizer,
     dequantization_lut,
@@ -137,3 +138,13 @@ def test_quantizer_rejects_bad_ranges() -> None:
         Quantizer.for_range(0.0, math.inf, 4)
     with pytest.raises(ValueError):
         Quantizer.for_range(0.0, 1.0, 25)
+
+
+def test_the_clamp_keeps_a_bounds_value_with_its_own_sign() -> None:
+    """FORMAT.md 4.1: with w_min = -0.0 the first bin's centre rounds to +0.0, which equals
+    the bound and is kept (np.clip), not replaced by the bound's -0.0 (as fmax may)."""
+    blob = tenfold.compress({"a": np.array([-0.0, 5e-324])}, tenfold.Fixed(2))
+    info = tenfold.inspect(blob).tensors[0]
+    assert info.w_min == 0.0 and np.signbit(info.w_min)
+    out = tenfold.decompress(blob)["a"]
+    assert out.tolist() == [0.0, 5e-324] and not np.signbit(out[0])
