@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tenfold.codec.policy import rms
-from tenfold.distributed.delta_kernels import apply_mean, delta_input, delta_input_rms, delta_rms
+from tenfold.distributed.delta_kernels import (
+    all_finite,
+    apply_mean,
+    delta_input,
+    delta_input_rms,
+    delta_rms,
+)
 
 FLOATS = st.floats(-1e30, 1e30, allow_nan=False, width=32)
 
@@ -113,3 +119,25 @@ def test_apply_mean_non_contiguous_takes_the_numpy_path() -> None:
         out.tobytes() == want.tobytes() and ref_t.tobytes() == np.ascontiguousarray(want).tobytes()
     )
     assert e.tobytes() == (x.T - own.T).tobytes()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    n=st.integers(0, 300),
+)
+def test_all_finite_is_numpys_isfinite_all(data: st.DataObject, dtype: type, n: int) -> None:
+    a = data.draw(hnp.arrays(dtype, n, elements=st.floats(allow_nan=True, allow_infinity=True,
+                                                           width=np.dtype(dtype).itemsize * 8)))  # fmt: skip
+    assert all_finite(a) == bool(np.isfinite(a).all())
+    assert all_finite(a[::2]) == bool(np.isfinite(a[::2]).all())  # strided: numpy's path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value_anywhere(dtype: type, bad: float) -> None:
+    a: np.ndarray = np.full((7, 1000), np.finfo(dtype).max, dtype)
+    assert all_finite(a)
+    a[6, 999] = bad
+    assert not all_finite(a)

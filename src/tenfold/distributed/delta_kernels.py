@@ -16,7 +16,7 @@ from numba import njit
 
 from tenfold.codec.policy import rms
 
-__all__ = ["apply_mean", "delta_input", "delta_input_rms", "delta_rms"]
+__all__ = ["all_finite", "apply_mean", "delta_input", "delta_input_rms", "delta_rms"]
 
 
 def _fusable(*arrays: np.ndarray) -> bool:
@@ -200,3 +200,38 @@ def apply_mean(
     np.add(ref, mean, out=out)
     if advance:
         np.copyto(ref, out)
+
+
+@njit(cache=True, nogil=True)
+def _nonfinite_count_kernel(bits: np.ndarray, mask: int) -> int:
+    # how many values have every exponent bit set (NaN or Inf): an integer count
+    # vectorizes (2.9 ms per 25M float32 against numpy min + max's 6.0 ms; a running max
+    # with a branch did not, 17 ms)
+    n = 0
+    for j in range(bits.size):
+        n += (bits[j] & mask) == mask
+    return n
+
+
+#: the exponent field of each IEEE binary format, by unsigned view: all ones is NaN or Inf
+_EXPONENT = {np.dtype(np.uint32): 0x7F800000, np.dtype(np.uint64): 0x7FF0000000000000}
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds no NaN or Inf, in one pass over its bits (float32/float64; other
+    dtypes through numpy). True when empty.
+
+    The all-gather checks the whole model before its first exchange (docs/PROTOCOL.md);
+    numpy's ``min`` and ``max`` took two passes over it.
+
+    Example:
+        >>> all_finite(np.array([1.0, -2.0], np.float32)), all_finite(np.array([np.inf]))
+        (True, False)
+    """
+    if a.size == 0:
+        return True
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
+        bits = a.reshape(-1).view(np.uint32 if a.dtype == np.float32 else np.uint64)
+        mask = _EXPONENT[bits.dtype]
+        return int(_nonfinite_count_kernel(bits, bits.dtype.type(mask))) == 0
+    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))

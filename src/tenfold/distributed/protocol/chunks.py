@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tenfold.codec import derive_seed
+from tenfold.distributed.delta_kernels import all_finite
 from tenfold.errors import ConfigError
 
 __all__ = [
@@ -147,9 +148,5 @@ def chunk_seed(seed: int | None, index: int) -> int | None:
 
 
 def nonfinite_arrays(arrays: Mapping[str, np.ndarray]) -> list[str]:
-    """Names of the arrays holding NaN or Inf (min and max propagate both; no temporaries)."""
-    bad = []
-    for name, a in arrays.items():
-        if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
-            bad.append(name)
-    return bad
+    """Names of the arrays holding NaN or Inf (one pass over each; no temporaries)."""
+    return [name for name, a in arrays.items() if not all_finite(a)]
