@@ -47,6 +47,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -710,7 +711,8 @@ def draw(report: dict[str, Any], path: Path) -> None:
         seeds = res["seeds"]
         if not seeds:
             continue
-        runs = seeds[sorted(seeds)[0]]
+        first = sorted(seeds)[0]
+        runs = seeds[first]
         target = None
         for name, s in runs.items():
             if not s.get("val_loss"):
@@ -723,12 +725,14 @@ def draw(report: dict[str, Any], path: Path) -> None:
             ax.axhline(target, color="k", lw=0.8, alpha=0.6)
         r = (res.get("calibration") or {}).get("R")
         ax.set(xscale="log", xlabel="training wall time (s)", ylabel="validation loss (nats/char)")
-        ax.set_title(f"{link}: R = {r:.2g}" if r is not None else link, fontsize=10)
+        shown = f"seed {first} of {len(seeds)}"
+        ax.set_title(f"{link}: R = {r:.2g}, {shown}" if r is not None else f"{link}, {shown}",
+                     fontsize=10)  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     label = report["cores"]["label"]
-    fig.suptitle(f"char-gpt, {report['config']['ranks']} ranks ({label}); line: fp32 DDP's final loss",
-                 fontsize=9)  # fmt: skip
+    title = f"char-gpt, {report['config']['ranks']} ranks ({label}); line: fp32 DDP's final loss"
+    fig.suptitle(textwrap.fill(title, 16 * max(1, len(links)) + 50), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
