@@ -32,7 +32,7 @@ from tenfold.codec import (
     decompress,
     inspect,
 )
-from tenfold.errors import ConfigError, InputTypeError, TenfoldError
+from tenfold.errors import ConfigError, InputTypeError, TenfoldError, TenfoldWarning
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ __all__ = [
     "RelativeStep",
     "TargetRate",
     "TenfoldError",
+    "TenfoldWarning",
     "TensorInfo",
     "__version__",
     "accumulate",

@@ -8,7 +8,7 @@ working. This module imports nothing: every layer (the codec included) may use i
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InputTypeError", "TenfoldError"]
+__all__ = ["ConfigError", "InputTypeError", "TenfoldError", "TenfoldWarning"]
 
 
 class TenfoldError(Exception):
@@ -41,3 +41,10 @@ class ConfigError(TenfoldError, ValueError):
 class InputTypeError(TenfoldError, TypeError):
     """An argument has the wrong type (a non-mapping where tensors are expected, an
     integer dtype where floats are); the message names it."""
+
+
+class TenfoldWarning(TenfoldError, UserWarning):
+    """Base class of tenfold's warnings: a setting that runs but is likely wrong (the
+    message says why and what to use instead). A ``TenfoldError`` too, so that a run with
+    warnings turned into errors (``-W error``) is caught by ``except tenfold.TenfoldError``.
+    """

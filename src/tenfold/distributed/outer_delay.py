@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from tenfold.errors import TenfoldWarning
+
 __all__ = [
     "OuterStepWarning",
     "delayed_spectral_radius",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class OuterStepWarning(UserWarning):
+class OuterStepWarning(TenfoldWarning):
     """An overlapped LocalSGD's outer step that the one-round delay makes unstable."""
 
 
@@ -85,10 +87,10 @@ def max_stable_lr(
     lo, hi = 0.0, 4.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        ok = delayed_spectral_radius(
+        radius = delayed_spectral_radius(
             mid, momentum, nesterov=nesterov, dampening=dampening, delay=delay
         )
-        lo, hi = (mid, hi) if ok < 1.0 - 1e-12 else (lo, mid)
+        lo, hi = (mid, hi) if radius < 1.0 - 1e-12 else (lo, mid)
     return float(np.floor(lo * 1000) / 1000)
 
 
