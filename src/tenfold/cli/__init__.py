@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 #: subcommand name -> module (imported lazily so ``tenfold inspect`` never pays for torch).
@@ -71,8 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def format_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """:func:`warnings.formatwarning` for the command line: tenfold's own warnings
+    (:class:`tenfold.TenfoldWarning`) as one ``tenfold: warning: ...`` line, without the
+    library's file and source line, which say nothing to a user of the command; any other
+    warning as Python formats it."""
+    from tenfold.errors import TenfoldWarning
+
+    if issubclass(category, TenfoldWarning):
+        return f"tenfold: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = format_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     # parse_args would report a subcommand's unknown option with the top-level usage
     # ("usage: tenfold [-h] [--version] <command> ..."): let the subcommand's parser do it.

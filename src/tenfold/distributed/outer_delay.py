@@ -100,7 +100,7 @@ def overlap_outer_warning(optimizer: Any | None) -> str | None:
     converges (or cannot say: an outer optimizer other than SGD)."""
     if optimizer is None:
         groups: list[dict[str, Any]] = [{"lr": 1.0}]
-        what = "plain Local SGD (an outer step of 1)"
+        what = "plain Local SGD"
     else:
         if type(optimizer).__name__ != "SGD":  # the model covers torch's SGD update only
             return None
