@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tenfold.bench.data import Arrays
 from tenfold.bench.timing import median_seconds, mvps, peak_bytes, rel_rmse
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "bench_zstd",
 ]
 
-Arrays = dict[str, np.ndarray]
 Row = dict[str, Any]
 
 
