@@ -20,6 +20,7 @@ def test_quick_run_prints_a_table_and_writes_json(
     captured = capsys.readouterr()
     assert "tenfold TargetRate(1)" in captured.out and "zstd-3" in captured.out
     assert "load average before" in captured.out
+    assert "into existing arrays (decompress(out=...)" in captured.out
     assert "... loading synthetic data" in captured.err
     assert json.loads(out.read_text())["single_thread"]["tenfold"]["1.0"]["bits_per_param"] > 0
 

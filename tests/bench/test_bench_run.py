@@ -23,10 +23,16 @@ def test_quick_synthetic_run_reports_every_figure() -> None:
     for rate, row in tf.items():
         assert abs(row["bits_per_param"] / float(rate) - 1) < 0.1, rate
         assert row["compress_Mvps"] > 0 and row["decompress_Mvps"] > 0
+        assert row["decompress_into_Mvps"] > 0
     assert 0 < tf["4.0"]["rel_rmse"] < tf["1.0"]["rel_rmse"] < tf["0.25"]["rel_rmse"]
     assert result["single_thread"]["copy"]["bits_per_param"] == 32
+    assert result["single_thread"]["copy"]["copy_into_Mvps"] > 0
     if result["single_thread"]["zstd3"] is not None:
         assert set(result["ratio_to_zstd3"]) == set(tf)
+        assert all(
+            set(r) == {"compress", "decompress", "decompress_into"}
+            for r in result["ratio_to_zstd3"].values()
+        )
     assert set(result["threads2_over_1_at_rate_1"]) == {"compress", "decompress"}
     assert result["memory"]["input_bytes"] == 4 * result["values"]
     rd = result["rate_distortion"]["tenfold"]

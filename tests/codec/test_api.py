@@ -19,6 +19,7 @@ from tenfold.codec import (
     GradientRMS,
     Lossless,
     PacketMismatchError,
+    TargetRate,
     accumulate,
     compress,
     decompress,
@@ -271,6 +272,92 @@ def test_accumulate_rejects_corrupt_packets_before_adding() -> None:
     out = {"a": np.zeros(100, np.float32)}
     with pytest.raises(CorruptPacketError):
         accumulate(bytes(blob), out)
+    assert not out["a"].any()
+
+
+# ---- decompress(out=) --------------------------------------------------------------------
+
+
+def _garbage_like(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Arrays of the same layout filled with random bits (NaNs and all): every value of
+    them must be overwritten."""
+    out = {}
+    for k, v in arrays.items():
+        raw = rng.integers(0, 256, size=v.nbytes, dtype=np.uint8)
+        out[k] = raw.view(v.dtype).reshape(v.shape) if v.size else np.empty_like(v)
+    return out
+
+
+@pytest.mark.parametrize("policy", [*POLICIES, TargetRate(1.0), TargetRate(0.25)], ids=repr)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decompress_into_out_equals_a_fresh_decompress(
+    policy, threads: int, rng: np.random.Generator
+) -> None:
+    # every record kind: large (entropy / ANS), tiny (grouped), constant, empty, scalar,
+    # in the three dtypes
+    tensors = {
+        "w": weight_like(rng, (300, 257)),
+        "w64": weight_like(rng, (40, 33)).astype(np.float64),
+        "h": weight_like(rng, (1000,)).astype(np.float16),
+        "b": weight_like(rng, (11,)),
+        "c": np.full(7, 0.25, np.float32),
+        "s": np.float32(3.0).reshape(()),
+        "e": np.zeros((0, 3), np.float32),
+    }
+    blob = compress(tensors, policy)
+    fresh = decompress(blob)
+    out = _garbage_like(fresh, rng)
+    got = decompress(blob, out=out, threads=threads)
+    assert list(got) == list(fresh)
+    for k, v in fresh.items():
+        assert got[k] is out[k]
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        assert got[k].tobytes() == v.tobytes()
+
+
+def test_decompress_into_out_checks_the_arrays_first() -> None:
+    blob = compress({"a": np.ones(3, np.float32), "b": np.ones((2, 2), np.float16)})
+    good = {"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float16)}
+    assert decompress(blob, out=good)["b"] is good["b"]
+    mismatches = [
+        ({"a": np.zeros(3, np.float32), "x": np.zeros((2, 2), np.float16)}, "'x'"),
+        ({"a": np.zeros(3, np.float32), "b": np.zeros(4, np.float16)}, "'b'.*shape"),
+        ({"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float32)}, "'b'.*dtype"),
+        ({"a": np.zeros(3, np.float32)}, "'b'"),
+    ]
+    for out, pattern in mismatches:
+        before = {k: v.copy() for k, v in out.items()}
+        with pytest.raises(PacketMismatchError, match=pattern):
+            decompress(blob, out=out)
+        for k in out:  # nothing was written
+            assert np.array_equal(out[k], before[k])
+    strided = {"a": np.zeros(6, np.float32)[::2], "b": good["b"]}
+    with pytest.raises(ValueError, match="contiguous"):
+        decompress(blob, out=strided)
+    frozen = {"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float16)}
+    frozen["a"].flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        decompress(blob, out=frozen)
+    with pytest.raises(TypeError, match="mapping"):
+        decompress(blob, out=[good["a"], good["b"]])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="numpy array"):
+        decompress(blob, out={"a": [0.0, 0.0, 0.0], "b": good["b"]})  # type: ignore[dict-item]
+
+
+def test_decompress_into_overlapping_arrays_is_refused() -> None:
+    blob = compress({"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)})
+    base = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        decompress(blob, out={"a": base[:4], "b": base[2:]})
+    assert not base.any()
+
+
+def test_decompress_into_out_rejects_a_corrupt_packet_before_writing() -> None:
+    blob = bytearray(compress({"a": np.linspace(0, 1, 100, dtype=np.float32)}))
+    blob[20] ^= 1
+    out = {"a": np.zeros(100, np.float32)}
+    with pytest.raises(CorruptPacketError):
+        decompress(bytes(blob), out=out)
     assert not out["a"].any()
 
 

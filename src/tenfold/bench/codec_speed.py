@@ -100,6 +100,7 @@ def run_codec_bench(
             r: {
                 "compress": round(v["compress_Mvps"] / z["compress_Mvps"], 2),
                 "decompress": round(v["decompress_Mvps"] / z["decompress_Mvps"], 2),
+                "decompress_into": round(v["decompress_into_Mvps"] / z["decompress_Mvps"], 2),
             }
             for r, v in tf.items()
         }

@@ -32,7 +32,9 @@ def _count(data: Arrays) -> int:
 
 
 def bench_tenfold(data: Arrays, rate: float, reps: int, threads: int = 1) -> Row:
-    """``TargetRate(rate)`` on the whole set: bits/param, relative RMSE, both speeds."""
+    """``TargetRate(rate)`` on the whole set: bits/param, relative RMSE, both speeds, and
+    decompression into the arrays of an earlier call (``decompress(out=)``: no fresh
+    memory for the operating system to zero)."""
     import tenfold
 
     n = _count(data)
@@ -41,11 +43,13 @@ def bench_tenfold(data: Arrays, rate: float, reps: int, threads: int = 1) -> Row
     out = tenfold.decompress(blob, threads=threads)
     enc = median_seconds(lambda: tenfold.compress(data, policy, threads=threads), reps)
     dec = median_seconds(lambda: tenfold.decompress(blob, threads=threads), reps)
+    into = median_seconds(lambda: tenfold.decompress(blob, out=out, threads=threads), reps)
     return {
         "bits_per_param": round(8 * len(blob) / n, 4),
         "rel_rmse": round(rel_rmse(data, out), 5),
         "compress_Mvps": mvps(n, enc),
         "decompress_Mvps": mvps(n, dec),
+        "decompress_into_Mvps": mvps(n, into),
     }
 
 
@@ -68,10 +72,23 @@ def bench_zstd(data: Arrays, reps: int) -> Row | None:
 
 
 def bench_copy(data: Arrays, reps: int) -> Row:
-    """A plain numpy copy of every tensor: what moving the values through memory costs."""
+    """A plain numpy copy of every tensor: what moving the values through memory costs,
+    into new arrays and (``copy_into_Mvps``) into existing ones."""
     n = _count(data)
     t = median_seconds(lambda: [v.copy() for v in data.values()], reps)
-    return {"bits_per_param": 32, "compress_Mvps": mvps(n, t), "decompress_Mvps": mvps(n, t)}
+    dst = [v.copy() for v in data.values()]
+
+    def copy_into() -> None:
+        for d, v in zip(dst, data.values(), strict=True):
+            np.copyto(d, v)
+
+    t_into = median_seconds(copy_into, reps)
+    return {
+        "bits_per_param": 32,
+        "compress_Mvps": mvps(n, t),
+        "decompress_Mvps": mvps(n, t),
+        "copy_into_Mvps": mvps(n, t_into),
+    }
 
 
 def bench_constriction(data: Arrays, reps: int) -> Row | None:

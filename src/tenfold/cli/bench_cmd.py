@@ -115,6 +115,15 @@ def format_report(result: dict[str, Any]) -> str:
         row(f"tenfold TargetRate({float(rate):g})", r, _f(r["rel_rmse"]), text)
     if result.get("constriction") is not None:
         row("constriction (coder only)", result["constriction"], "-")
+    lines.append("\ninto existing arrays (decompress(out=...); no fresh memory to fault in):")
+    lines.append(f"  {'numpy copy':22}{_f(single['copy']['copy_into_Mvps']):>10} M val/s")
+    for rate, r in single["tenfold"].items():
+        q = ratios.get(rate)
+        text = f"  ({q['decompress_into']:.2f}x zstd-3's decompress)" if q else ""
+        lines.append(
+            f"  {'TargetRate(' + format(float(rate), 'g') + ')':22}"
+            f"{_f(r['decompress_into_Mvps']):>10} M val/s{text}"
+        )
     for key, value in result.items():
         if key.startswith("threads") and key.endswith("_over_1_at_rate_1"):
             n = key[len("threads") : -len("_over_1_at_rate_1")]
