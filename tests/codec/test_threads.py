@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -268,6 +272,95 @@ def test_run_in_order_keeps_order_and_uses_several_threads() -> None:
 
     assert run_in_order([lambda i=i: record(i) for i in range(5)], 1) == list(range(5))
     assert calls == list(range(5))
+
+
+def test_threads_are_kept_between_calls() -> None:
+    def ident() -> int:
+        time.sleep(0.01)  # long enough for both threads to take a task
+        return threading.get_ident()
+
+    first = set(run_in_order([ident] * 6, 2))
+    count = threading.active_count()
+    second = set(run_in_order([ident] * 6, 2))
+    assert threading.get_ident() in first  # the calling thread works too
+    assert len(first) == 2 and second <= first and threading.active_count() == count
+
+
+def _finishes(fn: Callable[[], object], seconds: float = 30.0) -> object:
+    """``fn()``'s result, failing (instead of hanging the suite) if it takes too long."""
+    box: list[object] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failure.append(exc)
+
+    runner = threading.Thread(target=target, daemon=True)
+    runner.start()
+    runner.join(seconds)
+    assert not runner.is_alive(), "run_in_order hung"
+    if failure:
+        raise failure[0]
+    return box[0]
+
+
+def test_tasks_that_run_tasks_do_not_wait_for_their_own_threads() -> None:
+    """Every outer task holds a thread of the pool while its inner tasks run: they must
+    get threads of their own (a deeper pool), not queue behind their callers."""
+
+    def outer(i: int) -> list[int]:
+        return run_in_order([lambda j=j: 10 * i + j for j in range(3)], 2)
+
+    got = _finishes(lambda: run_in_order([lambda i=i: outer(i) for i in range(4)], 2))
+    assert got == [[10 * i + j for j in range(3)] for i in range(4)]
+
+
+def test_tasks_after_the_first_failure_are_not_started() -> None:
+    ran: list[int] = []
+
+    def task(i: int) -> int:
+        time.sleep(0.002)
+        ran.append(i)
+        if i in (3, 7):
+            raise ValueError(f"task {i}")
+        return i
+
+    with pytest.raises(ValueError, match="task 3"):
+        _finishes(lambda: run_in_order([lambda i=i: task(i) for i in range(40)], 2))
+    assert set(range(4)) <= set(ran)  # everything before the failure ran
+    assert max(ran) < 10  # and little after it: the rest were never started
+
+
+def test_an_interrupt_wins_over_an_earlier_error() -> None:
+    def fail() -> None:
+        time.sleep(0.2)  # both tasks have started before either raises
+        raise ValueError("ordinary")
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_order([fail, interrupt], 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_threads_of_its_own() -> None:
+    run_in_order([lambda: 1, lambda: 2], 2)  # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_runs_tasks, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("run_in_order hung in a forked child")
+    assert child.exitcode == 0 and queue.get(timeout=5) == [0, 1, 4, 9]
+
+
+def _child_runs_tasks(queue: Any) -> None:
+    queue.put(run_in_order([lambda i=i: i * i for i in range(4)], 2))
 
 
 # ---- one large tensor: its element-wise passes are split into chunks ----------------------
