@@ -11,11 +11,11 @@ duplicated - and, half of the time, the CRC is re-sealed so the checks behind th
 are exercised. A "forge" mutation builds a whole packet from random header fields (shapes
 up to 2**62 values, bad dtypes/modes/bits, NaN ranges, random or valid Huffman code
 tables with plausible stream sizes, random payloads) under a valid CRC, to reach the
-payload decoders with hostile input. Each mutant goes to ``decompress``, ``inspect`` and
-``accumulate``.
+payload decoders with hostile input. Each mutant goes to ``decompress``, ``inspect``,
+``accumulate`` and ``decompress(out=...)`` (into arrays of the original's layout).
 
 The only acceptable outcomes are success or ``CorruptPacketError`` (``PacketMismatchError``
-for ``accumulate``). A failure is any other exception, a call slower than
+for ``accumulate`` and ``decompress`` into given arrays). A failure is any other exception, a call slower than
 ``--call-timeout`` seconds, a worker that stops making progress for ``--hang-seconds``
 (killed by the watchdog: a hang), or a worker that dies (an interpreter crash, e.g. a
 segfault in a kernel). Mutant ``i`` depends only on ``(--seed, --pool, i)``, so every
@@ -486,11 +486,16 @@ def run_one(data: bytes, meta: dict[str, Any]) -> list[tuple[str, str, float, st
                 raise AssertionError(f"decompress returned non-finite values in {k!r}")
         return arrays
 
+    def into() -> object:
+        out = {k: np.empty(s, d) for k, (s, d) in meta.items()}
+        return decompress(data, out=out, max_output_bytes=MAX_OUTPUT)
+
     results = []
     for name, call in (
         ("decompress", dec),
         ("inspect", lambda: inspect(data, max_output_bytes=MAX_OUTPUT)),
         ("accumulate", acc),
+        ("decompress_into", into),
     ):
         t0 = time.perf_counter()
         error = ""
@@ -500,8 +505,11 @@ def run_one(data: bytes, meta: dict[str, Any]) -> list[tuple[str, str, float, st
         except CorruptPacketError:
             outcome = "corrupt"
         except PacketMismatchError:
-            outcome = "mismatch" if name == "accumulate" else "UNEXPECTED"
-            error = "PacketMismatchError outside accumulate"
+            if name in ("accumulate", "decompress_into"):
+                outcome = "mismatch"
+            else:
+                outcome = "UNEXPECTED"
+                error = "PacketMismatchError outside accumulate / decompress(out=)"
         except Exception as exc:  # the bug this script exists to find
             outcome = "UNEXPECTED"
             error = f"{exc!r}\n{traceback.format_exc()}"

@@ -43,9 +43,9 @@ def test_thousands_of_mutants_in_process(fuzz: ModuleType) -> None:
             outcomes[f"{name}:{outcome}"] += 1
     assert set(kinds) == set(fuzz.KINDS)
     # the mutants reach every outcome: not all rejected at the door
-    for name in ("decompress", "inspect", "accumulate"):
+    for name in ("decompress", "inspect", "accumulate", "decompress_into"):
         assert outcomes[f"{name}:corrupt"] > 0 and outcomes[f"{name}:ok"] > 0
-    assert outcomes["accumulate:mismatch"] > 0
+    assert outcomes["accumulate:mismatch"] > 0 and outcomes["decompress_into:mismatch"] > 0
 
 
 def test_the_pool_and_the_forged_packets_hold_ans_quads(fuzz: ModuleType) -> None:

@@ -100,6 +100,22 @@ def test_round_trip_and_half_bin_bound(tensors: dict[str, np.ndarray], policy) -
         assert err <= half_bin_bound(t.w_min, t.w_max, t.bits) + rounding_slack(x)
 
 
+@given(tensors=tensor_dicts(), policy=POLICIES, fill=st.integers(0, 255))
+def test_decompress_into_out_is_a_fresh_decompress(
+    tensors: dict[str, np.ndarray], policy, fill: int
+) -> None:
+    blob = compress(tensors, policy)
+    fresh = decompress(blob)
+    out = {}
+    for k, v in fresh.items():  # every byte set to `fill`: NaNs, -0.0, whatever it makes
+        raw = np.full(v.nbytes, fill, np.uint8)
+        out[k] = raw.view(v.dtype).reshape(v.shape) if v.size else np.empty_like(v)
+    got = decompress(blob, out=out)
+    assert list(got) == list(fresh)
+    for k, v in fresh.items():
+        assert got[k] is out[k] and got[k].tobytes() == v.tobytes()
+
+
 @given(tensors=tensor_dicts(), policy=POLICIES)
 def test_determinism(tensors: dict[str, np.ndarray], policy) -> None:
     copy = {k: v.copy() for k, v in tensors.items()}
@@ -158,6 +174,9 @@ def test_mutated_packets_only_raise_corrupt_packet_error(case: tuple[bytes, byte
     }
     with contextlib.suppress(CorruptPacketError, PacketMismatchError):
         accumulate(mutated, target, max_output_bytes=1 << 22)
+    into = {k: np.empty_like(v) for k, v in decompress(original).items()}
+    with contextlib.suppress(CorruptPacketError, PacketMismatchError):
+        decompress(mutated, out=into, max_output_bytes=1 << 22)
 
 
 @given(tensors=tensor_dicts(), policy=POLICIES, data=st.data())
