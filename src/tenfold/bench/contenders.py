@@ -6,13 +6,14 @@ pysz are optional)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from tenfold.bench.data import Arrays
-from tenfold.bench.timing import median_seconds, mvps, peak_bytes, rel_rmse
+from tenfold.bench.timing import median_seconds, mvps, paired_speedup, peak_bytes, rel_rmse
 
 __all__ = [
     "bench_constriction",
@@ -22,6 +23,7 @@ __all__ = [
     "bench_tenfold",
     "bench_zfp",
     "bench_zstd",
+    "thread_speedups",
 ]
 
 Row = dict[str, Any]
@@ -50,6 +52,27 @@ def bench_tenfold(data: Arrays, rate: float, reps: int, threads: int = 1) -> Row
         "compress_Mvps": mvps(n, enc),
         "decompress_Mvps": mvps(n, dec),
         "decompress_into_Mvps": mvps(n, into),
+    }
+
+
+def thread_speedups(data: Arrays, rate: float, threads: int, pairs: int) -> Row:
+    """``TargetRate(rate)`` with ``threads`` threads over one thread, each direction timed
+    in ``pairs`` interleaved pairs (:func:`paired_speedup`); decompression into the arrays
+    of an earlier call too."""
+    import tenfold
+
+    policy = tenfold.TargetRate(bits_per_param=rate)
+    blob = tenfold.compress(data, policy, threads=1)
+    out = tenfold.decompress(blob)
+
+    def speedup(call: Callable[[int], Any]) -> float:
+        return round(paired_speedup(lambda: call(1), lambda: call(threads), pairs), 2)
+
+    return {
+        "compress": speedup(lambda t: tenfold.compress(data, policy, threads=t)),
+        "decompress": speedup(lambda t: tenfold.decompress(blob, threads=t)),
+        "decompress_into": speedup(lambda t: tenfold.decompress(blob, out=out, threads=t)),
+        "pairs": pairs,
     }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["median_seconds", "mvps", "peak_bytes", "rel_rmse"]
+__all__ = ["median_seconds", "mvps", "paired_speedup", "peak_bytes", "rel_rmse"]
 
 
 def median_seconds(fn: Callable[[], Any], reps: int) -> float:
@@ -23,6 +23,26 @@ def median_seconds(fn: Callable[[], Any], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def paired_speedup(base: Callable[[], Any], other: Callable[[], Any], reps: int) -> float:
+    """How many times faster ``other`` runs than ``base``: the ratio of their median wall
+    times over ``reps`` interleaved pairs (A B, then B A, ...), after a warm-up call of each.
+
+    Interleaving puts both under the same conditions: on a VM whose speed drifts by tens
+    of percent from minute to minute, two medians taken one after the other compare the
+    minutes as much as the code.
+    """
+    base()
+    other()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    calls = (base, other)
+    for rep in range(reps):
+        for which in (0, 1) if rep % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            calls[which]()
+            times[which].append(time.perf_counter() - t0)
+    return float(np.median(times[0]) / np.median(times[1]))
 
 
 def peak_bytes(fn: Callable[[], Any]) -> int:

@@ -128,8 +128,9 @@ def format_report(result: dict[str, Any]) -> str:
         if key.startswith("threads") and key.endswith("_over_1_at_rate_1"):
             n = key[len("threads") : -len("_over_1_at_rate_1")]
             lines.append(
-                f"\n{n} threads over 1 at 1 bit/param: compress {value['compress']:.2f}x, "
-                f"decompress {value['decompress']:.2f}x"
+                f"\n{n} threads over 1 at 1 bit/param ({value['pairs']} interleaved pairs): "
+                f"compress {value['compress']:.2f}x, decompress {value['decompress']:.2f}x, "
+                f"into existing arrays {value['decompress_into']:.2f}x"
             )
     mem = result["memory"]
     lines.append(
