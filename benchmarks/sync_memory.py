@@ -43,6 +43,7 @@ import ctypes
 import gc
 import inspect
 import json
+import os
 import sys
 import tempfile
 import time
@@ -407,6 +408,10 @@ def measure(
         "layout": layout,
         "syncs": syncs,
         "policy": "TargetRate(bits_per_param=1.0), transmit=delta",
+        # glibc's tunables change what RSS shows (a freed temporary kept or returned)
+        "malloc_environment": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "command": " ".join(sys.argv),
+        "load_average_before": list(os.getloadavg()),
         "variants": {},
     }
     with tempfile.TemporaryDirectory(prefix="tfmem-") as tmp:
