@@ -36,5 +36,5 @@ def test_quick_synthetic_run_reports_every_figure(tmp_path: Path) -> None:
     assert 0 < tf["4.0"]["rel_rmse"] < tf["0.25"]["rel_rmse"]
     assert result["single_thread"]["copy"]["compress_Mvps"] > 0
     assert set(result["memory"]) >= {"compress_peak_extra_over_input"}
-    assert set(result["threads2_over_1_at_rate_1"]) == {"compress", "decompress"}
+    assert set(result["threads2_over_1_at_rate_1"]) >= {"compress", "decompress", "decompress_into"}
     assert len(result["rate_distortion"]["tenfold"]) >= 2
