@@ -105,6 +105,35 @@ def test_apply_mean_equals_numpy(
     assert e.tobytes() == (want_e if feedback else np.full(n, 7, dtype)).tobytes()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(0, 70),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    k=st.integers(1, 5),
+    contiguous=st.booleans(),
+)
+def test_apply_mean_adds_a_pending_contribution_first(
+    data: st.DataObject, n: int, dtype: type, k: int, contiguous: bool
+) -> None:
+    """``plus``: the sum's last addition, fused (``total + plus`` then divided), bit for
+    bit the numpy expressions; signed zeros drawn on purpose."""
+    elements = st.one_of(st.floats(-1e4, 1e4, width=32), st.sampled_from([0.0, -0.0]))
+    total, ref, x, own = (data.draw(hnp.arrays(dtype, n, elements=elements)) for _ in range(4))
+    want_ref = np.add(ref, np.divide(np.add(total, own), dtype(k)))
+    got_ref = ref.copy()
+    e: np.ndarray = np.empty(n, dtype)
+    out: np.ndarray = np.empty(n, dtype)
+    if contiguous:
+        apply_mean(total, k, got_ref, out, advance=True, residual=(x, own, e), plus=own)
+    else:  # strided views take the numpy path
+        wide: np.ndarray = np.zeros((n, 2), dtype)
+        wide[:, 0] = total
+        apply_mean(wide[:, 0], k, got_ref, out, advance=True, residual=(x, own, e), plus=own)
+    assert out.tobytes() == want_ref.tobytes() and got_ref.tobytes() == want_ref.tobytes()
+    assert e.tobytes() == np.subtract(x, own).tobytes()
+
+
 def test_apply_mean_non_contiguous_takes_the_numpy_path() -> None:
     rng = np.random.default_rng(1)
     total, ref, x, own = (rng.standard_normal((9, 5)).astype(np.float32) for _ in range(4))

@@ -80,6 +80,34 @@ def test_signed_zeros_survive_the_spare_path() -> None:
     assert (s.acc["z"] / np.float32(K)).tobytes() == ref["z"].tobytes()
 
 
+@pytest.mark.parametrize(("world", "deferred"), [(2, 0), (2, 1), (4, 3)])
+def test_a_deferred_contribution_added_last_is_the_same_sum(world: int, deferred: int) -> None:
+    """The last rank, or either of two, may be left out and added after: ``acc + own`` is
+    the rank-order sum bit for bit, signed zeros included (Lossless keeps every -0.0)."""
+    named = worker_tensors(0)
+    for policy in (tenfold.Lossless(), tenfold.Fixed(6)):
+        blobs = packets(policy)[:world]
+        ref, _ = decode_mean(blobs, named)
+        s = RankOrderSum(named, world, deferred=deferred)
+        for r in range(world):
+            if r != deferred:
+                s.offer(r, blobs[r])
+        drain(s)
+        assert s.done
+        own = tenfold.decompress(blobs[deferred])
+        for name, want in ref.items():
+            acc = s.acc[name]
+            got = (acc + own[name].astype(acc.dtype)) / acc.dtype.type(world)
+            assert got.tobytes() == want.tobytes(), (policy, name)
+
+
+def test_only_the_last_rank_or_one_of_two_can_be_deferred() -> None:
+    with pytest.raises(ValueError, match="deferred"):
+        RankOrderSum(worker_tensors(0), 4, deferred=1)
+    RankOrderSum(worker_tensors(0), 4, deferred=3)
+    RankOrderSum(worker_tensors(0), 2, deferred=0)
+
+
 def test_step_reports_when_it_must_wait() -> None:
     blobs = packets(tenfold.Fixed(4))
     s = RankOrderSum(worker_tensors(0), K)

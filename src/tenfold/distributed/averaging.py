@@ -103,12 +103,12 @@ class AllGatherPlan:
     ) -> None:
         self.avg, self.transport, self.named, self.round = avg, transport, named, round_
 
-    def run(self, send: Outgoing, sink: ChunkSink) -> SyncResult:
+    def run(self, send: Outgoing, sink: ChunkSink, *, sink_adds_own: bool = False) -> SyncResult:
         t = self.transport
         return all_gather(
             t, self.avg._seeded(send, t.rank, t.world_size, self.round), self.named,
             round=self.round, threads=self.avg.threads, ratio=self.avg.max_contribution_ratio,
-            chunk_values=self.avg.chunk_values, sink=sink,
+            chunk_values=self.avg.chunk_values, sink=sink, sink_adds_own=sink_adds_own,
         )  # fmt: skip
 
 
@@ -377,7 +377,9 @@ class CompressedAverager(AveragerBase):
             first = self.transmit == "delta"  # the first delta sync: the weights, exactly
             fresh = zeros_like_wire(named) if first else None
 
-            def apply_weights(chunk: Chunk, mean: dict[str, np.ndarray], k: int, *_: Any) -> None:
+            def apply_weights(
+                chunk: Chunk, mean: dict[str, np.ndarray], k: int, *_: Any, **__: Any
+            ) -> None:
                 divide_in_place(mean, k)
                 copy_parts(tensors, chunk, mean)
                 if fresh is not None:
@@ -406,6 +408,9 @@ class CompressedAverager(AveragerBase):
             k: int,
             x: Mapping[str, np.ndarray],
             own: dict[str, np.ndarray] | None,
+            /,
+            *,
+            own_pending: bool = False,
         ) -> None:
             ref, out = chunk_views(reference, chunk), chunk_views(host, chunk)
             e = chunk_views(residual, chunk) if own is not None else None
@@ -416,6 +421,7 @@ class CompressedAverager(AveragerBase):
                 apply_mean(
                     total[key], k, ref[key], dst, advance=advance_reference,
                     residual=None if e is None or own is None else (x[key], own[key], e[key]),
+                    plus=own[key] if own_pending and own is not None else None,
                 )  # fmt: skip
                 if p.tensor in direct:
                     increment_version(tensors[p.tensor])  # as the in-place copy_ did
@@ -431,7 +437,7 @@ class CompressedAverager(AveragerBase):
             keep_own=feedback,
             values=sender.chunk_inputs(host, reference, error_feedback=feedback, scale=scale),
         )  # fmt: skip
-        result = plan.run(send, apply_delta)
+        result = plan.run(send, apply_delta, sink_adds_own=True)
         if feedback:
             sender.residual = residual
         if advance_reference:

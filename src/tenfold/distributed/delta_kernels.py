@@ -145,14 +145,17 @@ def _apply_mean_kernel(
     ref: np.ndarray,
     out: np.ndarray,
     advance: bool,
+    plus: np.ndarray,
 ) -> None:
     # As apply_mean's numpy expressions, element by element in the arrays' dtype (``k``
     # arrives as that dtype's value, so ``total / k`` rounds as np.divide does).
     keep = residual.size > 0
+    add = plus.size > 0
     for j in range(total.size):
         if keep:
             residual[j] = x[j] - own[j]
-        r = ref[j] + total[j] / k
+        t = total[j] + plus[j] if add else total[j]
+        r = ref[j] + t / k
         if advance:
             ref[j] = r
         out[j] = r
@@ -166,13 +169,16 @@ def apply_mean(
     *,
     advance: bool,
     residual: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    plus: np.ndarray | None = None,
 ) -> None:
     """A delta sync's last step for one piece, in one pass: ``out = ref + total / k`` (and
     ``ref = out`` when ``advance``), and with ``residual = (x, own, e)`` the error
     feedback ``e = x - own``; bit for bit those numpy expressions in the arrays' dtype.
 
     ``total``: the rank-order sum of ``k`` decoded packets; ``out`` may be ``total``
-    itself or the parameters' own memory. Replaces four passes (the division, the
+    itself or the parameters' own memory. ``plus``: the sum's last contribution, not yet
+    in ``total`` (``total + plus`` is divided: the addition the sum would have made, fused
+    into this pass). Replaces four passes (the division, the
     residual, the reference's add, the copy into the parameters): docs/PROTOCOL.md,
     "per-sync costs".
 
@@ -183,16 +189,18 @@ def apply_mean(
         ([2.0, 3.0], [2.0, 3.0])
     """
     arrays = (total, ref, out) if residual is None else (total, ref, out, *residual)
+    if plus is not None:
+        arrays = (*arrays, plus)
     if _fusable(*arrays):
         kk = total.dtype.type(k)
         flat = [a.reshape(-1) for a in arrays]
-        if residual is None:
-            empty = np.empty(0, dtype=total.dtype)
-            x, own, e = empty, empty, empty
-        else:
-            x, own, e = flat[3:]
-        _apply_mean_kernel(flat[0], kk, x, own, e, flat[1], flat[2], advance)
+        empty = np.empty(0, dtype=total.dtype)
+        x, own, e = (empty, empty, empty) if residual is None else flat[3:6]
+        extra = empty if plus is None else flat[-1]
+        _apply_mean_kernel(flat[0], kk, x, own, e, flat[1], flat[2], advance, extra)
         return
+    if plus is not None:
+        total = np.add(total, plus)
     if residual is not None:
         x, own, e = residual
         np.subtract(x, own, out=e)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -68,14 +68,30 @@ from tenfold.distributed.stats import packet_stats
 
 __all__ = ["ChunkSink", "Coded", "all_gather", "encode", "encode_chunk"]
 
+
 #: ``sink(chunk, total, k, values, own)``: one chunk's rank-order sum (part key -> array,
 #: the sink's to use up: the mean is ``total / k``, in its dtype, e.g. ``divide_in_place``;
 #: a sink may fuse that division into its own pass), the number of packets summed, the
 #: values this rank coded for the chunk and their decoding (None without keep_own).
-ChunkSink = Callable[
-    [Chunk, dict[str, np.ndarray], int, Mapping[str, np.ndarray], dict[str, np.ndarray] | None],
-    None,
-]
+class ChunkSink(Protocol):
+    """Takes each finished chunk: ``(chunk, total, k, values, own)``, where ``total`` is the
+    rank-order sum of the ``k`` packets, ``values`` what this rank coded and ``own`` its
+    decoding (None unless kept). With ``own_pending`` (only for a sink given to
+    :func:`all_gather` with ``sink_adds_own``) ``total`` lacks this rank's contribution,
+    which the sink adds first: ``total + own``, the same sum bit for bit
+    (:class:`~tenfold.distributed.protocol.rank_order.RankOrderSum`'s ``deferred``)."""
+
+    def __call__(
+        self,
+        chunk: Chunk,
+        total: dict[str, np.ndarray],
+        k: int,
+        values: Mapping[str, np.ndarray],
+        own: dict[str, np.ndarray] | None,
+        /,
+        *,
+        own_pending: bool = False,
+    ) -> None: ...
 
 
 def encode(send: Outgoing, threads: int | None) -> tuple[bytes, float]:
@@ -277,6 +293,7 @@ def all_gather(
     ratio: float | None = None,
     chunk_values: int = DEFAULT_CHUNK_VALUES,
     sink: ChunkSink | None = None,
+    sink_adds_own: bool = False,
 ) -> SyncResult:
     """One all-gather synchronisation of this rank (docs/PROTOCOL.md).
 
@@ -300,6 +317,11 @@ def all_gather(
         sink: called with each finished chunk, in order (with the guard on: after the
             last chunk passed it). None: the mean (and the own decoding) are assembled
             into model-sized arrays and returned.
+        sink_adds_own: the sink can add this rank's own decoding to the sum itself
+            (:class:`ChunkSink`'s ``own_pending``): where that is the same sum (two ranks,
+            or this rank the last; no guard, which needs every contribution alone), the
+            sum skips it and the sink fuses the addition into its pass, saving one pass
+            over the chunk per sync.
 
     A failure after the first chunk was applied (a corrupt packet, a dead peer) leaves
     the earlier chunks applied, alike on every rank that saw it.
@@ -315,6 +337,7 @@ def all_gather(
         own_full = zeros_like_wire(named) if send.keep_own else None
         sink = _assemble(assembled, own_full)
     guard = ratio is not None
+    defer_own = sink_adds_own and not guard and (world == 2 or rank == world - 1)
     held: list[tuple[Chunk, dict[str, np.ndarray], int, Mapping[str, np.ndarray], Any]] = []
     sumsq = [0.0] * world
     infos: list[PacketInfo] = []
@@ -338,8 +361,12 @@ def all_gather(
         """Chunk i's packets in rank order as they arrive, the next chunks' exchanges
         posted whenever they can go; hands the finished chunk to the sink."""
         nonlocal t_decode, c_decode
-        decoded = {rank: coded.own} if coded.own is not None else None
-        feed = RankOrderFeed(layouts[i], world, decoded=decoded, guard=guard, threads=threads)
+        pending = defer_own and coded.own is not None
+        decoded = {rank: coded.own} if coded.own is not None and not pending else None
+        deferred = (rank, coded.own[1]) if pending and coded.own is not None else None
+        feed = RankOrderFeed(
+            layouts[i], world, decoded=decoded, guard=guard, threads=threads, deferred=deferred
+        )
         feed.take(rank, coded.blob)
         while not arrivals.done:
             ex.progress(i)
@@ -358,6 +385,8 @@ def all_gather(
             for r, s in enumerate(summed.sumsq):
                 sumsq[r] += s
             held.append((plan[i], summed.acc, world, coded.values, own))
+        elif pending:
+            sink(plan[i], summed.acc, world, coded.values, own, own_pending=True)
         else:
             sink(plan[i], summed.acc, world, coded.values, own)
         infos.append(summed.infos[rank])
@@ -489,7 +518,11 @@ def _assemble(mean: dict[str, np.ndarray], own: dict[str, np.ndarray] | None) ->
         k: int,
         values: Mapping[str, np.ndarray],
         decoded: dict[str, np.ndarray] | None,
+        /,
+        *,
+        own_pending: bool = False,
     ) -> None:
+        assert not own_pending  # all_gather gives this sink no sink_adds_own
         for key, view in chunk_views(mean, chunk).items():
             # the mean's division written straight into place (as divide_in_place rounds)
             np.divide(total[key], total[key].dtype.type(k), out=view)

@@ -92,6 +92,12 @@ class RankOrderSum:
         pool: where the accumulator and the spares come from (and the spares go back to
             once added); a private one if None.
         threads: the codec's ``threads`` for decoding (None: every available core).
+        deferred: a rank whose contribution the caller adds itself, after :attr:`acc` is
+            done (fused into its next pass): its turn is skipped. Only the last rank, or
+            either rank of two: ``acc + p`` is then the same sum bit for bit (for the last
+            rank, the same last addition; for two, ``(0 + a) + b == (0 + b) + a``, since
+            addition commutes and ``0 + x`` only turns -0.0 into +0.0, which no sum with
+            another operand can tell apart).
 
     Attributes:
         acc: name -> accumulator (float32, or float64 for float64 tensors), shaped like
@@ -115,9 +121,16 @@ class RankOrderSum:
         *,
         pool: BufferPool | None = None,
         threads: int | None = None,
+        deferred: int | None = None,
     ) -> None:
+        if deferred is not None and deferred != world_size - 1 and world_size != 2:
+            raise ConfigError(
+                f"deferred: only the last rank ({world_size - 1}) or either of two ranks "
+                f"can be added after the sum, got {deferred}"
+            )
         self._named = list(named)
         self._threads = threads
+        self._deferred = deferred
         self.world_size = world_size
         self._pool = pool if pool is not None else BufferPool()
         self.acc = self._pool.take(self._named)
@@ -165,6 +178,10 @@ class RankOrderSum:
         r = self._next
         if r >= self.world_size:
             return False
+        if r == self._deferred:  # the caller adds it (see `deferred`)
+            self._arrived.pop(r, None)
+            self._next += 1
+            return True
         if r in self._arrived:
             self.decoding = r
             self.infos[r] = accumulate_from(r, self._arrived.pop(r), self.acc, self._threads)

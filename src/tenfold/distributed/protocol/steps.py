@@ -157,13 +157,21 @@ class RankOrderFeed:
         pool: BufferPool | None = None,
         threads: int | None = None,
         cursor: Cursor | None = None,
+        deferred: tuple[int, PacketInfo] | None = None,
     ) -> None:
         self._named = named
         self._decoded = decoded or {}
         self._guard = guard
         self._threads = threads
         self.cursor = cursor
-        self.summer = RankOrderSum(named, world, pool=pool, threads=threads)
+        # (rank, its packet's info): a contribution the caller adds after the sum
+        # (RankOrderSum's `deferred`); its packet is kept but never decoded here
+        self._deferred = None if deferred is None else deferred[0]
+        self.summer = RankOrderSum(
+            named, world, pool=pool, threads=threads, deferred=self._deferred
+        )
+        if deferred is not None:
+            self.summer.infos[deferred[0]] = deferred[1]
         self.sumsq = [0.0] * world
         self.packets: list[Any] = [None] * world
         #: thread CPU and wall seconds spent decoding and adding, in this thread
@@ -191,7 +199,7 @@ class RankOrderFeed:
     def take(self, peer: int, packet: Any) -> None:
         """Hand over rank ``peer``'s packet (decoded alone at once when the guard is on)."""
         self.packets[peer] = packet
-        if peer in self._decoded:
+        if peer in self._decoded or peer == self._deferred:
             return
         if not self._guard:
             self.summer.offer(peer, packet)
