@@ -24,9 +24,9 @@ The codec contract (written down once; everything else in the package follows it
   tensor); constant tensors send one value. The paper's policies (EntropyAdaptive, Fixed,
   GradientRMS, Lossless) write version-1 packets, byte for byte as they always did.
 * ``decompress(blob, *, out, max_output_bytes) -> dict[str, np.ndarray]`` returns the same
-  names, shapes, dtypes and order (in new arrays, or written into ``out``'s); a bfloat16 tensor comes back as float32 holding its
-  exact bfloat16 values (decoded values are rounded to bfloat16 as torch rounds float32:
-  ``tenfold.codec.bfloat16``). Decoded values are ``w_min + (i + 0.5) Δ`` (clamped to
+  names, shapes, dtypes and order (in new arrays, or written into ``out``'s); a bfloat16
+  tensor comes back as float32 holding its exact bfloat16 values (decoded values are
+  rounded to bfloat16 as torch rounds float32: ``tenfold.codec.bfloat16``). Decoded values are ``w_min + (i + 0.5) Δ`` (clamped to
   the range), so ``|w - w_hat| <= (w_max - w_min) / 2**(N + 1)`` plus the output dtype's
   rounding; constant, raw and empty tensors decode exactly.
 * Any bytes given to ``decompress``, ``inspect`` or ``accumulate`` either decode correctly

@@ -178,9 +178,8 @@ def apply_mean(
     ``total``: the rank-order sum of ``k`` decoded packets; ``out`` may be ``total``
     itself or the parameters' own memory. ``plus``: the sum's last contribution, not yet
     in ``total`` (``total + plus`` is divided: the addition the sum would have made, fused
-    into this pass). Replaces four passes (the division, the
-    residual, the reference's add, the copy into the parameters): docs/PROTOCOL.md,
-    "per-sync costs".
+    into this pass). Replaces four passes (the division, the residual, the reference's
+    add, the copy into the parameters): docs/PROTOCOL.md, "per-sync costs".
 
     Example:
         >>> ref, total = np.ones(2, np.float32), np.array([2.0, 4.0], np.float32)

@@ -69,16 +69,14 @@ from tenfold.distributed.stats import packet_stats
 __all__ = ["ChunkSink", "Coded", "all_gather", "encode", "encode_chunk"]
 
 
-#: ``sink(chunk, total, k, values, own)``: one chunk's rank-order sum (part key -> array,
-#: the sink's to use up: the mean is ``total / k``, in its dtype, e.g. ``divide_in_place``;
-#: a sink may fuse that division into its own pass), the number of packets summed, the
-#: values this rank coded for the chunk and their decoding (None without keep_own).
 class ChunkSink(Protocol):
-    """Takes each finished chunk: ``(chunk, total, k, values, own)``, where ``total`` is the
-    rank-order sum of the ``k`` packets, ``values`` what this rank coded and ``own`` its
-    decoding (None unless kept). With ``own_pending`` (only for a sink given to
-    :func:`all_gather` with ``sink_adds_own``) ``total`` lacks this rank's contribution,
-    which the sink adds first: ``total + own``, the same sum bit for bit
+    """Takes each finished chunk: ``(chunk, total, k, values, own)``. ``total`` is the
+    chunk's rank-order sum of the ``k`` packets (part key -> array, the sink's to use up:
+    the mean is ``total / k`` in its dtype, e.g. ``divide_in_place``, or fused into the
+    sink's own pass), ``values`` what this rank coded and ``own`` their decoding (None
+    without keep_own). With ``own_pending`` (only for a sink given to :func:`all_gather`
+    with ``sink_adds_own``) ``total`` lacks this rank's contribution, which the sink adds
+    first: ``total + own``, the same sum bit for bit
     (:class:`~tenfold.distributed.protocol.rank_order.RankOrderSum`'s ``deferred``)."""
 
     def __call__(
