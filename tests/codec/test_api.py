@@ -13,6 +13,7 @@ import tenfold
 import tenfold.codec
 from tenfold.codec import (
     DEFAULT_MAX_OUTPUT_BYTES,
+    BFloat16Bits,
     CorruptPacketError,
     EntropyAdaptive,
     Fixed,
@@ -303,6 +304,8 @@ def test_decompress_into_out_equals_a_fresh_decompress(
         "c": np.full(7, 0.25, np.float32),
         "s": np.float32(3.0).reshape(()),
         "e": np.zeros((0, 3), np.float32),
+        # bfloat16 (its bit patterns): decoded as float32, so `out` holds float32 for it
+        "bf": BFloat16Bits.from_float(weight_like(rng, (3000,))),
     }
     blob = compress(tensors, policy)
     fresh = decompress(blob)
