@@ -275,15 +275,57 @@ def test_run_in_order_keeps_order_and_uses_several_threads() -> None:
 
 
 def test_threads_are_kept_between_calls() -> None:
-    def ident() -> int:
+    def name() -> str:
         time.sleep(0.01)  # long enough for both threads to take a task
-        return threading.get_ident()
+        return threading.current_thread().name
 
-    first = set(run_in_order([ident] * 6, 2))
+    first = set(run_in_order([name] * 6, 2))
     count = threading.active_count()
-    second = set(run_in_order([ident] * 6, 2))
-    assert threading.get_ident() in first  # the calling thread works too
-    assert len(first) == 2 and second <= first and threading.active_count() == count
+    for _ in range(3):
+        again = set(run_in_order([name] * 6, 2))
+        assert threading.active_count() == count  # no thread started or left behind
+    assert threading.current_thread().name in first  # the calling thread works too
+    helpers = (first | again) - {threading.current_thread().name}
+    assert helpers and all(n.startswith("tenfold-codec-0") for n in helpers)
+
+
+def test_a_call_does_not_wait_for_threads_another_call_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two slow calls hold the pool's threads; a third, small call runs its tasks in its
+    own thread instead of queueing behind them."""
+    monkeypatch.setattr(parallel, "_POOLS", {})  # a pool of 2 threads, made by the first call
+    gate = threading.Event()
+
+    def slow() -> int:
+        gate.wait(10)
+        return 1
+
+    holders = [threading.Thread(target=run_in_order, args=([slow] * 3, 3)) for _ in range(2)]
+    for t in holders:
+        t.start()
+    try:
+        start = time.monotonic()
+        assert _finishes(lambda: run_in_order([lambda i=i: i for i in range(3)], 3)) == [0, 1, 2]
+        assert time.monotonic() - start < 5  # it did not wait for the gate
+    finally:
+        gate.set()
+        for t in holders:
+            t.join(10)
+
+
+def test_an_interrupt_stops_the_tasks_not_started() -> None:
+    ran: list[int] = []
+
+    def task(i: int) -> None:
+        if i == 1:
+            raise KeyboardInterrupt
+        time.sleep(0.01)
+        ran.append(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        _finishes(lambda: run_in_order([lambda i=i: task(i) for i in range(60)], 2))
+    assert len(ran) < 10  # the rest, earlier in order or not, were never started
 
 
 def _finishes(fn: Callable[[], object], seconds: float = 30.0) -> object:

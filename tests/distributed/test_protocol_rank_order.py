@@ -102,8 +102,9 @@ def test_a_deferred_contribution_added_last_is_the_same_sum(world: int, deferred
 
 
 def test_only_the_last_rank_or_one_of_two_can_be_deferred() -> None:
-    with pytest.raises(ValueError, match="deferred"):
-        RankOrderSum(worker_tensors(0), 4, deferred=1)
+    for bad in ((4, 1), (2, 7), (2, -1), (4, 4)):
+        with pytest.raises(ValueError, match="deferred"):
+            RankOrderSum(worker_tensors(0), bad[0], deferred=bad[1])
     RankOrderSum(worker_tensors(0), 4, deferred=3)
     RankOrderSum(worker_tensors(0), 2, deferred=0)
 

@@ -21,10 +21,14 @@ element-wise share (about half of ``compress``; nothing on ``decompress`` and
 ``accumulate``); coding its four streams or lanes on four threads would need per-stream
 kernels (the format allows it: the streams are independent), not a format change.
 
-The threads are kept between calls (one pool per thread count and nesting depth): starting
-and joining them for every pass cost a tenth of a 2-thread ``compress``'s speed-up. A task
-that itself runs tasks uses the pool one level deeper, so no task ever waits for a thread
-its own level holds; a forked child starts pools of its own.
+The threads are kept between calls: starting and joining them for every pass cost a tenth
+of a 2-thread ``compress``'s speed-up. A call runs tasks in the calling thread and in up to
+``threads - 1`` helper jobs on a kept pool, one per nesting depth (a task running on a
+pool thread that itself runs tasks uses the next depth's pool, so a pool thread never
+waits on its own pool), as large as the most helpers any call there asked for. The
+calling thread takes tasks too and, once none are left, withdraws its helpers that have
+not started (another call may be holding the pool's threads): a call never waits for a
+thread to free up. A forked child starts pools of its own.
 
 ``threads=1`` runs the tasks one after the other in the calling thread, exactly as before
 threads existed. Errors are those of the serial path: the first failing task *in packet
@@ -134,7 +138,8 @@ def run_in_order(
     feed = iter(order)
     lock = threading.Lock()
     # the lowest index that failed: tasks after it are not started (serially they never
-    # would be), tasks before it all run, so the error raised is the serial path's
+    # would be), tasks before it all run, so the error raised is the serial path's. An
+    # interrupt (KeyboardInterrupt, SystemExit) sets it to -1: nothing more starts.
     first_failure = [len(tasks)]
 
     def work() -> None:
@@ -150,25 +155,33 @@ def run_in_order(
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 with lock:
                     errors[i] = exc
-                    first_failure[0] = min(first_failure[0], i)
+                    stop = i if isinstance(exc, Exception) else -1
+                    first_failure[0] = min(first_failure[0], stop)
 
-    # One long-lived job per extra thread, each taking the next task as it frees up
-    # (longest first), and the calling thread works too: a submission per task cost
-    # more than the GIL-bound share of a small tensor's work.
-    pool = _pool(threads)
+    # One job per extra thread, each taking the next task as it frees up (longest first),
+    # and the calling thread works too: a submission per task cost more than the
+    # GIL-bound share of a small tensor's work.
+    pool = _pool(workers - 1)
     helpers = [pool.submit(work) for _ in range(workers - 1)]
     try:
         work()
+    except BaseException:  # an interrupt outside a task: stop the helpers too
+        with lock:
+            first_failure[0] = -1
+        raise
     finally:
-        wait(helpers)
+        # a helper not started yet (the pool's threads are busy elsewhere) is withdrawn;
+        # only running ones are waited for (a withdrawn future counts as done only once
+        # a pool thread dequeues it, so it is left out of the wait)
+        wait([helper for helper in helpers if not helper.cancel()])
     if errors:
         interrupts = [i for i, exc in errors.items() if not isinstance(exc, Exception)]
         raise errors[min(interrupts or errors)]
     return results
 
 
-#: the kept pools, by (nesting depth, thread count); see the module docstring
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+#: the kept pools by nesting depth (see the module docstring)
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 _DEPTH = threading.local()
 
@@ -177,19 +190,23 @@ def _enter_depth(depth: int) -> None:
     _DEPTH.value = depth
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """The kept pool of ``threads`` threads for tasks submitted from this thread's depth."""
+def _pool(helpers: int) -> ThreadPoolExecutor:
+    """The kept pool of this thread's depth, with room for ``helpers`` jobs at once: a
+    pool too small is replaced by one of that size (the old one's threads end when their
+    jobs do), so a depth holds at most as many threads as the largest call asked for."""
     depth = getattr(_DEPTH, "value", 0)
     with _POOLS_LOCK:
-        pool = _POOLS.get((depth, threads))
-        if pool is None:
+        pool = _POOLS.get(depth)
+        if pool is None or pool._max_workers < helpers:
+            if pool is not None:
+                pool.shutdown(wait=False)
             pool = ThreadPoolExecutor(
-                max_workers=threads,
+                max_workers=helpers,
                 thread_name_prefix=f"tenfold-codec-{depth}",
                 initializer=_enter_depth,
                 initargs=(depth + 1,),
             )
-            _POOLS[(depth, threads)] = pool
+            _POOLS[depth] = pool
     return pool
 
 

@@ -198,8 +198,9 @@ def apply_mean(
         extra = empty if plus is None else flat[-1]
         _apply_mean_kernel(flat[0], kk, x, own, e, flat[1], flat[2], advance, extra)
         return
-    if plus is not None:
-        total = np.add(total, plus)
+    if plus is not None:  # rounded into the sum's dtype, as the sum's own add would be
+        total = total.copy()
+        np.add(total, plus, out=total)
     if residual is not None:
         x, own, e = residual
         np.subtract(x, own, out=e)

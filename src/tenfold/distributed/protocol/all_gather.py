@@ -330,12 +330,15 @@ def all_gather(
     layouts = [chunk_named(named, chunk) for chunk in plan]
     assembled: dict[str, np.ndarray] | None = None
     own_full: dict[str, np.ndarray] | None = None
+    assembling = sink is None
     if sink is None:
         assembled = pool.take(named) if pool is not None else zeros_like_wire(named)
         own_full = zeros_like_wire(named) if send.keep_own else None
         sink = _assemble(assembled, own_full)
     guard = ratio is not None
-    defer_own = sink_adds_own and not guard and (world == 2 or rank == world - 1)
+    # the caller's sink only (``_assemble`` does not add), the guard off (it needs every
+    # contribution alone), where adding it last is the same sum
+    defer_own = sink_adds_own and not assembling and not guard and (world == 2 or rank == world - 1)
     held: list[tuple[Chunk, dict[str, np.ndarray], int, Mapping[str, np.ndarray], Any]] = []
     sumsq = [0.0] * world
     infos: list[PacketInfo] = []

@@ -123,7 +123,9 @@ class RankOrderSum:
         threads: int | None = None,
         deferred: int | None = None,
     ) -> None:
-        if deferred is not None and deferred != world_size - 1 and world_size != 2:
+        if deferred is not None and not (
+            0 <= deferred < world_size and (deferred == world_size - 1 or world_size == 2)
+        ):
             raise ConfigError(
                 f"deferred: only the last rank ({world_size - 1}) or either of two ranks "
                 f"can be added after the sum, got {deferred}"
