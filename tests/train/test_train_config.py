@@ -17,7 +17,12 @@ def test_defaults_are_the_papers_where_it_gives_them() -> None:
     # beyond the paper: rate-controlled pseudo-gradients with error feedback
     assert cfg.transmit == "delta" and cfg.error_feedback
     assert cfg.make_policy() == tenfold.TargetRate(bits_per_param=DEFAULT_RATE)
-    assert cfg.averager_options() == {"transmit": "delta", "error_feedback": True, "threads": 1}
+    assert cfg.averager_options() == {
+        "transmit": "delta",
+        "error_feedback": True,
+        "collective": "auto",
+        "threads": 1,
+    }
 
 
 def test_configs_saved_before_delta_mode_load_as_the_weights_runs_they_were() -> None:
@@ -49,6 +54,7 @@ def test_configs_saved_before_delta_mode_load_as_the_weights_runs_they_were() ->
         ("seed", -1),
         ("dataset", "cifar"),
         ("transmit", "gradients"),
+        ("collective", "ring"),
         ("error_feedback", 1),
         ("data_dir", 3),
         ("policy", "entropy"),
@@ -60,6 +66,16 @@ def test_configs_saved_before_delta_mode_load_as_the_weights_runs_they_were() ->
 def test_bad_values_raise_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_the_collective_choices_are_the_averagers() -> None:
+    from tenfold.distributed import collective
+    from tenfold.train import config
+
+    assert config.COLLECTIVES == collective.COLLECTIVES
+    opts = TrainConfig(collective="reduce-scatter").averager_options()
+    assert opts["collective"] == "reduce-scatter"
+    assert TrainConfig().collective == "auto"
 
 
 def test_json_round_trip_and_private_policy_copy() -> None:

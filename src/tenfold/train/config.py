@@ -125,6 +125,11 @@ INITS = ("glorot-uniform", "lecun-normal", "torch-default", "normal-0.01")
 #: What a rank sends each sync (see tenfold.distributed.averaging).
 TRANSMITS = ("delta", "weights")
 
+#: The sync's protocols: ``tenfold.distributed.collective.COLLECTIVES`` (written out, as
+#: importing that package imports torch, which ``tenfold train --help`` does not need;
+#: tests/train/test_train_config.py checks the two agree).
+COLLECTIVES = ("auto", "all-gather", "reduce-scatter")
+
 #: The default policy's target, bits per parameter, every byte counted. Chosen from the
 #: "beyond" sweep (results/REPORT.md): the lowest rate whose accuracy stayed within noise
 #: of the uncompressed baseline on the paper's task.
@@ -165,6 +170,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "steps": 0,
     "overlap": False,
     "outer_lr": 1.0,
+    "collective": "auto",
 }
 
 
@@ -275,6 +281,20 @@ class TrainConfig:
     """Process-group timeout (s): a dead or stuck peer ends the run with an error after at
     most this long instead of hanging. Must exceed the slowest rank's time between two
     synchronisations (one local epoch plus evaluation)."""
+
+    collective: str = _opt(
+        "auto",
+        flag="--collective",
+        choices=COLLECTIVES,
+        group="sync",
+        help="auto: reduce-scatter from 3 ranks and 8M parameters, else all-gather; on slow "
+        "links with 3+ ranks reduce-scatter sends about half the bytes (docs/PROTOCOL.md)",
+        sweep="setting",
+    )
+    """The sync's protocol (``CompressedAverager(collective=)``): ``"all-gather"`` (every
+    rank decodes every packet), ``"reduce-scatter"`` (each rank reduces a shard and re-codes
+    it: fewer bytes from 3 ranks) or ``"auto"``, which weighs CPU only; the two protocols
+    give different (each bit-identical across ranks) results, so a resumed run keeps it."""
 
     threads: int = _opt(
         1,
@@ -480,6 +500,10 @@ class TrainConfig:
             raise ConfigError(
                 f"transmit must be one of {', '.join(TRANSMITS)}, got {self.transmit!r}"
             )
+        if self.collective not in COLLECTIVES:
+            raise ConfigError(
+                f"collective must be one of {', '.join(COLLECTIVES)}, got {self.collective!r}"
+            )
         if not isinstance(self.error_feedback, bool):
             raise ConfigError(f"error_feedback must be true or false, got {self.error_feedback!r}")
         if not isinstance(self.overlap, bool):
@@ -569,12 +593,13 @@ class TrainConfig:
         return OVERLAP_OUTER_LR if self.overlap else 1.0
 
     def averager_options(self) -> dict[str, Any]:
-        """Keyword arguments for the averagers: ``transmit``, ``error_feedback`` and
-        ``threads`` (the codec's threads per rank: the ranks of ``tenfold train`` share one
+        """Keyword arguments for the averagers: ``transmit``, ``error_feedback``,
+        ``collective`` and ``threads`` (the codec's threads per rank: the ranks of ``tenfold train`` share one
         machine's cores, so each codes with ``threads``, not with every core)."""
         return {
             "transmit": self.transmit,
             "error_feedback": self.error_feedback,
+            "collective": self.collective,
             "threads": self.threads,
         }
 
