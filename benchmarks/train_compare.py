@@ -67,6 +67,7 @@ TENFOLD_METHODS = (
     "local-tenfold-overlap-damped",
     "diloco-tenfold",
     "diloco-tenfold-overlap",
+    "diloco-tenfold-rs",
 )
 #: CompressionState arguments that would switch the hook to its asynchronous form.
 _ASYNC_ARGS = ("asynchronous", "async_op", "overlap", "background", "threaded")
@@ -83,6 +84,7 @@ class Method:
     outer: bool = False  # DiLoCo's Nesterov outer optimizer
     overlap: bool = False  # LocalSGD(..., overlap=True)
     outer_lr: float | None = None  # a damped Local SGD outer step: SGD(lr), no momentum
+    collective: str | None = None  # tenfold local: CompressedAverager(collective=); None: auto
 
 
 def all_methods() -> list[Method]:
@@ -99,6 +101,8 @@ def all_methods() -> list[Method]:
         Method("local-tenfold-overlap-damped", "local", "tenfold", overlap=True, outer_lr=0.5),
         Method("diloco-tenfold", "local", "tenfold", outer=True),
         Method("diloco-tenfold-overlap", "local", "tenfold", outer=True, overlap=True),
+        # from 3 ranks on a slow link the reduce-scatter sends about half the bytes
+        Method("diloco-tenfold-rs", "local", "tenfold", outer=True, collective="reduce-scatter"),
     ]
 
 
@@ -319,6 +323,10 @@ def _train(cfg: WorkerConfig, method: Method, rank: int, rec: Any) -> None:
         kwargs: dict[str, Any] = {"overlap": True} if method.overlap else {}
         if method.comm == "fp32":
             kwargs["averager"] = AllReduceAverager()
+        elif method.collective is not None:
+            from tenfold.distributed import CompressedAverager
+
+            kwargs["averager"] = CompressedAverager(policy, collective=method.collective)
         else:
             kwargs["policy"] = policy
         sync_obj = LocalSGD(model, sync_every=cfg.sync_every, outer_optimizer=outer, **kwargs)
