@@ -237,6 +237,57 @@ def test_accumulate_is_bit_equal_to_decompress_and_add(policy, rng: np.random.Ge
         assert acc64[k].tobytes() == ref64[k].tobytes()
 
 
+@pytest.mark.parametrize("policy", [*POLICIES, TargetRate(1.0), TargetRate(0.25)], ids=repr)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_accumulate_overwrite_equals_adding_into_zeros(
+    policy, threads: int, rng: np.random.Generator
+) -> None:
+    # every record kind the accumulators take (float32 and float64: large, grouped, constant,
+    # empty, scalar, bfloat16 as float32), written over garbage: the bits of adding into +0.0
+    tensors = {
+        "w": weight_like(rng, (300, 257)),
+        "w64": weight_like(rng, (40, 33)).astype(np.float64),
+        "b": weight_like(rng, (11,)),
+        "c": np.full(7, 0.25, np.float32),
+        "s": np.float32(3.0).reshape(()),
+        "e": np.zeros((0, 3), np.float32),
+        "bf": BFloat16Bits.from_float(weight_like(rng, (3000,))),
+    }
+    blob = compress(tensors, policy)
+    zeros = {k: np.zeros_like(v) for k, v in decompress(blob).items()}
+    accumulate(blob, zeros)
+    out = _garbage_like(zeros, rng)
+    info = accumulate(blob, out, threads=threads, overwrite=True)
+    assert info == inspect(blob)
+    for k, v in zeros.items():
+        assert out[k].tobytes() == v.tobytes(), k
+
+
+def test_accumulate_overwrite_clears_negative_zeros() -> None:
+    # a raw record (Lossless), a constant and a paper-quantizer record holding -0.0: adding
+    # into +0.0 gives +0.0, and so does overwrite (decompress keeps -0.0)
+    x = np.array([-0.0, 1.0, -2.5, -0.0], np.float32)
+    for policy in (Lossless(), Fixed(8)):
+        blob = compress({"x": x, "z": np.full(3, -0.0, np.float32)}, policy)
+        out = {"x": np.full(4, np.nan, np.float32), "z": np.full(3, np.nan, np.float32)}
+        accumulate(blob, out, overwrite=True)
+        zeros = {"x": np.zeros(4, np.float32), "z": np.zeros(3, np.float32)}
+        accumulate(blob, zeros)
+        assert out["x"].tobytes() == zeros["x"].tobytes()
+        assert out["z"].tobytes() == zeros["z"].tobytes() == np.zeros(3, np.float32).tobytes()
+    assert np.signbit(decompress(compress({"x": x}, Lossless()))["x"][0])
+
+
+def test_accumulate_overwrite_refuses_overlapping_arrays() -> None:
+    blob = compress({"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)})
+    base = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        accumulate(blob, {"a": base[:4], "b": base[2:]}, overwrite=True)
+    assert not base.any()
+    with pytest.raises(TypeError, match="overwrite must be a bool"):
+        accumulate(blob, {"a": np.zeros(4, np.float32), "b": np.zeros(4, np.float32)}, overwrite=1)  # type: ignore[arg-type]
+
+
 def test_accumulate_mismatches_name_the_tensor() -> None:
     blob = compress({"a": np.ones(3, np.float32), "b": np.ones((2, 2), np.float32)})
     good = {"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float32)}

@@ -34,6 +34,7 @@ from tenfold.codec.packet import (
     finish_packet,
     packet_header,
     varint,
+    varint_len,
 )
 
 F32 = np.dtype(np.float32)
@@ -348,3 +349,12 @@ def test_quad_header_errors(blob: bytes, message: str) -> None:
     if not message.startswith("ANS lane"):  # found by parse, not by the decoder
         with pytest.raises(CorruptPacketError, match=message):
             inspect(blob)
+
+
+def test_varint_len_is_the_length_of_the_varint() -> None:
+    for value in [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**62, (1 << 63) - 1]:
+        assert varint_len(value) == len(varint(value)), value
+    assert varint(5) == b"\x05" and varint(np.int64(127)) == b"\x7f"  # the one-byte table
+    for bad in (-1, 1 << 63):
+        with pytest.raises(ValueError, match="varint out of range"):
+            varint_len(bad)

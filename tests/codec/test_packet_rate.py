@@ -219,3 +219,24 @@ def test_values_far_below_binary32_are_planned_without_overflow(rate: float) -> 
     blob = compress(x, TargetRate(bits_per_param=rate))
     out = decompress(blob)
     assert np.isfinite(out["tiny"]).all() and out["tiny"].shape == (1760,)
+
+
+def test_huffman_is_not_built_where_ans_is_below_its_floor(monkeypatch) -> None:
+    # below a bit per value ANS always beats Huffman's floor of a bit per value: the exact
+    # path (a tensor under FUSED_MIN_VALUES) codes ANS first and skips Huffman; at 6 bits
+    # it still builds Huffman to compare
+    from tenfold.codec import api
+
+    calls: list[int] = []
+    real = api._huffman_candidate
+
+    def counted(hist: np.ndarray) -> object:
+        calls.append(1)
+        return real(hist)
+
+    monkeypatch.setattr(api, "_huffman_candidate", counted)
+    x = {"w": np.random.default_rng(0).laplace(size=60_000).astype(np.float32)}
+    assert inspect(compress(x, TargetRate(0.25), threads=1)).tensors[0].mode == "ans"
+    assert calls == []
+    compress(x, TargetRate(6.0), threads=1)
+    assert calls == [1]

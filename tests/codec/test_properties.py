@@ -189,3 +189,32 @@ def test_unsealed_mutations_are_always_detected(tensors, policy, data: st.DataOb
     except CorruptPacketError:
         return
     raise AssertionError("a single-bit flip went unnoticed")
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(16, 20_000),
+    rate=st.floats(0.05, 8.0),
+    tails=st.sampled_from(["normal", "laplace", "student-t", "levels"]),
+)
+def test_skipping_the_huffman_candidate_never_changes_a_packet(
+    seed: int, n: int, rate: float, tails: str
+) -> None:
+    # The exact step path builds Huffman only where ANS could lose to it; with the floor
+    # disabled it builds every candidate (the order before the shortcut): same bytes.
+    from unittest import mock
+
+    from tenfold.codec import api
+
+    rng = np.random.default_rng(seed)
+    draw = {
+        "normal": lambda: rng.standard_normal(n),
+        "laplace": lambda: rng.laplace(size=n),
+        "student-t": lambda: rng.standard_t(2, n),
+        "levels": lambda: rng.integers(-2, 3, n) * 0.25,
+    }[tails]
+    x = {"w": draw().astype(np.float32), "b": draw()[: max(1, n // 7)].astype(np.float16)}
+    policy = TargetRate(bits_per_param=rate)
+    blob = compress(x, policy, threads=1)
+    with mock.patch.object(api, "_huffman_floor", lambda n: -1):
+        assert compress(x, policy, threads=1) == blob

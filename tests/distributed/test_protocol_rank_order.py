@@ -193,3 +193,53 @@ def test_a_shared_pool_across_rounds_changes_no_bit() -> None:
             for name, want in ref.items():
                 assert (s.acc[name] / s.acc[name].dtype.type(K)).tobytes() == want.tobytes()
             pool.give(s.acc)
+
+
+def test_the_first_rank_overwrites_whatever_the_accumulators_held() -> None:
+    # the accumulators are not zeroed: the first rank added (a packet, or arrays decoded
+    # beforehand) writes +0.0 + its values; NaN garbage from the pool never shows
+    named = worker_tensors(0)
+    blobs = packets(tenfold.Lossless())  # keeps every -0.0
+    ref, ref_infos = decode_mean(blobs, named)
+    for first_decoded in (False, True):
+        pool = BufferPool()
+        dirty = pool.take(named)
+        for a in dirty.values():
+            a.fill(np.nan)
+        pool.give(dirty)
+        s = RankOrderSum(named, K, pool=pool)
+        assert s.acc["w"] is dirty["w"]
+        if first_decoded:
+            s.offer_decoded(0, tenfold.decompress(blobs[0]), ref_infos[0])
+        else:
+            s.offer(0, blobs[0])
+        for r in range(1, K):
+            s.offer(r, blobs[r])
+        drain(s)
+        for name, want in ref.items():
+            assert (s.acc[name] / s.acc[name].dtype.type(K)).tobytes() == want.tobytes()
+        assert not np.signbit(s.acc["z"]).any()  # -0.0 four times into +0.0
+
+
+def test_a_sum_of_only_a_deferred_rank_is_zero() -> None:
+    pool = BufferPool()
+    dirty = pool.take(worker_tensors(0))
+    dirty["w"].fill(np.nan)
+    pool.give(dirty)
+    s = RankOrderSum(worker_tensors(0), 1, pool=pool, deferred=0)
+    drain(s)
+    assert s.done
+    assert all(not a.any() and not np.signbit(a).any() for a in s.acc.values())
+
+
+def test_buffer_pool_hands_out_unzeroed_arrays_on_request() -> None:
+    pool = BufferPool()
+    named = worker_tensors(0)
+    fresh = pool.take(named, zeroed=False)
+    assert {n: (x.shape, x.dtype) for n, x in fresh.items()} == {
+        n: (x.shape, x.dtype) for n, x in pool.take(named).items()
+    }
+    fresh["w"].fill(5.0)
+    pool.give(fresh)
+    again = pool.take(named, zeroed=False)
+    assert again["w"] is fresh["w"] and (again["w"] == 5.0).all()

@@ -38,7 +38,7 @@ from tenfold.codec.packet import (
     finish_packet,
     packet_header,
     parse,
-    varint,
+    varint_len,
     wire_dtype,
 )
 from tenfold.codec.parallel import resolve_threads, run_in_order, useful_threads
@@ -371,7 +371,7 @@ def _compress_packet_rate(
         raise name_error
     total = sum(x.size for x in views)
     budget = policy.bits_per_param * total / 8.0
-    fixed = 10.0 + len(varint(count))  # packet header and CRC
+    fixed = 10.0 + varint_len(count)  # packet header and CRC
     records: dict[int, list[bytes | np.ndarray]] = {}
     controlled: list[int] = []
     grouped: list[bool] = []
@@ -382,7 +382,7 @@ def _compress_packet_rate(
             fixed += sum(len(part) for part in records[i])
             continue
         controlled.append(i)
-        name_len = len(name.encode("utf-8")) + 3 + sum(len(varint(d)) for d in arr.shape)
+        name_len = len(name.encode("utf-8")) + 3 + sum(varint_len(d) for d in arr.shape)
         small = st.n * policy.bits_per_param / 8.0 < GROUP_BYTES and st.n <= GROUP_MAX_VALUES
         grouped.append(small)
         fixed += name_len + 9 if small else name_len + 18 + wire.nbytes * 2
@@ -785,17 +785,32 @@ def _huffman_candidate(hist: np.ndarray) -> tuple[int, np.ndarray, bytes, np.nda
     sizes = (huffman.stream_bits(hist, lengths) + 7) // 8
     table = huffman.pack_lengths(lengths)
     size = (
-        len(varint(len(table)))
+        varint_len(len(table))
         + len(table)
-        + sum(len(varint(int(s))) for s in sizes)
+        + sum(varint_len(int(s)) for s in sizes)
         + int(sizes.sum())
     )
     return size, lengths, table, sizes
 
 
+def _huffman_floor(n: int) -> int:
+    """The fewest payload bytes a Huffman record of ``n`` values can have: each value costs
+    at least a bit (Huffman codes two or more symbols), so ``ceil(n / 8)``."""
+    return -(-n // 8)
+
+
+def _ans_lanes(
+    sym: np.ndarray, freq: np.ndarray, scale_bits: int, table: bytes
+) -> tuple[list[np.ndarray], int]:
+    """``sym`` ANS-coded, and the record's ANS bytes (lanes and :func:`_ans_overhead`)."""
+    lanes = ans.encode(sym, freq, scale_bits)
+    sizes = [len(lane) for lane in lanes]
+    return lanes, sum(sizes) + _ans_overhead(table, sizes)
+
+
 def _ans_overhead(table: bytes, lanes: list[int]) -> int:
     """ANS bytes besides the lanes: precision byte, table size and table, lane sizes."""
-    return 1 + len(varint(len(table))) + len(table) + sum(len(varint(s)) for s in lanes)
+    return 1 + varint_len(len(table)) + len(table) + sum(varint_len(s) for s in lanes)
 
 
 def _encode_step_tensor(
@@ -858,23 +873,29 @@ def _step_record(
     best_mode, best_size = MODE_RAW, n * wire.nbytes
     if bits < width and bitpack.packed_nbytes(n, bits) < best_size:
         best_mode, best_size = MODE_BITPACK, bitpack.packed_nbytes(n, bits)
-    huff = _huffman_candidate(hist)
-    if huff is not None and huff[0] < best_size:
-        best_mode, best_size = MODE_HUFFMAN, huff[0]
     lanes: list[np.ndarray] = []
-    ans_table, scale_bits = b"", 0
+    ans_table, scale_bits, ans_size, estimate = b"", 0, -1, 0
+    huffman_floor = _huffman_floor(n)
     if coder == "auto":
         counts = hist.sum(axis=0)
         scale_bits = ans.scale_bits_for(int(np.count_nonzero(counts)))
         freq = ans.quantize_frequencies(counts, scale_bits)
         ans_table = ans.pack_frequencies(freq)
         estimate = ans.estimate_nbytes(counts, freq, scale_bits)
-        if estimate + _ans_overhead(ans_table, [0] * ans.LANES) < best_size + 16:
-            lanes = ans.encode(sym, freq, scale_bits)
-            size = sum(len(lane) for lane in lanes)
-            size += _ans_overhead(ans_table, [len(lane) for lane in lanes])
-            if size < best_size:
-                best_mode, best_size = MODE_ANS, size
+        estimate += _ans_overhead(ans_table, [0] * ans.LANES)
+        if estimate < huffman_floor:
+            lanes, ans_size = _ans_lanes(sym, freq, scale_bits, ans_table)
+    # ANS coded first (where its estimate is below Huffman's floor) and smaller than that
+    # floor wins whatever Huffman's size: Huffman is then not built
+    huff = None if 0 <= ans_size < huffman_floor else _huffman_candidate(hist)
+    if huff is not None and huff[0] < best_size:
+        best_mode, best_size = MODE_HUFFMAN, huff[0]
+    if coder == "auto":
+        # the real size is at most the estimate and more than it minus 9 bytes
+        if ans_size < 0 and estimate < best_size + 16:
+            lanes, ans_size = _ans_lanes(sym, freq, scale_bits, ans_table)
+        if 0 <= ans_size < best_size:
+            best_mode, best_size = MODE_ANS, ans_size
     if best_mode == MODE_RAW:
         return _raw_record(common, arr, width, entropy, w_min, w_max), False
     record = {**common, **step_fields, "bits": bits, "entropy": entropy}
@@ -916,21 +937,32 @@ def _raw_record(
 
 
 def _decode_record(
-    data: np.ndarray, rec: Record, out: np.ndarray, *, add: bool, levels: np.ndarray | None = None
+    data: np.ndarray,
+    rec: Record,
+    out: np.ndarray,
+    *,
+    add: bool,
+    levels: np.ndarray | None = None,
+    plus_zero: bool = False,
 ) -> None:
     """Decode one record into the 1-D ``out`` (its dtype), or add it into ``out``.
 
     ``levels``: the packet's group levels (:func:`_group_levels`), for group members.
+    ``plus_zero`` (with ``add=False``): write ``+0.0 + value``, what adding into zeros
+    writes (a -0.0 becomes +0.0), from a sign-cleared table where there is one.
     """
     info = rec.info
     n = info.num_values
     if n == 0:
         return
+    zero = out.dtype.type(0)
     if rec.mode == MODE_GROUP:
         assert levels is not None
         values = member_values(levels, rec)
         if add:
             out += values
+        elif plus_zero:
+            np.add(values, zero, out=out)
         else:
             out[...] = values
         return
@@ -939,7 +971,7 @@ def _decode_record(
         if add:
             out += value
         else:
-            out[...] = value
+            out[...] = value + zero if plus_zero else value
         return
     if rec.mode == MODE_RAW:
         values = rec.wire.from_wire(data, n, rec.payload_start)
@@ -951,6 +983,8 @@ def _decode_record(
             )
         if add:
             out += values
+        elif plus_zero:
+            np.add(values, zero, out=out)
         else:
             out[...] = values
         return
@@ -961,7 +995,7 @@ def _decode_record(
     # values are what decompress returns, rounded to the wire dtype (bfloat16 included).
     lut: np.ndarray | None = None
     if rec.quant == QUANT_STEP or info.bits <= _MAX_LUT_BITS:
-        lut = rec.lut()
+        lut = rec.lut() + zero if plus_zero else rec.lut()
         if out.dtype == np.float16:
             lut = lut.view(np.uint16)
     # Without a LUT the kernels round to out.dtype, not to bfloat16; bfloat16 never gets
@@ -981,6 +1015,8 @@ def _decode_record(
         )  # fmt: skip
         if not ok:
             raise CorruptPacketError(f"tensor {info.name!r}: bit-packed payload has bad padding")
+        if plus_zero and lut is None:  # values computed in the kernel: clear -0.0 after
+            np.add(out, zero, out=out)
         return
     assert lut is not None and rec.stream_starts is not None and rec.stream_ends is not None
     if rec.mode in (MODE_ANS, MODE_ANS_PAIRS, MODE_ANS_QUADS):
@@ -1097,14 +1133,22 @@ def _out_arrays(out: Mapping[str, np.ndarray], *, float_only: bool) -> list[tupl
 
 
 def _decode_into(
-    data: np.ndarray, records: list[Record], arrays: list[np.ndarray], *, add: bool, workers: int
+    data: np.ndarray,
+    records: list[Record],
+    arrays: list[np.ndarray],
+    *,
+    add: bool,
+    workers: int,
+    plus_zero: bool = False,
 ) -> None:
-    """Decode (``add``: and add) every record into its array, a task per record on up to
-    ``workers`` threads (each writes only its own array)."""
+    """Decode (``add``: and add; ``plus_zero``: as ``+0.0 + value``) every record into its
+    array, a task per record on up to ``workers`` threads (each writes only its own array)."""
     sizes = [rec.info.num_values for rec in records]
     levels = _group_levels(data, records)
     tasks = [
-        partial(_decode_record, data, rec, arr.reshape(-1), add=add, levels=levels)
+        partial(
+            _decode_record, data, rec, arr.reshape(-1), add=add, levels=levels, plus_zero=plus_zero
+        )
         for rec, arr in zip(records, arrays, strict=True)
     ]
     run_in_order(tasks, useful_threads(workers, sum(sizes)), sizes)
@@ -1146,12 +1190,14 @@ def accumulate(
     *,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> PacketInfo:
     """Add a packet's decoded tensors into ``out`` in place (fused decode-and-add).
 
     ``acc = zeros; for blob in blobs: accumulate(blob, acc)`` is deterministic and bit-equal
     to ``acc[name] += decompress(blob)[name]`` in the same order, without a temporary
-    full-size array.
+    full-size array. ``overwrite=True`` for the first packet gives the same sums without
+    zeroing ``acc``: it writes what adding into zeros would.
 
     Args:
         blob: the packet.
@@ -1165,6 +1211,9 @@ def accumulate(
             two of ``out``'s arrays overlap in memory the tensors are added one after the
             other whatever ``threads`` says (two threads adding into the same memory
             would race).
+        overwrite: write ``+0.0 + value`` (bit for bit what adding into arrays of +0.0
+            writes: a decoded -0.0 becomes +0.0) instead of adding; ``out``'s values
+            are never read, so it needs no zeroing (its arrays must not overlap).
 
     Returns:
         The packet's :class:`PacketInfo`.
@@ -1176,16 +1225,24 @@ def accumulate(
             partly updated.
         PacketMismatchError: the packet's tensors differ from ``out``'s (names the first).
         TypeError / ValueError: ``out`` holds unsupported arrays; ``threads`` is not None
-            or an int >= 1 (ValueError).
+            or an int >= 1; ``overwrite`` with two of ``out``'s arrays overlapping
+            (ValueError).
     """
     workers = resolve_threads(threads)
+    if not isinstance(overwrite, bool):
+        raise InputTypeError(f"overwrite must be a bool, got {overwrite!r}")
     targets = _out_arrays(out, float_only=True)
     data = _as_packet_bytes(blob)
     packet = parse(data, _check_max_output(max_output_bytes))
     _check_match(packet.records, targets)
-    if workers > 1 and _any_overlap([arr for _, arr in targets]):
+    if (workers > 1 or overwrite) and _any_overlap([arr for _, arr in targets]):
+        if overwrite:  # zeroing then adding would sum the overlap; writing keeps one value
+            raise ConfigError("out: two of its arrays share memory; overwrite needs their own")
         workers = 1
-    _decode_into(data, packet.records, [arr for _, arr in targets], add=True, workers=workers)
+    arrays = [arr for _, arr in targets]
+    _decode_into(
+        data, packet.records, arrays, add=not overwrite, workers=workers, plus_zero=overwrite
+    )
     return packet.info
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "packet_header",
     "parse",
     "varint",
+    "varint_len",
     "wire_dtype",
 ]
 
@@ -421,6 +422,8 @@ def varint(value: int) -> bytes:
         >>> varint(0).hex(), varint(127).hex(), varint(300).hex()
         ('00', '7f', 'ac02')
     """
+    if 0 <= value < 0x80:  # most of a header's varints: one byte, made once
+        return _ONE_BYTE[value]
     if value < 0 or value >= 1 << 63:
         raise ConfigError(f"varint out of range: {value}")
     out = bytearray()
@@ -432,6 +435,22 @@ def varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+#: the one-byte varints, 0 .. 127
+_ONE_BYTE = tuple(bytes([v]) for v in range(0x80))
+
+
+def varint_len(value: int) -> int:
+    """``len(varint(value))`` without building it (the rate model's size sums).
+
+    Example:
+        >>> varint_len(127), varint_len(128), varint_len(300)
+        (1, 2, 2)
+    """
+    if value < 0 or value >= 1 << 63:
+        raise ConfigError(f"varint out of range: {value}")
+    return max(1, -(-int(value).bit_length() // 7))
 
 
 def packet_header(num_tensors: int, version: int = 1) -> bytes:

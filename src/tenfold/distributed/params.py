@@ -20,6 +20,7 @@ __all__ = [
     "array_dict",
     "copy_back",
     "copy_parts",
+    "empty_like_wire",
     "host_arrays",
     "named_tensors",
     "nonfinite_names",
@@ -28,6 +29,7 @@ __all__ = [
     "tensor_dict",
     "uses_scale",
     "wire_dtype",
+    "wire_layout",
     "zeros_like_wire",
 ]
 
@@ -120,6 +122,10 @@ def array_dict(tensors: Mapping[str, Any] | None) -> dict[str, np.ndarray] | Non
     }
 
 
+def _wire_numpy(dtype: torch.dtype) -> type[np.floating[Any]]:
+    return np.float64 if wire_dtype(dtype) == torch.float64 else np.float32
+
+
 def zeros_like_wire(
     named: Sequence[tuple[str, torch.Tensor]], *, shape_only: bool = False
 ) -> dict[str, np.ndarray]:
@@ -129,12 +135,25 @@ def zeros_like_wire(
     """
     out = {}
     for name, t in named:
-        dtype = np.float64 if wire_dtype(t.dtype) == torch.float64 else np.float32
+        dtype = _wire_numpy(t.dtype)
         shape = tuple(t.shape)
         out[name] = (
             np.broadcast_to(np.zeros((), dtype), shape) if shape_only else np.zeros(shape, dtype)
         )
     return out
+
+
+def empty_like_wire(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """As :func:`zeros_like_wire`, uninitialised (for a caller that writes every value)."""
+    return {name: np.empty(tuple(t.shape), _wire_numpy(t.dtype)) for name, t in named}
+
+
+def wire_layout(
+    named: Sequence[tuple[str, torch.Tensor]],
+) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """``(name, shape, numpy dtype string)`` of each accumulator :func:`zeros_like_wire`
+    would make, in order (without making them)."""
+    return tuple((n, tuple(t.shape), np.dtype(_wire_numpy(t.dtype)).str) for n, t in named)
 
 
 def copy_back(named: Sequence[tuple[str, torch.Tensor]], acc: Mapping[str, np.ndarray]) -> None:

@@ -91,11 +91,17 @@ def encode_and_decode(
 
 
 def accumulate_from(
-    rank: int, packet: Any, out: dict[str, np.ndarray], threads: int | None = None
+    rank: int,
+    packet: Any,
+    out: dict[str, np.ndarray],
+    threads: int | None = None,
+    *,
+    overwrite: bool = False,
 ) -> PacketInfo:
-    """``accumulate(packet, out)``, with the sending rank named in its errors."""
+    """``accumulate(packet, out, overwrite=overwrite)``, with the sending rank named in its
+    errors."""
     try:
-        return accumulate(packet, out, threads=threads)
+        return accumulate(packet, out, threads=threads, overwrite=overwrite)
     except PacketMismatchError as exc:
         raise PacketMismatchError(f"packet from rank {rank} does not match: {exc}") from exc
     except CorruptPacketError as exc:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tenfold.codec import PacketInfo
-from tenfold.distributed.params import zeros_like_wire
+from tenfold.distributed.params import empty_like_wire, wire_layout, zeros_like_wire
 from tenfold.distributed.protocol.packets import accumulate_from
 from tenfold.errors import ConfigError
 
@@ -26,12 +26,13 @@ __all__ = [
 
 
 class BufferPool:
-    """Zeroed accumulator-shaped arrays, kept from one synchronisation to the next.
+    """Accumulator-shaped arrays, kept from one synchronisation to the next.
 
     Fresh memory is paid for in page faults on first touch: for 25M float32 values that
     was ~0.07 s per 100 MB array with 4 ranks faulting at once on the 2-core build VM,
     as much as decoding a packet into it. A pool keeps the accumulator and the spares
-    mapped; handing one out again costs one ``fill(0)`` pass.
+    mapped; handing one out again costs one ``fill(0)`` pass, or none for a caller that
+    writes every value first (:class:`RankOrderSum`).
 
     The pool holds the arrays given back to it (the reduce-scatter's: the result and a
     rank's own decoded shards), each the size of the model in float32 (float64 for
@@ -46,16 +47,20 @@ class BufferPool:
     def _layout(arrays: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
         return tuple((n, tuple(a.shape), a.dtype.str) for n, a in arrays.items())
 
-    def take(self, named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-        """Zeroed arrays (+0.0) for ``named``: float32, float64 for float64 tensors."""
-        want = self._layout(zeros_like_wire(named, shape_only=True))
+    def take(
+        self, named: Sequence[tuple[str, torch.Tensor]], *, zeroed: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Arrays for ``named``: float32, float64 for float64 tensors; zeroed (+0.0), or
+        with ``zeroed=False`` holding anything (for a caller that writes every value)."""
+        want = wire_layout(named)
         if want != self._key:
             self._key, self._free = want, []
         if not self._free:
-            return zeros_like_wire(named)
+            return zeros_like_wire(named) if zeroed else empty_like_wire(named)
         arrays = self._free.pop()
-        for a in arrays.values():
-            a.fill(0)
+        if zeroed:
+            for a in arrays.values():
+                a.fill(0)
         return arrays
 
     def give(self, arrays: dict[str, np.ndarray]) -> None:
@@ -135,7 +140,10 @@ class RankOrderSum:
         self._deferred = deferred
         self.world_size = world_size
         self._pool = pool if pool is not None else BufferPool()
-        self.acc = self._pool.take(self._named)
+        # not zeroed: the first rank added writes +0.0 + its values (what adding into
+        # zeros gives) instead of a zeroing pass and an add that reads it
+        self.acc = self._pool.take(self._named, zeroed=False)
+        self._written = False
         self.infos: dict[int, PacketInfo] = {}
         self._next = 0  # the rank whose packet is added next
         self._arrived: dict[int, Any] = {}  # rank -> packet, not decoded yet
@@ -182,20 +190,27 @@ class RankOrderSum:
             return False
         if r == self._deferred:  # the caller adds it (see `deferred`)
             self._arrived.pop(r, None)
-            self._next += 1
-            return True
-        if r in self._arrived:
+        elif r in self._arrived:
             self.decoding = r
-            self.infos[r] = accumulate_from(r, self._arrived.pop(r), self.acc, self._threads)
-            self._next += 1
-            return True
-        if r in self._spares:
+            packet = self._arrived.pop(r)
+            first = not self._written
+            self.infos[r] = accumulate_from(r, packet, self.acc, self._threads, overwrite=first)
+            self._written = True
+        elif r in self._spares:
             spare = self._spares.pop(r)
             for name, a in self.acc.items():
-                np.add(a, spare[name], out=a)
-            self._next += 1
-            return True
-        return False
+                if self._written:
+                    np.add(a, spare[name], out=a)
+                else:  # the first: +0.0 + spare, what adding into zeros gives
+                    np.add(spare[name], a.dtype.type(0), out=a)
+            self._written = True
+        else:
+            return False
+        self._next += 1
+        if self.done and not self._written:  # every rank was deferred: the sum is 0
+            for a in self.acc.values():
+                a.fill(0)
+        return True
 
 
 def divide_in_place(acc: Mapping[str, np.ndarray], k: int) -> None:
