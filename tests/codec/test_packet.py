@@ -352,8 +352,18 @@ def test_quad_header_errors(blob: bytes, message: str) -> None:
 
 
 def test_varint_len_is_the_length_of_the_varint() -> None:
-    for value in [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**62, (1 << 63) - 1]:
-        assert varint_len(value) == len(varint(value)), value
+    def leb128(v: int) -> bytes:  # the definition, one group at a time
+        out = bytearray()
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+        return bytes(out)
+
+    edges = [0, 1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**62, (1 << 63) - 1]
+    for value in [*edges, *range(0, 40_000, 7)]:
+        assert varint(value) == leb128(value), value
+        assert varint_len(value) == len(leb128(value)), value
     assert varint(5) == b"\x05" and varint(np.int64(127)) == b"\x7f"  # the one-byte table
     for bad in (-1, 1 << 63):
         with pytest.raises(ValueError, match="varint out of range"):

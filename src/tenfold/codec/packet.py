@@ -424,6 +424,8 @@ def varint(value: int) -> bytes:
     """
     if 0 <= value < 0x80:  # most of a header's varints: one byte, made once
         return _ONE_BYTE[value]
+    if 0 <= value < 0x4000:  # shapes and lane sizes: two bytes
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     if value < 0 or value >= 1 << 63:
         raise ConfigError(f"varint out of range: {value}")
     out = bytearray()
@@ -448,9 +450,13 @@ def varint_len(value: int) -> int:
         >>> varint_len(127), varint_len(128), varint_len(300)
         (1, 2, 2)
     """
+    if 0 <= value < 0x80:
+        return 1
+    if 0 <= value < 0x4000:
+        return 2
     if value < 0 or value >= 1 << 63:
         raise ConfigError(f"varint out of range: {value}")
-    return max(1, -(-int(value).bit_length() // 7))
+    return -(-int(value).bit_length() // 7)
 
 
 def packet_header(num_tensors: int, version: int = 1) -> bytes:
