@@ -237,32 +237,6 @@ def test_accumulate_is_bit_equal_to_decompress_and_add(policy, rng: np.random.Ge
         assert acc64[k].tobytes() == ref64[k].tobytes()
 
 
-@pytest.mark.parametrize("policy", [*POLICIES, TargetRate(1.0), TargetRate(0.25)], ids=repr)
-@pytest.mark.parametrize("threads", [1, 2])
-def test_accumulate_overwrite_equals_adding_into_zeros(
-    policy, threads: int, rng: np.random.Generator
-) -> None:
-    # every record kind the accumulators take (float32 and float64: large, grouped, constant,
-    # empty, scalar, bfloat16 as float32), written over garbage: the bits of adding into +0.0
-    tensors = {
-        "w": weight_like(rng, (300, 257)),
-        "w64": weight_like(rng, (40, 33)).astype(np.float64),
-        "b": weight_like(rng, (11,)),
-        "c": np.full(7, 0.25, np.float32),
-        "s": np.float32(3.0).reshape(()),
-        "e": np.zeros((0, 3), np.float32),
-        "bf": BFloat16Bits.from_float(weight_like(rng, (3000,))),
-    }
-    blob = compress(tensors, policy)
-    zeros = {k: np.zeros_like(v) for k, v in decompress(blob).items()}
-    accumulate(blob, zeros)
-    out = _garbage_like(zeros, rng)
-    info = accumulate(blob, out, threads=threads, overwrite=True)
-    assert info == inspect(blob)
-    for k, v in zeros.items():
-        assert out[k].tobytes() == v.tobytes(), k
-
-
 def test_accumulate_overwrite_clears_negative_zeros() -> None:
     # a raw record (Lossless), a constant and a paper-quantizer record holding -0.0: adding
     # into +0.0 gives +0.0, and so does overwrite (decompress keeps -0.0)
@@ -340,25 +314,47 @@ def _garbage_like(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> di
     return out
 
 
+def _every_record_kind(rng: np.random.Generator, *, float16: bool) -> dict[str, object]:
+    """Tensors that make every record kind: large (entropy / ANS), tiny (grouped), constant,
+    empty, scalar, float32 and float64 (and float16 if asked), and bfloat16 (its bit
+    patterns: decoded as float32, so an ``out`` holds float32 for it)."""
+    tensors: dict[str, object] = {
+        "w": weight_like(rng, (300, 257)),
+        "w64": weight_like(rng, (40, 33)).astype(np.float64),
+        "b": weight_like(rng, (11,)),
+        "c": np.full(7, 0.25, np.float32),
+        "s": np.float32(3.0).reshape(()),
+        "e": np.zeros((0, 3), np.float32),
+        "bf": BFloat16Bits.from_float(weight_like(rng, (3000,))),
+    }
+    if float16:
+        tensors["h"] = weight_like(rng, (1000,)).astype(np.float16)
+    return tensors
+
+
+@pytest.mark.parametrize("policy", [*POLICIES, TargetRate(1.0), TargetRate(0.25)], ids=repr)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_accumulate_overwrite_equals_adding_into_zeros(
+    policy, threads: int, rng: np.random.Generator
+) -> None:
+    # every record kind the accumulators take (float32 and float64), written over garbage:
+    # the bits of adding into +0.0
+    blob = compress(_every_record_kind(rng, float16=False), policy)
+    zeros = {k: np.zeros_like(v) for k, v in decompress(blob).items()}
+    accumulate(blob, zeros)
+    out = _garbage_like(zeros, rng)
+    info = accumulate(blob, out, threads=threads, overwrite=True)
+    assert info == inspect(blob)
+    for k, v in zeros.items():
+        assert out[k].tobytes() == v.tobytes(), k
+
+
 @pytest.mark.parametrize("policy", [*POLICIES, TargetRate(1.0), TargetRate(0.25)], ids=repr)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_decompress_into_out_equals_a_fresh_decompress(
     policy, threads: int, rng: np.random.Generator
 ) -> None:
-    # every record kind: large (entropy / ANS), tiny (grouped), constant, empty, scalar,
-    # in the three dtypes
-    tensors = {
-        "w": weight_like(rng, (300, 257)),
-        "w64": weight_like(rng, (40, 33)).astype(np.float64),
-        "h": weight_like(rng, (1000,)).astype(np.float16),
-        "b": weight_like(rng, (11,)),
-        "c": np.full(7, 0.25, np.float32),
-        "s": np.float32(3.0).reshape(()),
-        "e": np.zeros((0, 3), np.float32),
-        # bfloat16 (its bit patterns): decoded as float32, so `out` holds float32 for it
-        "bf": BFloat16Bits.from_float(weight_like(rng, (3000,))),
-    }
-    blob = compress(tensors, policy)
+    blob = compress(_every_record_kind(rng, float16=True), policy)
     fresh = decompress(blob)
     out = _garbage_like(fresh, rng)
     got = decompress(blob, out=out, threads=threads)
