@@ -31,12 +31,10 @@ __all__ = [
     "split_parts",
 ]
 
-#: Values per chunk: 1.5M float32 values (6 MB). Each chunk costs ~1 ms of Python on each
-#: rank (its packet's headers and rate control, parsing, the transport, the sink), so
-#: larger chunks cost less CPU: on the 25M layout 2 ranks spent 7% less per sync than with
-#: 1M-value chunks and 11% less with 2M, while the sync's RSS transient on top of
-#: `LocalSGD` went from 0.19x to 0.27x and 0.69x of the model (the target is 0.5x;
-#: docs/PROTOCOL.md, "The pipeline (all-gather) and memory").
+#: Values per chunk: 1.5M float32 values (6 MB). Each chunk costs about a millisecond of
+#: Python per rank, so larger chunks cost less CPU and hold more memory: 1.5M is the
+#: largest measured size that keeps the sync's transient under `LocalSGD` within 0.5x of
+#: a 25M-value model (docs/PROTOCOL.md, "The chunk size").
 DEFAULT_CHUNK_VALUES = 3 << 19
 
 
