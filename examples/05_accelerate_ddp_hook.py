@@ -14,6 +14,7 @@ Launch (one process per rank; Accelerate picks gloo on CPUs, NCCL on GPUs):
 """
 
 import argparse
+import gc
 import hashlib
 
 import torch
@@ -82,7 +83,11 @@ def main() -> None:
         f"({total.bits_per_param:.2f} bits/param), checksum {checksum(model)}",
         flush=True,
     )
-    accelerator.end_training()  # destroys the process group
+    # torch 2.13's gloo can abort the process at exit when garbage holding its state is
+    # collected after the group is gone: collect it first (as
+    # tenfold.distributed.destroy_process_group does; its docstring has the measurement)
+    gc.collect()
+    accelerator.end_training()  # stops any trackers, destroys the process group
 
 
 if __name__ == "__main__":
