@@ -37,6 +37,8 @@ The codec contract (written down once; everything else in the package follows it
   fused decode-and-add, bit-equal to ``out[k] += decompress(blob)[k]`` (float32
   accumulators for bfloat16 tensors); a packet describing
   other tensors raises :class:`PacketMismatchError` naming the first offending one.
+  ``overwrite=True`` writes what adding into zeros would, so a sum's first packet needs
+  no zeroed accumulators.
 * ``compress_and_decode(tensors, policy) -> (bytes, dict, PacketInfo)``: the packet,
   exactly what ``decompress`` returns for it (the TargetRate coder writes each tensor's
   decoding as it codes it: what a sender keeping an error-feedback residual needs) and
