@@ -386,10 +386,8 @@ def all_gather(
             for r, s in enumerate(summed.sumsq):
                 sumsq[r] += s
             held.append((plan[i], summed.acc, world, coded.values, own))
-        elif pending:
-            sink(plan[i], summed.acc, world, coded.values, own, own_pending=True)
         else:
-            sink(plan[i], summed.acc, world, coded.values, own)
+            sink(plan[i], summed.acc, world, coded.values, own, own_pending=pending)
         infos.append(summed.infos[rank])
         all_packets.extend(summed.packets)
         t_decode += feed.seconds + time.perf_counter() - t0
