@@ -8,10 +8,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tenfold.codec import ans
+from tenfold.codec import ans, anspairs, ansquads
+from tenfold.codec.midtread import midtread_lut
+from tenfold.errors import ConfigError
 
 L = ans.STATE_LOW
 
@@ -658,3 +660,50 @@ def test_arbitrary_lanes_never_raise(lanes: list[bytes], count: int, case) -> No
     assert (status == 0) == (ref is not None)
     if status == 0:
         assert out.tolist() == ref
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    coder=st.sampled_from(["singles", "pairs", "quads"]),
+    # around the encoders' blocks (2048 values) and their 4-lane tails
+    count=st.one_of(st.integers(1, 40), st.integers(2040, 2060), st.integers(4090, 4200)),
+    step=st.floats(1e-6, 1e3),
+    clamp=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_computed_decoding_equals_the_lut(coder, count, step, clamp, dtype, seed) -> None:
+    # decoded written from ``step`` (no table) is bit for bit midtread_lut's decoding,
+    # and the lanes are those of the lut path
+    bits = {"singles": 3, "pairs": 2, "quads": 2}[coder]
+    k = 1 << bits
+    qmin = -(k // 2)
+    qlo, qhi = (qmin + 1, qmin + k - 2) if clamp else (qmin, qmin + k - 1)
+    x = (np.random.default_rng(seed).laplace(0.0, 1.5 * step, count)).astype(dtype)
+    joint = {"singles": k, "pairs": k**2, "quads": k**4}[coder]
+    n = ans.scale_bits_for(joint)
+    freq = ans.quantize_frequencies(np.ones(joint, np.int64), n)
+    lut = midtread_lut(qmin, step, bits, np.dtype(dtype))
+    by_lut, computed = np.full(count, np.nan, dtype), np.full(count, np.nan, dtype)
+    if coder == "singles":
+        args = (x, 1.0 / step, qmin, qlo, qhi, freq, n)
+        a = ans.encode_levels(*args, lut=lut, decoded=by_lut)
+        b = ans.encode_levels(*args, decoded=computed, step=step)
+    else:
+        mod = anspairs if coder == "pairs" else ansquads
+        enc = mod.encode_level_pairs if coder == "pairs" else mod.encode_level_quads
+        args2 = (x, 1.0 / step, qmin, qlo, qhi, bits, freq, n)
+        a = enc(*args2, lut=lut, decoded=by_lut)
+        b = enc(*args2, decoded=computed, step=step)
+    assert [u.tobytes() for u in a] == [v.tobytes() for v in b]
+    assert computed.tobytes() == by_lut.tobytes()
+
+
+def test_decoded_needs_exactly_one_of_lut_and_step() -> None:
+    x = np.zeros(8, np.float32)
+    f = np.array([2, 2])
+    lut = np.zeros(2, np.float32)
+    out = np.empty(8, np.float32)
+    for kwargs in ({}, {"lut": lut, "step": 1.0}):
+        with pytest.raises(ConfigError, match="either lut or step"):
+            ans.encode_levels(x, 1.0, 0, 0, 1, f, 2, decoded=out, **kwargs)

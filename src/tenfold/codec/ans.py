@@ -718,6 +718,21 @@ def _decoded_block(sym: np.ndarray, lut: np.ndarray, out: np.ndarray, lo: int, h
 
 
 @njit(cache=True, nogil=True)
+def _write_decoded(
+    sym: np.ndarray, lut: np.ndarray, qmin: float, step: float, out: np.ndarray, lo: int, hi: int
+) -> None:
+    # out[lo:hi] = the decoding of sym[:hi - lo]: lut[symbol], or with an empty lut
+    # (float32/float64 wire and output alike) midtread_lut's rule computed,
+    # float64(qmin + symbol) * step rounded once to out's dtype
+    if lut.size:
+        _decoded_block(sym, lut, out, lo, hi)
+        return
+    dst = out[lo:hi]
+    for j in range(dst.size):
+        dst[j] = (np.float64(sym[j]) + qmin) * step
+
+
+@njit(cache=True, nogil=True)
 def _levels_block(
     x: np.ndarray,
     lo: int,
@@ -752,11 +767,13 @@ def _encode_values_kernel(
     ends: np.ndarray,
     lut: np.ndarray,
     decoded: np.ndarray,
+    step: float,
 ) -> tuple[int, int, int, int]:
     # _encode_kernel with the mid-tread quantizer fused in: blocks of values, last first,
     # are quantized into a small symbol buffer (vectorised, in L1) and coded from it, so the
     # values are read once and no symbol array is written. A non-empty ``decoded`` gets
-    # each value's decoding, lut[symbol], from the same symbol buffer.
+    # each value's decoding, lut[symbol], from the same symbol buffer (an empty lut:
+    # computed from the level, as _write_decoded).
     n = x.size
     base = np.int64(buf.ctypes.data)
     p0 = base + 2 * ends[0]
@@ -778,14 +795,14 @@ def _encode_values_kernel(
     sym = np.empty(_LEVEL_BLOCK, dtype=np.uint16)
     if decoded.size and r:
         _levels_block(x, n4, n, inv, qlo, qhi, qmin, sym)
-        _decoded_block(sym, lut, decoded, n4, n)
+        _write_decoded(sym, lut, qmin, step, decoded, n4, n)
     sa = np.int64(sym.ctypes.data)
     hi = n4
     while hi > 0:
         lo = max(0, hi - _LEVEL_BLOCK)  # a multiple of 4, as n4 and the block are
         _levels_block(x, lo, hi, inv, qlo, qhi, qmin, sym)
         if decoded.size:
-            _decoded_block(sym, lut, decoded, lo, hi)
+            _write_decoded(sym, lut, qmin, step, decoded, lo, hi)
         x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(sa, hi - lo, tab, x0, x1, x2, x3, p0, p1, p2, p3)
         hi = lo
     p0 = _enc_finish(x0, p0)
@@ -796,19 +813,28 @@ def _encode_values_kernel(
 
 
 def decoded_target(
-    x: np.ndarray, lut: np.ndarray | None, decoded: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``(lut, decoded)`` arrays a fused encoder kernel takes: empty ones (of ``x``'s
+    x: np.ndarray, lut: np.ndarray | None, decoded: np.ndarray | None, step: float | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The ``(lut, decoded, step)`` a fused encoder kernel takes: empty arrays (of ``x``'s
     dtype) when no decoding is wanted; otherwise checked: ``decoded`` 1-D, contiguous,
-    ``x.size`` values of ``x``'s dtype, and ``lut`` of that dtype."""
+    ``x.size`` values of ``x``'s dtype, with either ``lut`` of that dtype or ``step``
+    (then the lut is empty: the kernel computes each value, as :func:`_write_decoded`)."""
     if decoded is None:
         empty = np.empty(0, dtype=x.dtype)
-        return empty, empty
-    if lut is None or lut.dtype != x.dtype or decoded.dtype != x.dtype:
-        raise ConfigError(f"decoded and lut must be given together, both of dtype {x.dtype}")
+        return empty, empty, 0.0
+    if (
+        decoded.dtype != x.dtype
+        or (lut is None) == (step is None)
+        or (lut is not None and lut.dtype != x.dtype)
+    ):
+        raise ConfigError(
+            f"decoded needs either lut or step, and decoded and lut of dtype {x.dtype}"
+        )
     if decoded.ndim != 1 or decoded.size != x.size or not decoded.flags.c_contiguous:
         raise ConfigError(f"decoded must be a 1-D contiguous array of {x.size} values")
-    return np.ascontiguousarray(lut), decoded
+    if lut is None:
+        return np.empty(0, dtype=x.dtype), decoded, float(step)  # type: ignore[arg-type]
+    return np.ascontiguousarray(lut), decoded, 0.0
 
 
 def _lane_buffer(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -842,13 +868,17 @@ def encode_levels(
     *,
     lut: np.ndarray | None = None,
     decoded: np.ndarray | None = None,
+    step: float | None = None,
 ) -> list[np.ndarray]:
     """rANS-code the mid-tread levels of ``values`` (quantized on the fly) into 4 lanes.
 
     Value ``j``'s symbol is ``clamp(floor(values[j] * step_inverse + 0.5), qlo, qhi) -
     qmin``; the lanes are exactly :func:`encode`'s for those symbols. With ``decoded``
     (and ``lut``, the decoded value of each symbol), ``decoded[j] = lut[symbol j]`` is
-    written in the same pass: what decoding the lanes gives, without decoding them.
+    written in the same pass: what decoding the lanes gives, without decoding them. With
+    ``step`` instead of ``lut``, each is computed there as ``float64(qmin + symbol) *
+    step`` rounded once to ``decoded``'s dtype (midtread_lut's rule, for a wire of that
+    dtype): the same values, without a table lookup per value.
 
     Args:
         values: 1-D float32/float64, C-contiguous.
@@ -871,7 +901,7 @@ def encode_levels(
     x = np.ascontiguousarray(values).reshape(-1)
     if x.dtype not in (np.float32, np.float64):
         raise ConfigError(f"values must be float32 or float64, got {x.dtype}")
-    return _encode_levels(x, step_inverse, qmin, qlo, qhi, f, scale_bits, lut, decoded)
+    return _encode_levels(x, step_inverse, qmin, qlo, qhi, f, scale_bits, lut, decoded, step)
 
 
 def _encode_levels(
@@ -884,15 +914,26 @@ def _encode_levels(
     scale_bits: int,
     lut: np.ndarray | None,
     decoded: np.ndarray | None,
+    step: float | None = None,
 ) -> list[np.ndarray]:
     # encode_levels once its arguments are known valid (x 1-D contiguous float32/float64,
     # f valid frequencies, nonzero over qlo..qhi): a caller that built them skips the checks
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
     ends, buf = _lane_buffer(x.size)
-    lut_, out = decoded_target(x, lut, decoded)
+    lut_, out, step_ = decoded_target(x, lut, decoded, step)
     starts = _encode_values_kernel(
-        x, float(step_inverse), float(qlo), float(qhi), float(qmin), tab, buf, ends, lut_, out
+        x,
+        float(step_inverse),
+        float(qlo),
+        float(qhi),
+        float(qmin),
+        tab,
+        buf,
+        ends,
+        lut_,
+        out,
+        step_,
     )
     return _lane_bytes(buf, starts, ends)
 

@@ -21,7 +21,6 @@ from tenfold.codec.ans import (
     _U2,
     _U16,
     _check_frequencies,
-    _decoded_block,
     _effective,
     _enc_finish,
     _enc_loop,
@@ -35,6 +34,7 @@ from tenfold.codec.ans import (
     _load_le16,
     _load_u64,
     _store_u64,
+    _write_decoded,
     decoded_target,
     lane_ranges,
 )
@@ -96,6 +96,8 @@ def _pair_levels_block(
     qmin: float,
     bits: int,
     joint: np.ndarray,
+    step: float,
+    dec: np.ndarray,
 ) -> None:
     # The pair symbols of x[lo:hi] (hi - lo even; hi may be x.size + 1, the padded last
     # pair of an odd count, whose second symbol is 0) into joint[:(hi - lo) // 2]: each
@@ -104,6 +106,8 @@ def _pair_levels_block(
     # written and read back (measured against _levels_block + _pairs_block over a CharGPT
     # pseudo-gradient's 10.7M float32 values: 1.01x without the decoding, 1.06x with it)
     xs = x[lo:hi]
+    dst = dec[lo:hi]
+    write = dec.size > 0
     sh = np.int32(bits)
     half = xs.size // 2
     for k in range(half):
@@ -114,11 +118,16 @@ def _pair_levels_block(
         b = b if b > qlo else qlo
         b = b if b < qhi else qhi
         joint[k] = np.uint16(np.int32(a - qmin) | (np.int32(b - qmin) << sh))
+        if write:
+            dst[2 * k] = a * step
+            dst[2 * k + 1] = b * step
     if xs.size % 2:
         a = np.floor(np.float64(xs[2 * half]) * inv + 0.5)
         a = a if a > qlo else qlo
         a = a if a < qhi else qhi
         joint[half] = np.uint16(np.int32(a - qmin))
+        if write and 2 * half < dst.size:
+            dst[2 * half] = a * step
 
 
 @njit(cache=True, nogil=True)
@@ -153,9 +162,11 @@ def _encode_pairs_kernel(
     ends: np.ndarray,
     lut: np.ndarray,
     decoded: np.ndarray,
+    step: float,
 ) -> tuple[int, int, int, int]:
     # As ans._encode_values_kernel, over pair symbols: pair k (values 2k, 2k + 1) goes to
-    # lane k % 4; pairs are coded last first; a non-empty ``decoded`` gets lut[symbol].
+    # lane k % 4; pairs are coded last first; a non-empty ``decoded`` gets lut[symbol]
+    # (an empty lut: the value computed in the quantizing loop, as ans._write_decoded).
     n = x.size
     m = (n + 1) // 2
     r = m % 4
@@ -168,11 +179,12 @@ def _encode_pairs_kernel(
     x0 = x1 = x2 = x3 = _L
     sym = np.zeros(_BLOCK + 8, dtype=np.uint16)
     joint = np.empty(_BLOCK // 2 + 4, dtype=np.uint16)
+    computed = decoded if lut.size == 0 else decoded[:0]
     # the last r pairs (values 2 * m4 .. n - 1; an odd n pads with symbol 0)
     if r:
         _levels_block(x, 2 * m4, n, inv, qlo, qhi, qmin, sym)
         if decoded.size:
-            _decoded_block(sym, lut, decoded, 2 * m4, n)
+            _write_decoded(sym, lut, qmin, step, decoded, 2 * m4, n)
         sym[n - 2 * m4] = 0
         _pairs_block(sym, r, bits, joint)
         if r >= 3:
@@ -188,8 +200,8 @@ def _encode_pairs_kernel(
     while hi > 0:
         lo = max(0, hi - _BLOCK)  # multiples of 8: whole groups of 4 pairs
         count = (hi - lo) // 2
-        _pair_levels_block(x, lo, hi, inv, qlo, qhi, qmin, bits, joint)
-        if decoded.size:
+        _pair_levels_block(x, lo, hi, inv, qlo, qhi, qmin, bits, joint, step, computed)
+        if decoded.size and not computed.size:
             _decoded_pairs_block(joint, count, bits, lut, decoded, lo)
         x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(ja, count, tab, x0, x1, x2, x3, p0, p1, p2, p3)
         hi = lo
@@ -212,10 +224,11 @@ def encode_level_pairs(
     *,
     lut: np.ndarray | None = None,
     decoded: np.ndarray | None = None,
+    step: float | None = None,
 ) -> list[np.ndarray]:
     """rANS-code the mid-tread levels of ``values`` two per symbol into 4 lanes (and, with
-    ``decoded`` and ``lut``, write their decoding as :func:`~tenfold.codec.ans.encode_levels`
-    does).
+    ``decoded`` and ``lut`` or ``step``, write their decoding as
+    :func:`~tenfold.codec.ans.encode_levels` does).
 
     Value ``j``'s symbol is ``clamp(floor(values[j] * step_inverse + 0.5), qlo, qhi) -
     qmin`` (as :func:`tenfold.codec.ans.encode_levels`); pair ``k`` is the symbol
@@ -250,7 +263,9 @@ def encode_level_pairs(
         raise ConfigError("every pair of levels in the range needs a nonzero frequency")
     if x.dtype not in (np.float32, np.float64):
         raise ConfigError(f"values must be float32 or float64, got {x.dtype}")
-    return _encode_level_pairs(x, step_inverse, qmin, qlo, qhi, bits, f, scale_bits, lut, decoded)
+    return _encode_level_pairs(
+        x, step_inverse, qmin, qlo, qhi, bits, f, scale_bits, lut, decoded, step
+    )
 
 
 def _encode_level_pairs(
@@ -264,6 +279,7 @@ def _encode_level_pairs(
     scale_bits: int,
     lut: np.ndarray | None,
     decoded: np.ndarray | None,
+    step: float | None = None,
 ) -> list[np.ndarray]:
     # encode_level_pairs once its arguments are known valid (x 1-D contiguous
     # float32/float64, f valid frequencies, nonzero for every pair it needs): a caller that
@@ -271,10 +287,10 @@ def _encode_level_pairs(
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
     ends, buf = _lane_buffer((x.size + 1) // 2)
-    lut_, out = decoded_target(x, lut, decoded)
+    lut_, out, step_ = decoded_target(x, lut, decoded, step)
     starts = _encode_pairs_kernel(
         x, float(step_inverse), float(qlo), float(qhi), float(qmin), bits, tab, buf, ends,
-        lut_, out,
+        lut_, out, step_,
     )  # fmt: skip
     return _lane_bytes(buf, starts, ends)
 

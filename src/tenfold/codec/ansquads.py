@@ -20,7 +20,6 @@ from tenfold.codec.ans import (
     _L,
     _U2,
     _check_frequencies,
-    _decoded_block,
     _effective,
     _enc_finish,
     _enc_loop,
@@ -32,6 +31,7 @@ from tenfold.codec.ans import (
     _levels_block,
     _load_u64,
     _store_u64,
+    _write_decoded,
     decoded_target,
     lane_ranges,
 )
@@ -100,12 +100,17 @@ def _quad_levels_block(
     qmin: float,
     bits: int,
     quad: np.ndarray,
+    step: float,
+    dec: np.ndarray,
 ) -> None:
     # The quad symbols of x[lo:hi] (hi - lo a multiple of 4; hi may pass x.size by up to
     # 3, the padded last quad, whose missing symbols are 0) into quad[:(hi - lo) // 4],
     # each value's symbol as ans._levels_block computes it (the level a float until
-    # clamped), the four combined in the same branch-free loop.
+    # clamped), the four combined in the same branch-free loop; a non-empty ``dec`` gets
+    # their decoding computed (as ans._write_decoded), as far as it goes.
     xs = x[lo:hi]
+    dst = dec[lo:hi]
+    write = dec.size > 0
     b1 = np.int32(bits)
     b2 = np.int32(2 * bits)
     b3 = np.int32(3 * bits)
@@ -129,6 +134,11 @@ def _quad_levels_block(
             | (np.int32(c - qmin) << b2)
             | (np.int32(d - qmin) << b3)
         )
+        if write:
+            dst[4 * k] = a * step
+            dst[4 * k + 1] = b * step
+            dst[4 * k + 2] = c * step
+            dst[4 * k + 3] = d * step
     if xs.size % 4:
         s = 0
         for i in range(xs.size - 4 * full):
@@ -136,6 +146,8 @@ def _quad_levels_block(
             a = a if a > qlo else qlo
             a = a if a < qhi else qhi
             s |= np.int32(a - qmin) << np.int32(i * bits)
+            if write and 4 * full + i < dst.size:
+                dst[4 * full + i] = a * step
         quad[full] = np.uint16(s)
 
 
@@ -171,10 +183,11 @@ def _encode_quads_kernel(
     ends: np.ndarray,
     lut: np.ndarray,
     decoded: np.ndarray,
+    step: float,
 ) -> tuple[int, int, int, int]:
     # As anspairs._encode_pairs_kernel over quad symbols: quad k (values 4k .. 4k + 3)
     # goes to lane k % 4; quads are coded last first; a non-empty ``decoded`` gets each
-    # value's lut[symbol].
+    # value's lut[symbol] (an empty lut: computed, as ans._write_decoded).
     n = x.size
     m = (n + 3) // 4
     r = m % 4
@@ -186,11 +199,12 @@ def _encode_quads_kernel(
     p3 = base + 2 * ends[3]
     x0 = x1 = x2 = x3 = _L
     quad = np.empty(_BLOCK // 4 + 4, dtype=np.uint16)
+    computed = decoded if lut.size == 0 else decoded[:0]
     if r:  # the last r quads (values 4 * m4 .. n - 1, padded with symbol 0)
         sym = np.zeros(16, dtype=np.uint16)
         _levels_block(x, 4 * m4, n, inv, qlo, qhi, qmin, sym)
         if decoded.size:
-            _decoded_block(sym, lut, decoded, 4 * m4, n)
+            _write_decoded(sym, lut, qmin, step, decoded, 4 * m4, n)
         for j in range(n - 4 * m4, 16):
             sym[j] = 0
         for k in range(r):
@@ -210,8 +224,8 @@ def _encode_quads_kernel(
     while hi > 0:
         lo = max(0, hi - _BLOCK)  # multiples of 16: whole groups of 4 quads
         count = (hi - lo) // 4
-        _quad_levels_block(x, lo, hi, inv, qlo, qhi, qmin, bits, quad)
-        if decoded.size:
+        _quad_levels_block(x, lo, hi, inv, qlo, qhi, qmin, bits, quad, step, computed)
+        if decoded.size and not computed.size:
             _decoded_quads_block(quad, count, bits, lut, decoded, lo)
         x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(qa, count, tab, x0, x1, x2, x3, p0, p1, p2, p3)
         hi = lo
@@ -234,9 +248,10 @@ def encode_level_quads(
     *,
     lut: np.ndarray | None = None,
     decoded: np.ndarray | None = None,
+    step: float | None = None,
 ) -> list[np.ndarray]:
     """rANS-code the mid-tread levels of ``values`` four per symbol into 4 lanes (and,
-    with ``decoded`` and ``lut``, write their decoding as
+    with ``decoded`` and ``lut`` or ``step``, write their decoding as
     :func:`~tenfold.codec.ans.encode_levels` does).
 
     Value ``j``'s symbol is ``clamp(floor(values[j] * step_inverse + 0.5), qlo, qhi) -
@@ -278,7 +293,9 @@ def encode_level_quads(
         a, b, c, d = [used] * pad + [zero] * (4 - pad)
         if not np.all(f[_combine(a, b, c, d, bits)]):
             raise ConfigError("every padded last quad needs a nonzero frequency")
-    return _encode_level_quads(x, step_inverse, qmin, qlo, qhi, bits, f, scale_bits, lut, decoded)
+    return _encode_level_quads(
+        x, step_inverse, qmin, qlo, qhi, bits, f, scale_bits, lut, decoded, step
+    )
 
 
 def _combine(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, bits: int) -> np.ndarray:
@@ -302,16 +319,17 @@ def _encode_level_quads(
     scale_bits: int,
     lut: np.ndarray | None,
     decoded: np.ndarray | None,
+    step: float | None = None,
 ) -> list[np.ndarray]:
     # encode_level_quads once its arguments are known valid (x 1-D contiguous
     # float32/float64, f valid frequencies, nonzero for every quad it needs)
     g, n_eff = _effective(f, scale_bits)
     tab = _encoder_table(g, n_eff)
     ends, buf = _lane_buffer((x.size + 3) // 4)
-    lut_, out = decoded_target(x, lut, decoded)
+    lut_, out, step_ = decoded_target(x, lut, decoded, step)
     starts = _encode_quads_kernel(
         x, float(step_inverse), float(qlo), float(qhi), float(qmin), bits, tab, buf, ends,
-        lut_, out,
+        lut_, out, step_,
     )  # fmt: skip
     return _lane_bytes(buf, starts, ends)
 

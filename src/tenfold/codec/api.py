@@ -569,10 +569,16 @@ def _fused_ans_record(
     if q.needs_clamp or q.bits == 0 or x.size < FUSED_MIN_VALUES:
         return None
     top = q.qmin + (1 << q.bits) - 1
-    if decoded is None:  # Record.lut()'s end values only (midtread_lut's rule)
+    fused_lut: np.ndarray | None = None
+    fused_step: float | None = None
+    if decoded is None or (wire.dtype == x.dtype and not wire.is_bfloat16):
+        # Record.lut()'s end values only (midtread_lut's rule); a decoding in the wire's
+        # own dtype is computed in the quantizing loop by the same rule (float64(level) *
+        # step, rounded once): no table lookups, which cost a third of a pair encoder's
+        # time (1.5M Gaussian values at 1.4 bits: 2.53 ms against 1.78 without decoding)
         with np.errstate(over="ignore"):
             ends = wire.cast(np.array([q.qmin, top], dtype=np.float64) * np.float64(q.step))
-        fused_lut = None
+        fused_step = None if decoded is None else q.step
     else:
         full = wire.cast(midtread_lut(q.qmin, q.step, q.bits, _F64))  # Record.lut()'s values
         ends = full[[0, -1]]
@@ -591,15 +597,35 @@ def _fused_ans_record(
     table = ans._packed(freq)
     if mode == MODE_ANS_QUADS:
         lanes = ansquads._encode_level_quads(
-            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits, fused_lut, decoded
+            x,
+            q.inv,
+            q.qmin,
+            q.qmin,
+            q.qmax,
+            q.bits,
+            freq,
+            scale_bits,
+            fused_lut,
+            decoded,
+            fused_step,
         )
     elif mode == MODE_ANS_PAIRS:
         lanes = anspairs._encode_level_pairs(
-            x, q.inv, q.qmin, q.qmin, q.qmax, q.bits, freq, scale_bits, fused_lut, decoded
+            x,
+            q.inv,
+            q.qmin,
+            q.qmin,
+            q.qmax,
+            q.bits,
+            freq,
+            scale_bits,
+            fused_lut,
+            decoded,
+            fused_step,
         )
     else:
         lanes = ans._encode_levels(
-            x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits, fused_lut, decoded
+            x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits, fused_lut, decoded, fused_step
         )
     sizes = [lane.size for lane in lanes]
     if sum(sizes) + _ans_overhead(table, sizes) >= arr.size * wire.nbytes:
