@@ -17,6 +17,7 @@ from numba import njit
 
 from tenfold.codec import packet
 from tenfold.codec.ans import (
+    _BIG_ENDIAN,
     _L,
     _U2,
     _check_frequencies,
@@ -102,53 +103,52 @@ def _quad_levels_block(
     quad: np.ndarray,
     step: float,
     dec: np.ndarray,
+    sym: np.ndarray,
 ) -> None:
-    # The quad symbols of x[lo:hi] (hi - lo a multiple of 4; hi may pass x.size by up to
-    # 3, the padded last quad, whose missing symbols are 0) into quad[:(hi - lo) // 4],
-    # each value's symbol as ans._levels_block computes it (the level a float until
-    # clamped), the four combined in the same branch-free loop; a non-empty ``dec`` gets
-    # their decoding computed (as ans._write_decoded), as far as it goes.
+    # The quad symbols of x[lo:hi] (as far as x goes; a last partial quad's missing symbols
+    # are 0) into quad[:ceil(m / 4)], m the values there: each value's symbol as
+    # ans._levels_block computes it (the level a float until clamped) into ``sym`` (uint16,
+    # room for m rounded up to 4), the quads then combined from sym's 64-bit words; a
+    # non-empty ``dec`` gets the values' decoding computed (as ans._write_decoded). Two
+    # contiguous loops, both vectorised: one loop reading x[4k .. 4k + 3] was not (2.7x
+    # slower: 1.5M Laplace values, 1.44 ms against 0.54, and the whole quad encoder ran
+    # at 0.73 G values/s, below the pair encoder's 0.85).
     xs = x[lo:hi]
-    dst = dec[lo:hi]
+    m = xs.size
+    dst = dec[lo : lo + m]
     write = dec.size > 0
-    b1 = np.int32(bits)
-    b2 = np.int32(2 * bits)
-    b3 = np.int32(3 * bits)
-    full = xs.size // 4
-    for k in range(full):
-        a = np.floor(np.float64(xs[4 * k]) * inv + 0.5)
-        a = a if a > qlo else qlo
-        a = a if a < qhi else qhi
-        b = np.floor(np.float64(xs[4 * k + 1]) * inv + 0.5)
-        b = b if b > qlo else qlo
-        b = b if b < qhi else qhi
-        c = np.floor(np.float64(xs[4 * k + 2]) * inv + 0.5)
-        c = c if c > qlo else qlo
-        c = c if c < qhi else qhi
-        d = np.floor(np.float64(xs[4 * k + 3]) * inv + 0.5)
-        d = d if d > qlo else qlo
-        d = d if d < qhi else qhi
-        quad[k] = np.uint16(
-            np.int32(a - qmin)
-            | (np.int32(b - qmin) << b1)
-            | (np.int32(c - qmin) << b2)
-            | (np.int32(d - qmin) << b3)
-        )
+    for j in range(m):
+        q = np.floor(np.float64(xs[j]) * inv + 0.5)
+        q = q if q > qlo else qlo
+        q = q if q < qhi else qhi
+        sym[j] = np.uint16(np.int32(q - qmin))
         if write:
-            dst[4 * k] = a * step
-            dst[4 * k + 1] = b * step
-            dst[4 * k + 2] = c * step
-            dst[4 * k + 3] = d * step
-    if xs.size % 4:
-        s = 0
-        for i in range(xs.size - 4 * full):
-            a = np.floor(np.float64(xs[4 * full + i]) * inv + 0.5)
-            a = a if a > qlo else qlo
-            a = a if a < qhi else qhi
-            s |= np.int32(a - qmin) << np.int32(i * bits)
-            if write and 4 * full + i < dst.size:
-                dst[4 * full + i] = a * step
-        quad[full] = np.uint16(s)
+            dst[j] = q * step
+    full = (m + 3) // 4
+    for j in range(m, 4 * full):
+        sym[j] = 0
+    if _BIG_ENDIAN:  # symbol i of a word at its high end: combine them one by one
+        for k in range(full):
+            quad[k] = np.uint16(
+                sym[4 * k]
+                | (sym[4 * k + 1] << bits)
+                | (sym[4 * k + 2] << (2 * bits))
+                | (sym[4 * k + 3] << (3 * bits))
+            )
+        return
+    # symbol i sits at bit 16 i of word k (little-endian); it moves down to bit bits * i
+    words = sym[: 4 * full].view(np.uint64)
+    b = np.uint64(bits)
+    mask = (np.uint64(1) << b) - np.uint64(1)
+    s1 = np.uint64(16) - b
+    s2 = np.uint64(32) - np.uint64(2) * b
+    s3 = np.uint64(48) - np.uint64(3) * b
+    m1 = mask << b
+    m2 = mask << (np.uint64(2) * b)
+    m3 = mask << (np.uint64(3) * b)
+    for k in range(full):
+        w = words[k]
+        quad[k] = np.uint16((w & mask) | ((w >> s1) & m1) | ((w >> s2) & m2) | ((w >> s3) & m3))
 
 
 @njit(cache=True, nogil=True)
@@ -199,6 +199,7 @@ def _encode_quads_kernel(
     p3 = base + 2 * ends[3]
     x0 = x1 = x2 = x3 = _L
     quad = np.empty(_BLOCK // 4 + 4, dtype=np.uint16)
+    levels = np.empty(_BLOCK + 16, dtype=np.uint16)
     computed = decoded if lut.size == 0 else decoded[:0]
     if r:  # the last r quads (values 4 * m4 .. n - 1, padded with symbol 0)
         sym = np.zeros(16, dtype=np.uint16)
@@ -224,7 +225,7 @@ def _encode_quads_kernel(
     while hi > 0:
         lo = max(0, hi - _BLOCK)  # multiples of 16: whole groups of 4 quads
         count = (hi - lo) // 4
-        _quad_levels_block(x, lo, hi, inv, qlo, qhi, qmin, bits, quad, step, computed)
+        _quad_levels_block(x, lo, hi, inv, qlo, qhi, qmin, bits, quad, step, computed, levels)
         if decoded.size and not computed.size:
             _decoded_quads_block(quad, count, bits, lut, decoded, lo)
         x0, x1, x2, x3, p0, p1, p2, p3 = _enc_loop(qa, count, tab, x0, x1, x2, x3, p0, p1, p2, p3)
