@@ -595,38 +595,14 @@ def _fused_ans_record(
     # alphabets' 12-bit frequencies are coarser for wide alphabets).
     mode, freq, scale_bits = _ans_alphabet(counts, used, q.bits, freq, scale_bits)
     table = ans._packed(freq)
+    levels = (x, q.inv, q.qmin, q.qmin, q.qmax)  # the values and their quantizer
+    fused = (fused_lut, decoded, fused_step)  # where the decoding goes, and how
     if mode == MODE_ANS_QUADS:
-        lanes = ansquads._encode_level_quads(
-            x,
-            q.inv,
-            q.qmin,
-            q.qmin,
-            q.qmax,
-            q.bits,
-            freq,
-            scale_bits,
-            fused_lut,
-            decoded,
-            fused_step,
-        )
+        lanes = ansquads._encode_level_quads(*levels, q.bits, freq, scale_bits, *fused)
     elif mode == MODE_ANS_PAIRS:
-        lanes = anspairs._encode_level_pairs(
-            x,
-            q.inv,
-            q.qmin,
-            q.qmin,
-            q.qmax,
-            q.bits,
-            freq,
-            scale_bits,
-            fused_lut,
-            decoded,
-            fused_step,
-        )
+        lanes = anspairs._encode_level_pairs(*levels, q.bits, freq, scale_bits, *fused)
     else:
-        lanes = ans._encode_levels(
-            x, q.inv, q.qmin, q.qmin, q.qmax, freq, scale_bits, fused_lut, decoded, fused_step
-        )
+        lanes = ans._encode_levels(*levels, freq, scale_bits, *fused)
     sizes = [lane.size for lane in lanes]
     if sum(sizes) + _ans_overhead(table, sizes) >= arr.size * wire.nbytes:
         return None
