@@ -208,8 +208,9 @@ def compress_and_decode(
     :func:`inspect` of it.
 
     Cheaper than decompressing the packet: with :class:`TargetRate` the coder writes the
-    decoding of each tensor it codes in one fused pass (the symbol it has just formed,
-    looked up), and only the other records (small tensors, the group, raw) are decoded
+    decoding of each tensor it codes in one fused pass (the level it has just formed times
+    the step, rounded once as the decoder's table is; looked up in that table for float16
+    and bfloat16 wires), and only the other records (small tensors, the group, raw) are decoded
     from the packet. A sender that keeps an error-feedback residual (``x - decoded``)
     needs exactly this. Arguments, errors and the packet are those of :func:`compress`;
     the arrays are those of :func:`decompress` (same names, shapes, dtypes).
