@@ -547,7 +547,7 @@ def _run(args: argparse.Namespace, where: dict[str, Path]) -> int:
         f"{_describe_policy(config.policy)}, sending {_describe_transmit(config)}, "
         f"{config.epochs} epochs{f' (at most {config.steps} steps)' if config.steps else ''}, "
         f"sync every {f'{config.sync_every} steps' if config.sync_every else 'epoch'}"
-        f"{', overlapped' if config.overlap else ''}"
+        f"{', overlapped (each checkpoint waits for its sync)' if config.overlap else ''}"
         f"{f', outer lr {config.effective_outer_lr:g}' if config.effective_outer_lr != 1 else ''}, "
         f"{recipe.describe(data)} -> {out}",
         flush=True,

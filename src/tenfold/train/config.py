@@ -248,7 +248,10 @@ class TrainConfig:
         flag="--overlap",
         group="sync",
         help="run each sync in the background behind the next round's steps and apply it "
-        "one round late (delta transmit only; docs/OVERLAP.md)",
+        "one round late (delta transmit only). The checkpoint written after every round "
+        "waits for that round's sync, so here this gives the overlapped algorithm's "
+        "results, not yet its wall time (LocalSGD(overlap=True) in your own loop does "
+        "both; docs/OVERLAP.md)",
         sweep="setting",
     )
     """Overlapped local SGD (``LocalSGD(overlap=True)``): the sync of round t runs while
