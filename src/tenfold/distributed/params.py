@@ -126,21 +126,9 @@ def _wire_numpy(dtype: torch.dtype) -> type[np.floating[Any]]:
     return np.float64 if wire_dtype(dtype) == torch.float64 else np.float32
 
 
-def zeros_like_wire(
-    named: Sequence[tuple[str, torch.Tensor]], *, shape_only: bool = False
-) -> dict[str, np.ndarray]:
-    """Fresh zero accumulators: float32 (float64 for float64 tensors), the tensors' shapes.
-
-    ``shape_only``: zero-strided views of one zero (no memory), to describe the layout.
-    """
-    out = {}
-    for name, t in named:
-        dtype = _wire_numpy(t.dtype)
-        shape = tuple(t.shape)
-        out[name] = (
-            np.broadcast_to(np.zeros((), dtype), shape) if shape_only else np.zeros(shape, dtype)
-        )
-    return out
+def zeros_like_wire(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Fresh zero accumulators: float32 (float64 for float64 tensors), the tensors' shapes."""
+    return {name: np.zeros(tuple(t.shape), _wire_numpy(t.dtype)) for name, t in named}
 
 
 def empty_like_wire(named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import torch
 
 from tenfold.codec import Policy, derive_seed
 from tenfold.distributed.delta_kernels import delta_input, delta_input_rms, delta_rms
-from tenfold.distributed.params import host_arrays, zeros_like_wire
+from tenfold.distributed.params import host_arrays, wire_layout
 from tenfold.distributed.protocol.chunks import Chunk, chunk_views
 from tenfold.errors import ConfigError, InputTypeError
 
@@ -81,8 +81,7 @@ def aligned_reference(
 
     (A checkpoint may store the reference in another order: safetensors sorts its keys.)
     """
-    wire = {n: a.dtype.str for n, a in zeros_like_wire(named, shape_only=True).items()}
-    layout = {n: (tuple(t.shape), wire[n]) for n, t in named}
+    layout = {n: (shape, dtype) for n, shape, dtype in wire_layout(named)}
     expected = {n: (tuple(a.shape), a.dtype.str) for n, a in ref.items()}
     if layout != expected:
         missing = sorted(set(expected) - set(layout))

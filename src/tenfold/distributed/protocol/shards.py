@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tenfold.distributed.params import zeros_like_wire
+from tenfold.distributed.params import wire_layout
 from tenfold.errors import ConfigError
 
 __all__ = [
@@ -176,5 +176,4 @@ def pieces_of(
 
 def layout_of(named: Sequence[tuple[str, torch.Tensor]]) -> list[TensorLayout]:
     """Names, shapes and wire dtypes, for the reduce-scatter's layout check."""
-    wire = zeros_like_wire(named, shape_only=True)
-    return [(n, tuple(t.shape), wire[n].dtype.str) for n, t in named]
+    return list(wire_layout(named))
