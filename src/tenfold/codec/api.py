@@ -448,7 +448,11 @@ def _compress_packet_rate(
     if kept:
         tasks2.append(partial(encode_group, kept))
         weights.append(sum(m.x.size for m in kept))
-    results = run_in_order(tasks2, workers, weights)
+    # Coded last tensor first: the statistics pass has just read them first to last, so
+    # the last ones are still in the cache (the CharGPT set, 43 MB against a 32 MB L3:
+    # 22.2 -> 21.7 ms at 1 bit/param, three alternating launches of each). The results
+    # come back in packet order.
+    results = run_in_order(tasks2[::-1], workers, weights[::-1])[::-1]
     for i, (record, needs) in zip(separate, results, strict=False):
         records[i] = record
         version = max(version, needs)
