@@ -36,6 +36,10 @@ def test_quick_synthetic_run_reports_every_figure() -> None:
     speedups = result["threads2_over_1_at_rate_1"]
     assert set(speedups) == {"compress", "decompress", "decompress_into", "pairs"}
     assert all(speedups[k] > 0 for k in ("compress", "decompress", "decompress_into"))
+    machine = result["machine_threads2_over_1"]
+    assert set(machine) == {"compute", "memory", "read_GBps_one_thread", "pairs"}
+    assert machine["compute"] > 0 and machine["memory"] > 0 and machine["read_GBps_one_thread"] > 0
+    assert any(s.startswith("this machine's 2 threads") for s in lines)
     assert result["memory"]["input_bytes"] == 4 * result["values"]
     rd = result["rate_distortion"]["tenfold"]
     assert [p["rate"] for p in rd] == [1.0, 4.0] and rd[1]["rel_rmse"] < rd[0]["rel_rmse"]

@@ -69,7 +69,9 @@ def run_codec_bench(
     Keys: ``data``, ``tensors``, ``values``, ``load_average_before/after`` (the 1, 5, 15
     minute load averages), ``single_thread`` (``copy``, ``zstd3``, ``tenfold`` by rate: bits
     per param, relative RMSE, compress and decompress M values/s), ``ratio_to_zstd3``,
-    ``constriction``, ``threads<N>_over_1_at_rate_1``, ``memory`` and ``rate_distortion``.
+    ``constriction``, ``threads<N>_over_1_at_rate_1`` (and ``machine_threads<N>_over_1``:
+    the machine's own ceiling, :func:`~tenfold.bench.contenders.machine_thread_speedups`),
+    ``memory`` and ``rate_distortion``.
     A contender whose package is missing is None. ``progress`` is called with a short
     line before each measurement.
     """
@@ -110,6 +112,10 @@ def run_codec_bench(
         say(f"tenfold with {config.threads} threads (interleaved with one thread)")
         result[f"threads{config.threads}_over_1_at_rate_1"] = c.thread_speedups(
             data, 1.0, config.threads, 3 * reps
+        )
+        say(f"this machine's {config.threads} threads over 1 (compute, memory reads)")
+        result[f"machine_threads{config.threads}_over_1"] = c.machine_thread_speedups(
+            config.threads, 3 * reps, (32 if config.quick else 256) << 20
         )
     say("memory")
     result["memory"] = c.bench_memory(data)

@@ -6,11 +6,13 @@ pysz are optional)."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from tenfold.bench.data import Arrays
 from tenfold.bench.timing import median_seconds, mvps, paired_speedup, peak_bytes, rel_rmse
@@ -23,6 +25,7 @@ __all__ = [
     "bench_tenfold",
     "bench_zfp",
     "bench_zstd",
+    "machine_thread_speedups",
     "thread_speedups",
 ]
 
@@ -72,6 +75,75 @@ def thread_speedups(data: Arrays, rate: float, threads: int, pairs: int) -> Row:
         "compress": speedup(lambda t: tenfold.compress(data, policy, threads=t)),
         "decompress": speedup(lambda t: tenfold.decompress(blob, threads=t)),
         "decompress_into": speedup(lambda t: tenfold.decompress(blob, out=out, threads=t)),
+        "pairs": pairs,
+    }
+
+
+@njit(cache=True, nogil=True)
+def _integer_loop(steps: int, seed: int) -> int:
+    # compute only: a 64-bit LCG with a xorshift, in registers
+    x = seed
+    for _ in range(steps):
+        x = x * 6364136223846793005 + 1442695040888963407
+        x ^= x >> 13
+    return x
+
+
+@njit(cache=True, nogil=True)
+def _read_loop(a: np.ndarray) -> float:
+    # memory only: a sum with four accumulators (no dependency chain to wait on)
+    s0 = s1 = s2 = s3 = 0.0
+    for i in range(0, a.size - a.size % 4, 4):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+    return (s0 + s1) + (s2 + s3)
+
+
+def _split(work: Callable[[int], Any], threads: int) -> Callable[[], None]:
+    """Run ``work(part)`` for parts 0 .. threads - 1, each in its own thread (the first in
+    the calling one)."""
+
+    def run() -> None:
+        helpers = [threading.Thread(target=work, args=(k,)) for k in range(1, threads)]
+        for t in helpers:
+            t.start()
+        work(0)
+        for t in helpers:
+            t.join()
+
+    return run
+
+
+def machine_thread_speedups(threads: int, pairs: int, read_bytes: int = 256 << 20) -> Row:
+    """What ``threads`` threads gain over one on this machine for work that holds no GIL:
+    an integer loop (``compute``) and reading ``read_bytes`` of float64 (``memory``, larger
+    than the caches), split evenly, timed in ``pairs`` interleaved pairs. The codec's
+    own speed-ups are bounded by these: its passes over the values are partly limited by
+    memory bandwidth, and its per-record Python holds the GIL."""
+    steps = 20_000_000
+    values = np.ones(read_bytes // 8, dtype=np.float64)
+    bounds = [values.size * k // threads for k in range(threads + 1)]
+    _integer_loop(10, 1)
+    _read_loop(values[:8])
+
+    def count(part: int) -> None:
+        _integer_loop(steps // threads, part + 1)
+
+    def read(part: int) -> None:
+        _read_loop(values[bounds[part] : bounds[part + 1]])
+
+    return {
+        "compute": round(
+            paired_speedup(lambda: _integer_loop(steps, 1), _split(count, threads), pairs), 2
+        ),
+        "memory": round(
+            paired_speedup(lambda: _read_loop(values), _split(read, threads), pairs), 2
+        ),
+        "read_GBps_one_thread": round(
+            read_bytes / median_seconds(lambda: _read_loop(values), pairs) / 1e9, 1
+        ),
         "pairs": pairs,
     }
 

@@ -132,6 +132,13 @@ def format_report(result: dict[str, Any]) -> str:
                 f"compress {value['compress']:.2f}x, decompress {value['decompress']:.2f}x, "
                 f"into existing arrays {value['decompress_into']:.2f}x"
             )
+            machine = result.get(f"machine_threads{n}_over_1")
+            if machine:
+                lines.append(
+                    f"  this machine, {n} threads over 1 without the GIL: compute "
+                    f"{machine['compute']:.2f}x, memory reads {machine['memory']:.2f}x "
+                    f"({machine['read_GBps_one_thread']:g} GB/s with one thread)"
+                )
     mem = result["memory"]
     lines.append(
         f"peak extra memory: compress {mem['compress_peak_extra_over_input']:.2f}x the input, "
