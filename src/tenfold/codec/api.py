@@ -367,7 +367,7 @@ def _compress_packet_rate(
     stats = dict(zip(coded, stats_list, strict=True))
     for i in coded:
         if not stats[i].finite:
-            raise ConfigError(f"tensor {inputs[i][0]!r} contains NaN or Inf; refusing to code it")
+            raise ConfigError(_nonfinite_message(inputs[i][0], views[i]))
     if name_error is not None:
         raise name_error
     total = sum(x.size for x in views)
@@ -623,6 +623,19 @@ def _fused_ans_record(
 _ANS_VERSIONS = {MODE_ANS: 2, MODE_ANS_PAIRS: 3, MODE_ANS_QUADS: 4}
 
 
+def _nonfinite_message(name: str, x: np.ndarray) -> str:
+    """Why a tensor with NaN/Inf values is refused: how many, and where the first is."""
+    flat = x.reshape(-1)
+    nan = int(np.count_nonzero(np.isnan(flat)))
+    inf = int(np.count_nonzero(np.isinf(flat)))
+    first = int(np.flatnonzero(~np.isfinite(flat))[0])
+    return (
+        f"tensor {name!r} contains NaN or Inf ({nan} NaN, {inf} Inf of {flat.size} values; "
+        f"the first at flat index {first}); refusing to code it: tenfold codes finite "
+        "values only (a diverged model, or a bad input)"
+    )
+
+
 def _check_name(name: object, seen: set[str]) -> None:
     """Raise for a name the packet cannot carry; record it in ``seen``."""
     if not isinstance(name, str):
@@ -698,7 +711,7 @@ def _encode_tensor(
     x = kernel_view(arr)
     w_min, w_max, finite = finite_min_max(x, threads)
     if not finite:
-        raise ConfigError(f"tensor {name!r} contains NaN or Inf; refusing to code it")
+        raise ConfigError(_nonfinite_message(name, x))
     if policy.lossless:
         return _raw_record(common, arr, width, None, w_min, w_max), False
     if w_min == w_max:

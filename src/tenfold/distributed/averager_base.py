@@ -19,7 +19,7 @@ from tenfold.distributed.protocol.guard import check_ratio
 from tenfold.distributed.protocol.rank_order import BufferPool
 from tenfold.distributed.sender import SharedReference, check_transmit, reference_tag, round_seed
 from tenfold.distributed.transport import exchange_sizes_and_tags
-from tenfold.errors import ConfigError
+from tenfold.errors import ConfigError, InputTypeError
 
 __all__ = [
     "AveragerBase",
@@ -83,6 +83,11 @@ class AveragerBase:
         threads: int | None,
         chunk_values: int = DEFAULT_CHUNK_VALUES,
     ) -> None:
+        if not isinstance(policy, Policy):
+            raise InputTypeError(
+                "policy must be a tenfold policy, e.g. tenfold.TargetRate(bits_per_param=1.0), "
+                f"got {policy!r}"
+            )
         check_transmit(transmit, error_feedback)
         #: the all-gather's chunk size in values (the same on every rank)
         self.chunk_values = check_chunk_values(chunk_values)

@@ -74,7 +74,7 @@ class NonFiniteWeightsError(PeerStatusError):
         if self.local_tensors:
             self.args = (
                 f"{self.args[0]} (here: {', '.join(self.local_tensors)}); "
-                "training diverged: lower --lr or check the data",
+                "training diverged: lower the learning rate or check the data",
             )
 
 

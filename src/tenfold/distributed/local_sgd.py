@@ -175,6 +175,11 @@ class _Replica:
         outer_optimizer: torch.optim.Optimizer | None,
         grad_rms: GradRMS | None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            hint = " (the model itself, not its state_dict())" if isinstance(model, Mapping) else ""
+            raise InputTypeError(
+                f"model must be a torch.nn.Module{hint}, got {type(model).__name__}"
+            )
         self.model = model
         self.outer_optimizer = outer_optimizer
         self.grad_rms = grad_rms

@@ -53,6 +53,16 @@ def named_tensors(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
         tenfold.InputTypeError: for a mix of named and unnamed items, or a non-tensor.
         tenfold.ConfigError: for duplicate names.
     """
+    if isinstance(params, torch.nn.Module):
+        raise InputTypeError(
+            "params: pass model.named_parameters() (or model.parameters()), not the module "
+            f"itself ({type(params).__name__})"
+        )
+    if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise InputTypeError(
+            "params: an iterable of tensors or of (name, tensor) pairs, e.g. "
+            f"model.named_parameters(), got {type(params).__name__}"
+        )
     items: list[Any] = list(params)
     named = [isinstance(item, tuple) for item in items]
     if any(named) and not all(named):
