@@ -1,9 +1,11 @@
 # One-command entry points. Each target sets up what it needs on a fresh machine:
-# a virtualenv in .venv with the CPU build of torch, the package (editable) and its extras,
+# a virtualenv in .venv with torch (the CPU build here), the package (editable) and its extras,
 # and, for training, the Fashion-MNIST files from Debian's dataset-fashion-mnist package.
 VENV        ?= .venv
 PYTHON      ?= python3
 TORCH_SPEC  ?= torch==2.13.0
+# extra pip options for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.tenfold-installed
 
@@ -12,8 +14,10 @@ STAMP       := $(VENV)/.tenfold-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned to the small CPU build; the extras' own `torch>=2.2` then install nothing more.
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	# torch first, pinned; the extras' own `torch>=2.2` then install nothing more. The CPU
+	# build where pip finds it (this project's machines keep its wheel on disk); PyPI's
+	# default Linux wheel is the CUDA one: see TORCH_PIP_ARGS.
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
