@@ -16,7 +16,7 @@ __all__ = ["Arrays", "char_gpt_delta", "load_tensors", "synthetic_delta"]
 Arrays = dict[str, np.ndarray]
 
 #: the built-in data sources (anything else is read as an ``.npz`` file)
-SOURCES = ("char-gpt", "synthetic")
+SOURCES = ("char-gpt", "synthetic", "synthetic-one-scale")
 
 
 def char_gpt_delta(n_layer: int, n_embd: int, steps: int, seed: int = 0) -> Arrays:
@@ -50,9 +50,11 @@ def char_gpt_delta(n_layer: int, n_embd: int, steps: int, seed: int = 0) -> Arra
     }
 
 
-def synthetic_delta(n_layer: int, n_embd: int, seed: int = 0) -> Arrays:
+def synthetic_delta(n_layer: int, n_embd: int, seed: int = 0, one_scale: bool = False) -> Arrays:
     """Transformer-shaped tensors (CharGPT's names and shapes) of Student-t values (3 d.o.f.)
-    with log-normal per-tensor scales, float32; no torch needed."""
+    with log-normal per-tensor scales (``one_scale``: all of scale 1e-3), float32; no torch
+    needed. The error of a whole set is dominated by its largest-scale tensors, so the two
+    compare an error-per-tensor allocation (tenfold's) with an error-per-value one (SZ3's)."""
     rng = np.random.default_rng(seed)
     c, v, t = n_embd, 88, 128
     shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (v, c), "pos_emb.weight": (t, c)}
@@ -69,7 +71,7 @@ def synthetic_delta(n_layer: int, n_embd: int, seed: int = 0) -> Arrays:
     shapes.update({"ln_f.weight": (c,), "ln_f.bias": (c,), "head.weight": (v, c)})
     out = {}
     for name, shape in shapes.items():
-        scale = 1e-3 * math.exp(rng.normal(0.0, 1.0))
+        scale = 1e-3 * (1.0 if one_scale else math.exp(rng.normal(0.0, 1.0)))
         out[name] = (scale * rng.standard_t(3, size=shape)).astype(np.float32)
     return out
 
@@ -78,8 +80,8 @@ def _read_npz(path: Path) -> Arrays:
     """Every array of ``path`` (float16/32/64, finite), by name; a clear error otherwise."""
     if not path.is_file():
         raise ConfigError(
-            f"--data {str(path)!r}: no such file; give 'char-gpt', 'synthetic' or an .npz "
-            "file of float arrays (numpy.savez)"
+            f"--data {str(path)!r}: no such file; give 'char-gpt', 'synthetic', "
+            "'synthetic-one-scale' or an .npz file of float arrays (numpy.savez)"
         )
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -104,7 +106,8 @@ def load_tensors(source: str, quick: bool = False, cache: Path | None = None) ->
 
     Args:
         source: ``"char-gpt"`` (6 layers, 384 wide, 8 AdamW steps; ``quick``: 2 x 192, 3
-            steps), ``"synthetic"`` (the same shapes), or the path of an ``.npz`` file.
+            steps), ``"synthetic"`` (the same shapes), ``"synthetic-one-scale"`` (the same,
+            every tensor at one scale), or the path of an ``.npz`` file.
         cache: where the char-gpt data is kept between runs (None: not kept), so repeated
             runs measure the same values.
 
@@ -117,8 +120,8 @@ def load_tensors(source: str, quick: bool = False, cache: Path | None = None) ->
         return _read_npz(file), f"file {file.name}"
     n_layer, n_embd, steps = (2, 192, 3) if quick else (6, 384, 8)
     desc = f"{source} n_layer={n_layer} n_embd={n_embd}"
-    if source == "synthetic":
-        return synthetic_delta(n_layer, n_embd), desc
+    if source.startswith("synthetic"):
+        return synthetic_delta(n_layer, n_embd, one_scale=source == "synthetic-one-scale"), desc
     desc += f" AdamW lr=1e-3 steps={steps} (random tokens), delta = before - after"
     path = None if cache is None else cache / f"chargpt_{n_layer}x{n_embd}_{steps}.npz"
     if path is not None and path.exists():

@@ -551,6 +551,25 @@ def _ans_alphabet(
     return MODE_ANS, freq, scale_bits
 
 
+#: the fused pass gives every level of a tensor's range a slot of the ANS table (it codes
+#: before it has counted), so a heavy-tailed tensor's many empty levels take slots from
+#: the used ones. Above this modelled loss (cross-entropy over entropy, minus 1) the exact
+#: path counts the levels first and codes it instead: Student-t(3) values at 4 bits/param
+#: were 6.4% over their target with the fused pass, 0.9% with the exact one, at the same
+#: error; an AdamW pseudo-gradient never gets here.
+FUSED_MAX_TABLE_LOSS = 0.005
+
+
+def _table_loss(counts: np.ndarray, freq: np.ndarray, scale_bits: int) -> float:
+    """How much more than their entropy ``counts`` (all > 0) cost when coded with ``freq``
+    at ``scale_bits`` (a fraction: 0.01 is 1% more bits)."""
+    p = counts / counts.sum()
+    entropy = float(-(p * np.log2(p)).sum())
+    if entropy <= 0.0:
+        return 0.0
+    return _model_bits(p, freq, scale_bits) / entropy - 1.0
+
+
 def _fused_ans_record(
     common: dict[str, Any],
     arr: np.ndarray,
@@ -595,6 +614,8 @@ def _fused_ans_record(
     counts[:used] = ratecontrol.level_counts(st, q.step, q.qmin, q.qmax)  # each >= 1
     scale_bits = ans.scale_bits_for(used)
     freq = ans._quantized(counts, scale_bits)
+    if _table_loss(counts[:used], freq[:used], scale_bits) > FUSED_MAX_TABLE_LOSS:
+        return None
     # Two or four values per coder step, a pair's or quad's frequency from the product of
     # its values', where the model says that costs at most PAIR_TOLERANCE more (the joint
     # alphabets' 12-bit frequencies are coarser for wide alphabets).
