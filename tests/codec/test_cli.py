@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tenfold.cli import main
+from tenfold.cli import EXIT_BROKEN_PIPE, main
 from tenfold.codec import EntropyAdaptive, TargetRate, compress
 
 
@@ -84,3 +88,38 @@ def test_inspect_corrupt_and_missing_files(
     assert "checksum mismatch" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nope.bin")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(packet_file: Path) -> None:
+    """``tenfold inspect p --json | head -1``: the reader goes away; no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first write: EPIPE, every time
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tenfold", "inspect", str(packet_file), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == EXIT_BROKEN_PIPE and proc.stderr == ""
+
+
+class _GoneReader(io.StringIO):
+    """A stdout whose reader has gone: every flush fails as a closed pipe does."""
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_main_exits_quietly_on_a_broken_pipe(
+    packet_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # at the entry point, not in inspect: any subcommand's output may be piped into head
+    monkeypatch.setattr(sys, "stdout", _GoneReader())
+    assert main(["inspect", str(packet_file)]) == EXIT_BROKEN_PIPE
+    print("later output goes nowhere")  # stdout now points at devnull: no second error
+    sys.stdout.flush()
+    sys.stdout.close()  # the devnull stream main opened (monkeypatch restores stdout)

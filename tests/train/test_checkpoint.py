@@ -222,6 +222,10 @@ def test_cli_crash_then_resume(
     printed = capsys.readouterr().out
     assert "complete run (6 synchronisations): nothing to train" in printed
     assert f"results are in {out}" in printed and "done," not in printed
+    # and starting it again is refused without advising --resume (it cannot extend the run)
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "has finished (6 synchronisations" in err and f"--resume {out}" not in err
     assert (out / "model.safetensors").stat().st_mtime_ns == model
     assert_same_run(tmp_path / "ref", out)
     # a complete run whose final files were lost: rewritten, and said so

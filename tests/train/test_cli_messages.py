@@ -12,7 +12,7 @@ import pytest
 from tenfold.cli import build_parser, main
 from tenfold.cli.train import user_message
 from tenfold.errors import ConfigError, TenfoldError
-from tenfold.train.progress import format_position
+from tenfold.train.progress import format_position, format_record, plural
 from tenfold.train.rundir import bits_series, plot_metrics, x_axis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +124,9 @@ def test_startup_prints_at_once_and_when_every_rank_is_up() -> None:
     report(5, 5)
     last = stream.getvalue().splitlines()[-1]
     assert last.startswith("  5/5 workers up after ") and "training" in last
+    one = io.StringIO()
+    _StartupReport(1, stream=one)(1, 1)
+    assert "starting 1 worker process (" in one.getvalue() and "1/1 worker up" in one.getvalue()
 
 
 def test_launch_reports_ranks_joining() -> None:
@@ -176,3 +179,33 @@ def test_short_runs_are_plotted_and_reported_per_sync() -> None:
     epochs = [_record(s, float(s), mode="ans", step=0.01) for s in (1, 2)]
     assert x_axis(epochs) == ("epoch", [1.0, 2.0])
     assert format_position(epochs[1], epochs) == "epoch 2"
+
+
+def test_train_help_quotes_the_measured_rate_of_the_papers_scheme(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's measured run of --scheme paper: 9.73 bits/param, 3.3x (not ~10x)."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "9.73 bits/param" in text and "~3.3x" in text and "~10x" not in text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "9.73 bits/param (3.3x" in readme
+
+
+def test_counts_are_pluralised() -> None:
+    assert plural(1, "synchronisation") == "1 synchronisation"
+    assert plural(2, "epoch") == "2 epochs" and plural(0, "step") == "0 steps"
+
+
+def test_the_sync_line_names_its_two_byte_counts() -> None:
+    """Per rank (with the ring's relays) and all ranks' packets (each once) differ in kind:
+    the line must not read as if all ranks were ranks x per rank."""
+    record = {
+        **_record(1, 1.0, mode="ans", step=0.01),
+        "test_loss": 0.5,
+        "bytes_sent": 174_900,
+        "bytes_all_ranks": 217_800,
+    }
+    line = format_record(record)
+    assert line.endswith("sent 174.9 kB/rank incl. relays, all ranks' packets 217.8 kB")

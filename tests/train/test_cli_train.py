@@ -96,6 +96,20 @@ def test_simulate_flag_prints_one_line_per_sync(
     assert "sent" in lines[0] and "all ranks" in lines[0]
 
 
+def test_summary_names_its_times_and_counts_in_the_singular(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The printed time includes start-up; run.json's wall_seconds does not: both named."""
+    out = tmp_path / "one"
+    argv = ["train", "--simulate", "--data", str(tiny_data), "--workers", "3", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "16", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert ", 1 epoch, sync every epoch" in printed[0]
+    assert printed[1].startswith("tenfold train: done, 1 synchronisation in ")
+    recorded = json.loads((out / "run.json").read_text())["wall_seconds"]
+    assert printed[2].startswith(f"  {recorded:.1f} s of it training (run.json's wall_seconds)")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -20,12 +20,15 @@ Exit codes (documented in README and docs/RELIABILITY.md):
 * 1 - the job failed (a peer died, training diverged)
 * 2 - bad usage or bad input (unknown option, missing dataset, corrupt packet, bad config)
 * 130 - interrupted by the user (Ctrl-C)
+* 141 - the reader of stdout went away (``tenfold inspect p.tf --json | head``): exits
+  quietly, as a tool killed by SIGPIPE does
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -41,6 +44,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: what a shell reports for a C tool killed by a closed pipe (``cat | head``).
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +103,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = warnings.formatwarning
     warnings.formatwarning = format_warning
     try:
-        return _main(argv)
+        code = _main(argv)
+        # flush here, where a reader that has gone (``| head``) can be handled, rather
+        # than at interpreter exit, which would print "Exception ignored ... BrokenPipeError"
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     finally:
         warnings.formatwarning = previous
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull after a broken pipe, so that nothing written later (and not
+    the interpreter's final flush) raises again (Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # not a file descriptor (an in-process caller)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open as the new stdout
+    finally:
+        os.close(devnull)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -25,9 +25,10 @@ Run it with nothing else running; the load average is reported.
 
 EPILOG = """\
 examples:
-  tenfold bench                                   # ~2 minutes on 2 cores
-  tenfold bench --quick --data synthetic          # a smoke run, seconds
+  tenfold bench                                   # ~15-20 s on 2 shared cores
+  tenfold bench --quick --data synthetic          # a smoke run, ~2-5 s
   tenfold bench --data my_delta.npz --json > r.json   # your own float arrays (numpy.savez)
+times depend on the machine; the first default run also builds and caches the char-gpt data.
 
 needs: pip install 'tenfold[bench]' (torch for the char-gpt data, zstandard, constriction);
 zfpy and pysz are measured when installed.

@@ -37,6 +37,7 @@ import torch.multiprocessing as mp
 from tenfold.distributed.process_group import destroy_process_group
 from tenfold.errors import TenfoldError
 from tenfold.train.config import TrainConfig
+from tenfold.train.progress import plural
 
 __all__ = [
     "NotUnderTorchrunError",
@@ -373,9 +374,10 @@ class _StartupReport:
         self.stream = stream if stream is not None else sys.stdout
         self.t0 = time.perf_counter()
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        processes = "1 worker process" if workers == 1 else f"{workers} worker processes"
         print(
-            f"tenfold train: starting {workers} worker processes (each imports torch and "
-            "joins the process group)...",
+            f"tenfold train: starting {processes} (each imports torch and joins the process "
+            "group)...",
             file=self.stream,
             flush=True,
         )
@@ -383,10 +385,15 @@ class _StartupReport:
     def __call__(self, joined: int, workers: int) -> None:
         if joined < workers:
             if self.tty:
-                print(f"\r  {joined}/{workers} workers up", end="", file=self.stream, flush=True)
+                print(
+                    f"\r  {joined}/{plural(workers, 'worker')} up",
+                    end="",
+                    file=self.stream,
+                    flush=True,
+                )
             return
         print(
-            f"{chr(13) if self.tty else ''}  {workers}/{workers} workers up after "
+            f"{chr(13) if self.tty else ''}  {workers}/{plural(workers, 'worker')} up after "
             f"{time.perf_counter() - self.t0:.1f} s; training (one line per synchronisation)",
             file=self.stream,
             flush=True,

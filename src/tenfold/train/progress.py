@@ -3,10 +3,14 @@
 A line reads::
 
     epoch  3.00  acc 84.12%  loss 0.1234  3.61 bits/param (N 8.40)  N fc1.w=9 fc1.b=0 ...
-        sent 148.1 kB/rank, 740.5 kB all ranks
+        sent 148.1 kB/rank incl. relays, all ranks' packets 185.1 kB
 
 ``bits/param`` is as sent (entropy-coded, every byte of the packet counted), the ``N`` in
-parentheses the quantization bits averaged over values, then N per tensor.
+parentheses the quantization bits averaged over values, then N per tensor. The two byte
+counts are different quantities: ``sent .../rank`` is what rank 0 put on the wire, its own
+packet plus the peers' packets it relays on the ring (``bytes_sent``); ``all ranks'
+packets`` is every rank's coded packet counted once (``bytes_all_ranks``), so it is less
+than ranks x per rank.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tenfold.train.state import Record, TrainState
 
-__all__ = ["Reporter", "format_bytes", "format_position", "format_record"]
+__all__ = ["Reporter", "format_bytes", "format_position", "format_record", "plural"]
 
 
 def format_bytes(n: float) -> str:
@@ -28,6 +32,11 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "epoch") -> '1 epoch'``, ``plural(2, "epoch") -> '2 epochs'``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def format_position(record: Record, metrics: Sequence[Record]) -> str:
@@ -71,8 +80,9 @@ def format_record(record: Record) -> str:
         f"epoch {record['epoch']:6.2f}  {score}  "
         f"{record['bits_per_param']:.2f} bits/param (N {record['quantized_bits_per_param']:.2f})"
         + (f"  N {layers}" if layers else "")
-        + f"  sent {format_bytes(record['bytes_sent'])}/rank,"
-        f" {format_bytes(record['bytes_all_ranks'])} all ranks"
+        # two quantities, labelled as such: a reader otherwise expects all = ranks x per rank
+        + f"  sent {format_bytes(record['bytes_sent'])}/rank incl. relays,"
+        f" all ranks' packets {format_bytes(record['bytes_all_ranks'])}"
     )
 
 
@@ -96,7 +106,7 @@ class Reporter:
                 total=state.total_syncs,
                 initial=state.syncs,
                 unit="sync",
-                desc=f"{state.config.workers} workers",
+                desc=plural(state.config.workers, "worker"),
                 file=sys.stderr,
                 dynamic_ncols=True,
                 leave=False,
