@@ -56,7 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data", default="char-gpt", metavar="SOURCE",
-        help="char-gpt (default), synthetic (Student-t, same shapes, no torch) or an .npz file",
+        help="char-gpt (default), synthetic (Student-t, same shapes, no torch), synthetic-one-scale "
+        "(the same, every tensor at one scale) or an .npz file",
     )  # fmt: skip
     p.add_argument(
         "--rates", type=_rates, default=(0.25, 1.0, 4.0), metavar="R,R,...",

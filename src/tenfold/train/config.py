@@ -336,7 +336,7 @@ class TrainConfig:
         sweep="profile",
     )
     """Local epochs per worker (each over its own shard). The paper trained 100 epochs on
-    GPUs; 20 keeps the default `tenfold train` run (5 ranks) to about two minutes on 2 CPU
+    GPUs; 20 keeps the default `tenfold train` run (5 ranks) to under a minute on 2 CPU
     cores, where test accuracy has nearly levelled off."""
 
     batch_size: int = _opt(
