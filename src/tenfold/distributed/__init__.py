@@ -51,6 +51,7 @@ from tenfold.distributed.process_group import destroy_process_group, require_pro
 from tenfold.distributed.simulated import SimulatedAverager
 from tenfold.distributed.stats import SyncStats, TensorStats
 from tenfold.distributed.transport import Exchanged, all_gather_bytes
+from tenfold.distributed.watchdog import WaitingForPeersWarning
 
 __all__ = [
     "AllReduceAverager",
@@ -66,6 +67,7 @@ __all__ = [
     "NonFiniteGradientsError",
     "NonFiniteWeightsError",
     "OuterStepWarning",
+    "WaitingForPeersWarning",
     "ParamsLike",
     "PeerStatusError",
     "ProcessGroupError",

@@ -35,6 +35,7 @@ from tenfold.distributed.errors import (
 )
 from tenfold.distributed.process_group import comm_device
 from tenfold.distributed.protocol.transport import SizeRows
+from tenfold.distributed.watchdog import waiting_for_peers
 from tenfold.errors import ConfigError
 
 __all__ = [
@@ -111,7 +112,7 @@ def all_gather_row(
     """
     mine = torch.tensor(list(row), dtype=dtype, device=comm_device(group))
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    with translate_comm_errors(what):
+    with translate_comm_errors(what), waiting_for_peers(what):
         dist.all_gather(gathered, mine, group=group)
     return [g.cpu().tolist() for g in gathered]
 
@@ -389,7 +390,7 @@ class ChunkStream:
         """
         if index >= self.sent:
             raise ConfigError(f"chunks: chunk {index} waited for before it was sent")
-        with self._cond:
+        with self._cond, waiting_for_peers(f"receiving chunk {index} of the sync"):
             while self._arrived <= index and self._error is None:
                 self._cond.wait()
         if self._arrived <= index:
@@ -688,10 +689,11 @@ class PacketTransfer:
             raise StopIteration
         t0 = time.perf_counter()
         try:
-            if self._gather_work is not None:
-                self._collect()
-            # every payload (or the error) is queued by now: this never blocks
-            item = self._queue.get()
+            with waiting_for_peers("receiving the peers' packets"):
+                if self._gather_work is not None:
+                    self._collect()
+                # every payload (or the error) is queued by now: this never blocks
+                item = self._queue.get()
         finally:
             self.wait_seconds += time.perf_counter() - t0
         return self._take(item)
@@ -817,7 +819,10 @@ class ShardTransfer:
         t0 = time.perf_counter()
         try:
             if work is not None:
-                with translate_comm_errors("receiving shards"):
+                with (
+                    translate_comm_errors("receiving shards"),
+                    waiting_for_peers("receiving shards"),
+                ):
                     work.wait()
         except BaseException:
             self._broken = True
@@ -987,7 +992,8 @@ class ShardStream:
             raise StopIteration
         t0 = time.perf_counter()
         try:
-            item = self._queue.get()
+            with waiting_for_peers("receiving reduced shards"):
+                item = self._queue.get()
         finally:
             self.wait_seconds += time.perf_counter() - t0
         return self._take(item)
