@@ -707,3 +707,11 @@ def test_decoded_needs_exactly_one_of_lut_and_step() -> None:
     for kwargs in ({}, {"lut": lut, "step": 1.0}):
         with pytest.raises(ConfigError, match="either lut or step"):
             ans.encode_levels(x, 1.0, 0, 0, 1, f, 2, decoded=out, **kwargs)
+
+
+def test_stream_ok_wants_aligned_float32() -> None:
+    buf = np.empty(64, np.float32)
+    aligned = buf[(-buf.ctypes.data % 16) // 4 :][:32]
+    assert ans.stream_ok(aligned)
+    assert not ans.stream_ok(aligned[1:])  # 4 bytes off
+    assert not ans.stream_ok(np.empty(32, np.float64))

@@ -47,6 +47,15 @@ def test_round_trip_every_output_path(count: int, bits: int) -> None:
         assert anspairs.decode_pairs(data, starts, ends, table, out, add=False) == 0
         got = out.view(np.float16) if dtype == np.float16 else out
         np.testing.assert_array_equal(got, want)
+        # non-temporal stores (float32, 16-byte aligned; otherwise ordinary ones)
+        for streamed in (
+            np.full(count, 7, table_lut.dtype),
+            np.full(count + 1, 7, table_lut.dtype)[1:],
+        ):
+            status = anspairs.decode_pairs(
+                data, starts, ends, table, streamed, add=False, streaming=True
+            )
+            assert status == 0 and streamed.tobytes() == out.tobytes()
         if dtype != np.float16:
             base = np.linspace(-1.0, 1.0, count).astype(dtype)
             acc = base.copy()

@@ -67,6 +67,14 @@ def test_lanes_are_ans_over_quad_symbols_and_decode_back(
     out = np.empty(n, dtype)
     assert ansquads.decode_quads(data, starts, ends, table, out, add=False) == 0
     assert out.tobytes() == lut[sym].tobytes()
+    # non-temporal stores (float32, 16-byte aligned; otherwise ordinary ones): same values
+    streamed = np.full(n, np.nan, dtype)
+    shifted = np.full(n + 1, np.nan, dtype)[1:]  # not 16-byte aligned
+    for target in (streamed, shifted):
+        assert (
+            ansquads.decode_quads(data, starts, ends, table, target, add=False, streaming=True) == 0
+        )
+        assert target.tobytes() == lut[sym].tobytes()
     acc = np.ones(n, dtype)
     assert ansquads.decode_quads(data, starts, ends, table, acc, add=True) == 0
     assert acc.tobytes() == (np.ones(n, dtype) + lut[sym]).tobytes()

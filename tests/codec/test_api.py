@@ -22,6 +22,7 @@ from tenfold.codec import (
     PacketMismatchError,
     TargetRate,
     accumulate,
+    ans,
     compress,
     decompress,
     inspect,
@@ -453,3 +454,18 @@ def test_a_custom_policy_cannot_write_an_unreadable_packet() -> None:
         compress(x, Broken(8))
     with pytest.raises(ValueError, match="entropy nan"):
         compress(x, Noisy(8))
+
+
+@pytest.mark.parametrize("rate", [0.25, 1.0, 4.0])
+def test_decompress_into_large_arrays_streams_the_same_values(
+    rate: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # above ans.STREAM_MIN_BYTES decompress(out=) writes with non-temporal stores
+    rng = np.random.default_rng(5)
+    x = {"a": rng.laplace(0, 1e-3, 200_003).astype(np.float32), "b": rng.standard_normal(70_001)}
+    blob = compress(x, TargetRate(bits_per_param=rate))
+    want = decompress(blob)
+    monkeypatch.setattr(ans, "STREAM_MIN_BYTES", 0)
+    out = {k: np.full_like(v, np.nan) for k, v in want.items()}
+    got = decompress(blob, out=out)
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)

@@ -34,9 +34,12 @@ from tenfold.codec.ans import (
     _load_le16,
     _load_u64,
     _store_u64,
+    _stream_fence,
+    _stream_u64,
     _write_decoded,
     decoded_target,
     lane_ranges,
+    stream_ok,
 )
 from tenfold.errors import ConfigError
 
@@ -391,10 +394,13 @@ def _put_pair(
     oa: int,
     add: bool,
     packed: bool,
+    streaming: bool,
 ) -> None:
     # values j, j + 1 from slot t; packed: float32 out at address oa, one 8-byte copy from
-    # the pair table at address both
-    if packed:
+    # the pair table at address both, bypassing the caches if streaming
+    if packed and streaming:
+        _stream_u64(oa + 4 * j, _load_u64(both + 8 * np.int64(t)))  # type: ignore[call-arg]
+    elif packed:
         _store_u64(oa + 4 * j, _load_u64(both + 8 * np.int64(t)))  # type: ignore[call-arg]
     else:
         _put(out, j, first[t], add)
@@ -423,6 +429,7 @@ def _pairs_run(
     add: bool,
     packed: bool,
     bounded: bool,
+    streaming: bool,
 ) -> tuple[int, int, int, int, int, int, int, int]:
     # Pairs k .. kend - 1 (multiples of 4), one per lane. Called with constant flags, so
     # each call site is its own loop.
@@ -434,10 +441,10 @@ def _pairs_run(
         t1 = x1 & mask
         t2 = x2 & mask
         t3 = x3 & mask
-        _put_pair(out, j, t0, first, second, both, oa, add, packed)
-        _put_pair(out, j + 2, t1, first, second, both, oa, add, packed)
-        _put_pair(out, j + 4, t2, first, second, both, oa, add, packed)
-        _put_pair(out, j + 6, t3, first, second, both, oa, add, packed)
+        _put_pair(out, j, t0, first, second, both, oa, add, packed, streaming)
+        _put_pair(out, j + 2, t1, first, second, both, oa, add, packed, streaming)
+        _put_pair(out, j + 4, t2, first, second, both, oa, add, packed, streaming)
+        _put_pair(out, j + 6, t3, first, second, both, oa, add, packed, streaming)
         x0, q0 = _step(x0, np.uint64(fbtab[t0]), sh, q0, last, bounded)
         x1, q1 = _step(x1, np.uint64(fbtab[t1]), sh, q1, last, bounded)
         x2, q2 = _step(x2, np.uint64(fbtab[t2]), sh, q2, last, bounded)
@@ -515,8 +522,10 @@ def _decode_pairs_packed(
     both: np.ndarray,
     scale_bits: int,
     out: np.ndarray,
+    streaming: bool,
 ) -> int:
-    # float32 output, overwritten: each pair is one 8-byte copy from ``both``. Returns the
+    # float32 output, overwritten: each pair is one 8-byte copy from ``both`` (streaming:
+    # a non-temporal one, ans.stream_ok). Returns the
     # bit mask of the corrupt lanes (ans._decode_kernel's checks); every lane has >= 4
     # bytes (the caller substitutes shorter ones). Reads are bounded by the data's last
     # word, not the lane's: a lane that runs out reads the next lanes' bytes and ends past
@@ -534,17 +543,25 @@ def _decode_pairs_packed(
     k = 0
     while k < f4:
         kend = min(f4, k + 4 * _RUN)
-        if max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last:
+        inside = max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last
+        if inside and streaming:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
                 fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True,
+            )  # fmt: skip
+        elif inside:
+            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
+                fbtab, first, second, ba, out, k, kend, sh,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False,
             )  # fmt: skip
         else:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
                 fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True, False,
             )  # fmt: skip
         k = kend
+    if streaming:
+        _stream_fence()  # type: ignore[call-arg]
     return _finish_joint(
         data, ends, fbtab, both, sh, out, False, f4,
         x0, x1, x2, x3, q0, q1, q2, q3, bad,
@@ -572,7 +589,7 @@ def _decode_pairs_kernel(
     f4 = full - full % 4
     x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
         fbtab, first, second, 0, out, 0, f4, sh,
-        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True,
+        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True, False,
     )  # fmt: skip
     return _finish_joint(
         data, ends, fbtab, both, sh, out, add, f4,
@@ -588,11 +605,13 @@ def decode_pairs(
     out: np.ndarray,
     *,
     add: bool,
+    streaming: bool = False,
 ) -> int:
     """Decode ``out.size`` values, two per pair symbol, from the 4 lanes (or add them).
 
     As :func:`tenfold.codec.ans.decode` (same arguments, same return value: 0, or 1 + the
-    first corrupt lane), with :func:`build_pair_table`'s table.
+    first corrupt lane), with :func:`build_pair_table`'s table; ``streaming`` as
+    :func:`tenfold.codec.ansquads.decode_quads`'.
     """
     fbtab, first, second, both = table
     if out.ndim != 1 or not out.flags.c_contiguous or out.dtype != first.dtype:
@@ -600,7 +619,10 @@ def decode_pairs(
     data, starts, ends, short_mask = lane_ranges(data, lane_starts, lane_ends)
     scale = int(fbtab.size).bit_length() - 1
     if not add and out.dtype == np.float32:
-        status = _decode_pairs_packed(data, starts, ends, fbtab, first, second, both, scale, out)
+        streaming = streaming and stream_ok(out)
+        status = _decode_pairs_packed(
+            data, starts, ends, fbtab, first, second, both, scale, out, streaming
+        )
     else:
         status = _decode_pairs_kernel(
             data, starts, ends, fbtab, first, second, both, scale, out, add

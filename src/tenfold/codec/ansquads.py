@@ -32,9 +32,12 @@ from tenfold.codec.ans import (
     _levels_block,
     _load_u64,
     _store_u64,
+    _stream_fence,
+    _stream_u64,
     _write_decoded,
     decoded_target,
     lane_ranges,
+    stream_ok,
 )
 from tenfold.codec.anspairs import _finish_joint, _put, _step
 from tenfold.errors import ConfigError
@@ -388,15 +391,27 @@ def _quad_table_kernel(
 
 @njit(inline="always", cache=True, nogil=True)
 def _put_quad(
-    out: np.ndarray, j: int, t: int, values: np.ndarray, va: int, oa: int, add: bool, packed: bool
+    out: np.ndarray,
+    j: int,
+    t: int,
+    values: np.ndarray,
+    va: int,
+    oa: int,
+    add: bool,
+    packed: bool,
+    streaming: bool,
 ) -> None:
     # values j .. j + 3 from slot t; packed: float32 out at address oa, one 16-byte copy
-    # (two 8-byte ones) from the table at address va
+    # (two 8-byte ones) from the table at address va, bypassing the caches if streaming
     if packed:
         src = va + 16 * np.int64(t)
         dst = oa + 4 * j
-        _store_u64(dst, _load_u64(src))  # type: ignore[call-arg]
-        _store_u64(dst + 8, _load_u64(src + 8))
+        if streaming:
+            _stream_u64(dst, _load_u64(src))  # type: ignore[call-arg]
+            _stream_u64(dst + 8, _load_u64(src + 8))
+        else:
+            _store_u64(dst, _load_u64(src))  # type: ignore[call-arg]
+            _store_u64(dst + 8, _load_u64(src + 8))
     else:
         _put(out, j, values[t, 0], add)
         _put(out, j + 1, values[t, 1], add)
@@ -424,6 +439,7 @@ def _quads_run(
     add: bool,
     packed: bool,
     bounded: bool,
+    streaming: bool,
 ) -> tuple[int, int, int, int, int, int, int, int]:
     # Quads k .. kend - 1 (multiples of 4), one per lane. Called with constant flags, so
     # each call site is its own loop.
@@ -436,10 +452,10 @@ def _quads_run(
         t1 = x1 & mask
         t2 = x2 & mask
         t3 = x3 & mask
-        _put_quad(out, j, t0, values, va, oa, add, packed)
-        _put_quad(out, j + 4, t1, values, va, oa, add, packed)
-        _put_quad(out, j + 8, t2, values, va, oa, add, packed)
-        _put_quad(out, j + 12, t3, values, va, oa, add, packed)
+        _put_quad(out, j, t0, values, va, oa, add, packed, streaming)
+        _put_quad(out, j + 4, t1, values, va, oa, add, packed, streaming)
+        _put_quad(out, j + 8, t2, values, va, oa, add, packed, streaming)
+        _put_quad(out, j + 12, t3, values, va, oa, add, packed, streaming)
         x0, q0 = _step(x0, np.uint64(fbtab[t0]), sh, q0, last, bounded)
         x1, q1 = _step(x1, np.uint64(fbtab[t1]), sh, q1, last, bounded)
         x2, q2 = _step(x2, np.uint64(fbtab[t2]), sh, q2, last, bounded)
@@ -456,10 +472,12 @@ def _decode_quads_packed(
     values: np.ndarray,
     scale_bits: int,
     out: np.ndarray,
+    streaming: bool,
 ) -> int:
     # float32 output, overwritten: each quad one 16-byte copy from ``values``; runs of
     # _RUN steps per lane whose reads provably stay inside the data skip the read bound
-    # (as anspairs._decode_pairs_packed: every step reads at most one word)
+    # (as anspairs._decode_pairs_packed: every step reads at most one word); streaming:
+    # non-temporal stores (decode's docstring)
     x0, x1, x2, x3, q0, q1, q2, q3, bad = _initial_states(data, starts)
     sh = np.uint64(scale_bits)
     last = np.int64(data.ctypes.data) + data.size - 2
@@ -468,17 +486,25 @@ def _decode_quads_packed(
     k = 0
     while k < f4:
         kend = min(f4, k + 4 * _RUN)
-        if max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last:
+        inside = max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last
+        if inside and streaming:
             x0, x1, x2, x3, q0, q1, q2, q3 = _quads_run(
                 fbtab, values, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True,
+            )  # fmt: skip
+        elif inside:
+            x0, x1, x2, x3, q0, q1, q2, q3 = _quads_run(
+                fbtab, values, out, k, kend, sh,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False,
             )  # fmt: skip
         else:
             x0, x1, x2, x3, q0, q1, q2, q3 = _quads_run(
                 fbtab, values, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True, False,
             )  # fmt: skip
         k = kend
+    if streaming:
+        _stream_fence()  # type: ignore[call-arg]
     return _finish_joint(
         data, ends, fbtab, values, sh, out, False, f4,
         x0, x1, x2, x3, q0, q1, q2, q3, bad,
@@ -504,7 +530,7 @@ def _decode_quads_kernel(
     f4 = full - full % 4
     x0, x1, x2, x3, q0, q1, q2, q3 = _quads_run(
         fbtab, values, out, 0, f4, sh,
-        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True,
+        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True, False,
     )  # fmt: skip
     return _finish_joint(
         data, ends, fbtab, values, sh, out, add, f4,
@@ -520,11 +546,14 @@ def decode_quads(
     out: np.ndarray,
     *,
     add: bool,
+    streaming: bool = False,
 ) -> int:
     """Decode ``out.size`` values, four per quad symbol, from the 4 lanes (or add them).
 
     As :func:`tenfold.codec.ans.decode` (same arguments, same return value: 0, or 1 + the
-    first corrupt lane), with :func:`build_quad_table`'s table.
+    first corrupt lane), with :func:`build_quad_table`'s table. ``streaming``: write a
+    float32 ``out`` (overwritten, 16-byte aligned) with non-temporal stores, for outputs
+    larger than the caches that are not read back at once (:func:`stream_ok`).
     """
     fbtab, values = table
     if out.ndim != 1 or not out.flags.c_contiguous or out.dtype != values.dtype:
@@ -532,7 +561,8 @@ def decode_quads(
     data, starts, ends, short_mask = lane_ranges(data, lane_starts, lane_ends)
     scale = int(fbtab.size).bit_length() - 1
     if not add and out.dtype == np.float32:
-        status = _decode_quads_packed(data, starts, ends, fbtab, values, scale, out)
+        streaming = streaming and stream_ok(out)
+        status = _decode_quads_packed(data, starts, ends, fbtab, values, scale, out, streaming)
     else:
         status = _decode_quads_kernel(data, starts, ends, fbtab, values, scale, out, add)
     bad = short_mask | int(status)

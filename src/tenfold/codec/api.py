@@ -488,20 +488,33 @@ def _model_bits(p: np.ndarray, freq: np.ndarray, scale_bits: int) -> float:
 FUSED_MIN_VALUES = 1 << 16
 
 
+def _single_model(
+    counts: np.ndarray, freq: np.ndarray, scale_bits: int
+) -> tuple[np.ndarray, float]:
+    """``counts``' probabilities and their modelled bits per symbol coded with ``freq`` at
+    ``scale_bits`` (what the joint alphabets are compared against; taken once per record)."""
+    p = counts / counts.sum()
+    return p, _model_bits(p, freq, scale_bits)
+
+
 def _pair_frequencies(
-    counts: np.ndarray, used: int, freq: np.ndarray, scale_bits: int
+    counts: np.ndarray,
+    used: int,
+    freq: np.ndarray,
+    scale_bits: int,
+    single: tuple[np.ndarray, float] | None = None,
 ) -> tuple[np.ndarray, int] | None:
     """The pair alphabet's frequencies and precision where pairs are chosen (module
     constants PAIR_TOLERANCE, PAIR_MAX_SCALE_BITS), else None.
 
     ``counts``: the ``2**bits`` level counts (``used`` of them nonzero, first); ``freq`` at
     ``scale_bits``: their single-symbol frequencies. A pair's count comes from the product
-    of its halves' probabilities (symbol ``a + b * 2**bits`` at ``[b, a]``).
+    of its halves' probabilities (symbol ``a + b * 2**bits`` at ``[b, a]``). ``single``:
+    :func:`_single_model`'s result, when the caller has it.
     """
-    p = counts / counts.sum()
+    p, bits_per_value = _single_model(counts, freq, scale_bits) if single is None else single
     pair_counts = anspairs.product_counts(p, used, int(counts.size).bit_length() - 1)
-    single = 2.0 * _model_bits(p, freq, scale_bits)
-    bound = (1.0 + PAIR_TOLERANCE) * single
+    bound = (1.0 + PAIR_TOLERANCE) * (2.0 * bits_per_value)
     return _joint_search(pair_counts, ans.scale_bits_for(used * used), PAIR_MAX_SCALE_BITS, bound)
 
 
@@ -524,7 +537,12 @@ def _joint_search(
 
 
 def _ans_alphabet(
-    counts: np.ndarray, used: int, bits: int, freq: np.ndarray, scale_bits: int
+    counts: np.ndarray,
+    used: int,
+    bits: int,
+    freq: np.ndarray,
+    scale_bits: int,
+    single: tuple[np.ndarray, float] | None = None,
 ) -> tuple[int, np.ndarray, int]:
     """The ANS mode (ans, ans-pairs or ans-quads), frequencies and precision of a step
     record whose ``2**bits`` level counts are ``counts`` (``used`` nonzero, first) and
@@ -532,20 +550,23 @@ def _ans_alphabet(
 
     Pairs where the model says they cost at most PAIR_TOLERANCE more than single values;
     then, for at most ``2**MAX_QUAD_BITS`` levels, quads where they cost at most
-    PAIR_TOLERANCE more than single values (compared per four values).
+    PAIR_TOLERANCE more than single values (compared per four values). ``single``:
+    :func:`_single_model`'s result, when the caller has it.
     """
     if bits > anspairs.MAX_PAIR_BITS:
         return MODE_ANS, freq, scale_bits
+    if single is None:
+        single = _single_model(counts, freq, scale_bits)
     if bits <= ansquads.MAX_QUAD_BITS:
         # against single values' modelled cost (not the pairs'): the tolerances do not add
         # up, and the pairs need no search where quads are chosen
-        p = counts / counts.sum()
-        bound = (1.0 + PAIR_TOLERANCE) * (4.0 * _model_bits(p, freq, scale_bits))
+        p = single[0]
+        bound = (1.0 + PAIR_TOLERANCE) * (4.0 * single[1])
         quad_counts = ansquads.product_counts(p, used, bits)
         quad = _joint_search(quad_counts, ans.scale_bits_for(used**4), QUAD_MAX_SCALE_BITS, bound)
         if quad is not None:
             return MODE_ANS_QUADS, *quad
-    pair = _pair_frequencies(counts, used, freq, scale_bits)
+    pair = _pair_frequencies(counts, used, freq, scale_bits, single)
     if pair is not None:
         return MODE_ANS_PAIRS, *pair
     return MODE_ANS, freq, scale_bits
@@ -560,14 +581,15 @@ def _ans_alphabet(
 FUSED_MAX_TABLE_LOSS = 0.005
 
 
-def _table_loss(counts: np.ndarray, freq: np.ndarray, scale_bits: int) -> float:
-    """How much more than their entropy ``counts`` (all > 0) cost when coded with ``freq``
-    at ``scale_bits`` (a fraction: 0.01 is 1% more bits)."""
-    p = counts / counts.sum()
+def _table_loss(single: tuple[np.ndarray, float], used: int) -> float:
+    """How much more than their entropy a record's level counts cost with their ANS table
+    (a fraction: 0.01 is 1% more bits), from :func:`_single_model`'s result; the first
+    ``used`` counts are the nonzero ones."""
+    p = single[0][:used]
     entropy = float(-(p * np.log2(p)).sum())
     if entropy <= 0.0:
         return 0.0
-    return _model_bits(p, freq, scale_bits) / entropy - 1.0
+    return single[1] / entropy - 1.0
 
 
 def _fused_ans_record(
@@ -614,12 +636,13 @@ def _fused_ans_record(
     counts[:used] = ratecontrol.level_counts(st, q.step, q.qmin, q.qmax)  # each >= 1
     scale_bits = ans.scale_bits_for(used)
     freq = ans._quantized(counts, scale_bits)
-    if _table_loss(counts[:used], freq[:used], scale_bits) > FUSED_MAX_TABLE_LOSS:
+    single = _single_model(counts, freq, scale_bits)
+    if _table_loss(single, used) > FUSED_MAX_TABLE_LOSS:
         return None
     # Two or four values per coder step, a pair's or quad's frequency from the product of
     # its values', where the model says that costs at most PAIR_TOLERANCE more (the joint
     # alphabets' 12-bit frequencies are coarser for wide alphabets).
-    mode, freq, scale_bits = _ans_alphabet(counts, used, q.bits, freq, scale_bits)
+    mode, freq, scale_bits = _ans_alphabet(counts, used, q.bits, freq, scale_bits, single)
     table = ans._packed(freq)
     levels = (x, q.inv, q.qmin, q.qmin, q.qmax)  # the values and their quantizer
     fused = (fused_lut, decoded, fused_step)  # where the decoding goes, and how
@@ -985,12 +1008,15 @@ def _decode_record(
     add: bool,
     levels: np.ndarray | None = None,
     plus_zero: bool = False,
+    streaming: bool = False,
 ) -> None:
     """Decode one record into the 1-D ``out`` (its dtype), or add it into ``out``.
 
     ``levels``: the packet's group levels (:func:`_group_levels`), for group members.
     ``plus_zero`` (with ``add=False``): write ``+0.0 + value``, what adding into zeros
     writes (a -0.0 becomes +0.0), from a sign-cleared table where there is one.
+    ``streaming``: the pair and quad decoders may write ``out`` with non-temporal stores
+    (``ans.STREAM_MIN_BYTES``).
     """
     info = rec.info
     n = info.num_values
@@ -1065,10 +1091,14 @@ def _decode_record(
         starts, ends = rec.stream_starts, rec.stream_ends
         if rec.mode == MODE_ANS_QUADS:
             quads = ansquads.build_quad_table(rec.freq, rec.scale_bits, lut, info.bits)
-            status = ansquads.decode_quads(data, starts, ends, quads, target, add=add)
+            status = ansquads.decode_quads(
+                data, starts, ends, quads, target, add=add, streaming=streaming
+            )
         elif rec.mode == MODE_ANS_PAIRS:
             pairs = anspairs.build_pair_table(rec.freq, rec.scale_bits, lut, info.bits)
-            status = anspairs.decode_pairs(data, starts, ends, pairs, target, add=add)
+            status = anspairs.decode_pairs(
+                data, starts, ends, pairs, target, add=add, streaming=streaming
+            )
         else:
             singles = ans.build_decode_table(rec.freq, rec.scale_bits, lut)
             status = ans.decode(data, starts, ends, singles, target, add=add)
@@ -1146,6 +1176,9 @@ def decompress(
     data = _as_packet_bytes(blob)
     packet = parse(data, _check_max_output(max_output_bytes))
     if targets is None:
+        # Not streamed: the kernel has just zeroed the fresh pages through the caches, and
+        # ordinary stores into those lines measured as fast or faster (11.7-12.0 ms against
+        # 12.0-13.1 streamed, the CharGPT set at 1 bit/param)
         decoding = _Decoding()
         decoding.allocate_records(packet.records)
         return decoding.decode(data, packet.records, list(range(len(packet.records))), workers)
@@ -1153,8 +1186,16 @@ def decompress(
     if _any_overlap([arr for _, arr in targets]):
         # each record's values would overwrite another's: no order makes that a decoding
         raise ConfigError("out: two of its arrays share memory; give each tensor its own")
-    _decode_into(data, packet.records, [arr for _, arr in targets], add=False, workers=workers)
+    arrays = [arr for _, arr in targets]
+    # existing arrays larger than the caches are written past them (ans.STREAM_MIN_BYTES)
+    streaming = _output_bytes(packet.records) >= ans.STREAM_MIN_BYTES
+    _decode_into(data, packet.records, arrays, add=False, workers=workers, streaming=streaming)
     return dict(targets)
+
+
+def _output_bytes(records: list[Record]) -> int:
+    """The bytes a packet's records decode into."""
+    return sum(rec.info.num_values * rec.dtype.itemsize for rec in records)
 
 
 def _out_arrays(out: Mapping[str, np.ndarray], *, float_only: bool) -> list[tuple[str, np.ndarray]]:
@@ -1181,17 +1222,20 @@ def _decode_into(
     add: bool,
     workers: int,
     plus_zero: bool = False,
+    streaming: bool = False,
 ) -> None:
     """Decode (``add``: and add; ``plus_zero``: as ``+0.0 + value``) every record into its
-    array, a task per record on up to ``workers`` threads (each writes only its own array)."""
+    array, a task per record on up to ``workers`` threads (each writes only its own array;
+    ``streaming`` as :func:`_decode_record`'s)."""
     sizes = [rec.info.num_values for rec in records]
     levels = _group_levels(data, records)
     tasks = [
         partial(
-            _decode_record, data, rec, arr.reshape(-1), add=add, levels=levels, plus_zero=plus_zero
+            _decode_record, data, rec, arr.reshape(-1), add=add, levels=levels,
+            plus_zero=plus_zero, streaming=streaming,
         )
         for rec, arr in zip(records, arrays, strict=True)
-    ]
+    ]  # fmt: skip
     run_in_order(tasks, useful_threads(workers, sum(sizes)), sizes)
 
 
