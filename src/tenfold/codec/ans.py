@@ -1264,8 +1264,9 @@ _EMPTY_LANE = np.array([0, 0, 1, 0], dtype=np.uint8)  # the state L, no words
 #: outputs of at least this many bytes are decoded with non-temporal stores where a
 #: packed decoder writes them (:func:`stream_ok`): larger than half of this machine's 32 MB
 #: L3, they cannot stay cached anyway, and streaming them keeps the decoder's tables in
-#: L2. Measured, decompress(out=) of the CharGPT set (43 MB) at 1 bit/param: 9.4-9.9 ms
-#: with ordinary stores, 7.9-8.2 with streaming ones (alternating launches).
+#: L2. Measured, decompress(out=) of the CharGPT set (43 MB) at 1 bit/param: 8.9-9.9 ms
+#: with ordinary stores, 7.7-8.4 with streaming ones (two sets of three alternating
+#: launches; docs/SPEED.md).
 STREAM_MIN_BYTES = 16 << 20
 
 
