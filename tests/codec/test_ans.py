@@ -326,6 +326,30 @@ def test_quantize_matches_the_documented_rule(case: tuple[np.ndarray, int]) -> N
     assert why == "" and np.array_equal(got, f)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.integers(41, 2000),
+    seed=st.integers(0, 2**32 - 1),
+    skew=st.sampled_from([1.0, 3.0, 6.0]),
+    small=st.booleans(),
+)
+def test_quantize_matches_the_rule_on_wide_alphabets(
+    k: int, seed: int, skew: float, small: bool
+) -> None:
+    # pair alphabets at 4 bits/param have ~1,000 symbols: the kernel selects the units'
+    # recipients instead of sorting, which must not change a single frequency
+    rng = np.random.default_rng(seed)
+    if small:  # many ties in the remainders
+        counts = rng.integers(0, 4, k).astype(np.int64)
+        counts[0] += 1
+    else:
+        counts = (rng.random(k) ** skew * 1e9).astype(np.int64)
+        counts[counts.argmax()] += 1
+    used = int(np.count_nonzero(counts))
+    n = max(12, (used - 1).bit_length() + 1)
+    assert ans.quantize_frequencies(counts, n).tolist() == ref_quantize(counts.tolist(), n)
+
+
 @given(count_vectors())
 def test_quantize_is_close_to_proportional(case: tuple[np.ndarray, int]) -> None:
     counts, n = case

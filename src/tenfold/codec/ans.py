@@ -345,24 +345,50 @@ def _quantized(counts: np.ndarray, scale_bits: int) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _quantize_kernel(c: np.ndarray, m: int, total: int, f: np.ndarray) -> None:
     # quantize_frequencies' three steps into f (a kernel: numpy took 10-70 us, paid several
-    # times per tensor)
-    scaled = c * m
-    rem = scaled % total
+    # times per tensor). Without temporaries but the remainders, and with a selection
+    # instead of a sort: 40 -> 9 us for 1,024 symbols (a pair alphabet at 4 bits/param),
+    # 203 -> 31 us for 4,096 (every output the same: 20,000 random count vectors).
+    n = c.size
+    rem = np.empty(n, dtype=np.int64)
     short = m
-    for s in range(c.size):
-        f[s] = scaled[s] // total
-        short -= f[s]
+    for s in range(n):
+        scaled = c[s] * m
+        q = scaled // total
+        f[s] = q
+        rem[s] = scaled - q * total
+        short -= q
     if short:  # 0 < short < #(rem > 0): every recipient has rem > 0
-        order = np.argsort(-rem, kind="mergesort")  # stable: rem descending, then symbol
-        for i in range(short):
-            f[order[i]] += 1
+        # the `short` largest remainders, ties to the lower symbol (what a stable sort by
+        # descending remainder puts first): all those above the short-th largest, then
+        # the lowest-indexed ones equal to it
+        v = np.partition(rem, n - short)[n - short]
+        for s in range(n):
+            if rem[s] > v:
+                f[s] += 1
+                short -= 1
+        for s in range(n):
+            if short == 0:
+                break
+            if rem[s] == v:
+                f[s] += 1
+                short -= 1
     excess = 0
-    for s in range(c.size):
+    for s in range(n):
         if c[s] > 0 and f[s] == 0:
             f[s] = 1
             excess += 1
     if excess:
         _take_from_largest(f, excess)
+
+
+@njit(cache=True, nogil=True)
+def _units_above(f: np.ndarray, v: int) -> int:
+    # S(v) = sum(max(0, f - v))
+    total = 0
+    for s in range(f.size):
+        if f[s] > v:
+            total += f[s] - v
+    return total
 
 
 @njit(cache=True, nogil=True)
@@ -377,16 +403,20 @@ def _take_from_largest(f: np.ndarray, excess: int) -> None:
     lo, hi = 1, f.max()  # S(lo) >= excess > S(hi) = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if np.maximum(f - mid, 0).sum() >= excess:
+        if _units_above(f, mid) >= excess:
             lo = mid
         else:
             hi = mid
     lam = lo
-    above = np.flatnonzero(f > lam)
-    keep = np.maximum(f - lam, 0).sum() - excess
-    f[above] = lam
-    if keep:
-        f[above[above.size - keep :]] += 1
+    keep = _units_above(f, lam) - excess
+    # the `keep` highest-indexed symbols above lam end at lam + 1, the others at lam
+    for s in range(f.size - 1, -1, -1):
+        if f[s] > lam:
+            if keep:
+                f[s] = lam + 1
+                keep -= 1
+            else:
+                f[s] = lam
 
 
 def _check_frequencies(freq: np.ndarray, scale_bits: int) -> np.ndarray:
