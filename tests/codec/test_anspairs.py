@@ -34,7 +34,13 @@ def _case(count: int, bits: int, scale: float, seed: int = 0):
 
 @pytest.mark.parametrize("count", COUNTS)
 @pytest.mark.parametrize("bits", [1, 3, 5])
-def test_round_trip_every_output_path(count: int, bits: int) -> None:
+@pytest.mark.parametrize("branchy_below", [0.0, 64.0])  # bits/step: never, always branchy
+def test_round_trip_every_output_path(
+    count: int, bits: int, branchy_below: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the packed float32 path renormalises behind a branch below a rate (anspairs'
+    # _step_branchy); both variants decode every path alike
+    monkeypatch.setattr(anspairs, "_DECODE_BRANCHLESS_BITS", branchy_below)
     levels, qmin, freq, scale_bits, data, starts, ends = _case(count, bits, 1.5)
     k = 1 << bits
     lut64 = np.arange(qmin, qmin + k, dtype=np.float64) * 0.25

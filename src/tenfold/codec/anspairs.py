@@ -16,10 +16,12 @@ from numba import njit
 
 from tenfold.codec import packet
 from tenfold.codec.ans import (
+    _DECODE_BRANCHLESS_BITS,
     _L,
     _LOW16,
     _U2,
     _U16,
+    LANES,
     _check_frequencies,
     _effective,
     _enc_finish,
@@ -376,6 +378,19 @@ def _step(x: int, e: int, sh: int, q: int, last: int, bounded: bool) -> tuple[in
 
 
 @njit(inline="always", cache=True, nogil=True)
+def _step_branchy(x: int, e: int, sh: int, q: int) -> tuple[int, int]:
+    # One decoder step that renormalises behind a branch (ans._dec_next with branchless=
+    # False), reading unbounded (the caller's run is inside the data): where few steps
+    # renormalise (under ans._DECODE_BRANCHLESS_BITS bits per step), the branch predicts
+    # well and costs less than the branch-free select
+    x = (e >> _U16) * (x >> sh) + (e & _LOW16)
+    if x < _L:
+        x = (x << _U16) | _load_le16(q)  # type: ignore[call-arg]
+        q += 2
+    return x, q
+
+
+@njit(inline="always", cache=True, nogil=True)
 def _put(out: np.ndarray, j: int, v: float, add: bool) -> None:
     if add:
         out[j] += v
@@ -430,9 +445,10 @@ def _pairs_run(
     packed: bool,
     bounded: bool,
     streaming: bool,
+    branchy: bool,
 ) -> tuple[int, int, int, int, int, int, int, int]:
     # Pairs k .. kend - 1 (multiples of 4), one per lane. Called with constant flags, so
-    # each call site is its own loop.
+    # each call site is its own loop (branchy: unbounded runs only).
     mask = np.uint64(fbtab.size - 1)
     oa = np.int64(out.ctypes.data)
     for kk in range(k, kend, 4):
@@ -445,10 +461,16 @@ def _pairs_run(
         _put_pair(out, j + 2, t1, first, second, both, oa, add, packed, streaming)
         _put_pair(out, j + 4, t2, first, second, both, oa, add, packed, streaming)
         _put_pair(out, j + 6, t3, first, second, both, oa, add, packed, streaming)
-        x0, q0 = _step(x0, np.uint64(fbtab[t0]), sh, q0, last, bounded)
-        x1, q1 = _step(x1, np.uint64(fbtab[t1]), sh, q1, last, bounded)
-        x2, q2 = _step(x2, np.uint64(fbtab[t2]), sh, q2, last, bounded)
-        x3, q3 = _step(x3, np.uint64(fbtab[t3]), sh, q3, last, bounded)
+        if branchy:
+            x0, q0 = _step_branchy(x0, np.uint64(fbtab[t0]), sh, q0)
+            x1, q1 = _step_branchy(x1, np.uint64(fbtab[t1]), sh, q1)
+            x2, q2 = _step_branchy(x2, np.uint64(fbtab[t2]), sh, q2)
+            x3, q3 = _step_branchy(x3, np.uint64(fbtab[t3]), sh, q3)
+        else:
+            x0, q0 = _step(x0, np.uint64(fbtab[t0]), sh, q0, last, bounded)
+            x1, q1 = _step(x1, np.uint64(fbtab[t1]), sh, q1, last, bounded)
+            x2, q2 = _step(x2, np.uint64(fbtab[t2]), sh, q2, last, bounded)
+            x3, q3 = _step(x3, np.uint64(fbtab[t3]), sh, q3, last, bounded)
     return x0, x1, x2, x3, q0, q1, q2, q3
 
 
@@ -523,9 +545,11 @@ def _decode_pairs_packed(
     scale_bits: int,
     out: np.ndarray,
     streaming: bool,
+    branchy: bool,
 ) -> int:
     # float32 output, overwritten: each pair is one 8-byte copy from ``both`` (streaming:
-    # a non-temporal one, ans.stream_ok). Returns the
+    # a non-temporal one, ans.stream_ok; branchy: the unbounded runs renormalise behind a
+    # branch, _step_branchy). Returns the
     # bit mask of the corrupt lanes (ans._decode_kernel's checks); every lane has >= 4
     # bytes (the caller substitutes shorter ones). Reads are bounded by the data's last
     # word, not the lane's: a lane that runs out reads the next lanes' bytes and ends past
@@ -544,20 +568,30 @@ def _decode_pairs_packed(
     while k < f4:
         kend = min(f4, k + 4 * _RUN)
         inside = max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last
-        if inside and streaming:
+        if inside and streaming and branchy:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
                 fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True, True,
+            )  # fmt: skip
+        elif inside and streaming:
+            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
+                fbtab, first, second, ba, out, k, kend, sh,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True, False,
+            )  # fmt: skip
+        elif inside and branchy:
+            x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
+                fbtab, first, second, ba, out, k, kend, sh,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False, True,
             )  # fmt: skip
         elif inside:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
                 fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False, False,
             )  # fmt: skip
         else:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
                 fbtab, first, second, ba, out, k, kend, sh,
-                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True, False,
+                x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True, False, False,
             )  # fmt: skip
         k = kend
     if streaming:
@@ -589,7 +623,7 @@ def _decode_pairs_kernel(
     f4 = full - full % 4
     x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
         fbtab, first, second, 0, out, 0, f4, sh,
-        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True, False,
+        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True, False, False,
     )  # fmt: skip
     return _finish_joint(
         data, ends, fbtab, both, sh, out, add, f4,
@@ -620,8 +654,11 @@ def decode_pairs(
     scale = int(fbtab.size).bit_length() - 1
     if not add and out.dtype == np.float32:
         streaming = streaming and stream_ok(out)
+        # few renormalisations per step (a low rate): a branch predicts them (ans.decode)
+        words_bits = 8 * int((ends - starts).sum() - 4 * LANES)
+        branchy = words_bits < _DECODE_BRANCHLESS_BITS * max(1, (out.size + 1) // 2)
         status = _decode_pairs_packed(
-            data, starts, ends, fbtab, first, second, both, scale, out, streaming
+            data, starts, ends, fbtab, first, second, both, scale, out, streaming, branchy
         )
     else:
         status = _decode_pairs_kernel(
