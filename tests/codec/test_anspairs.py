@@ -40,7 +40,7 @@ def test_round_trip_every_output_path(
 ) -> None:
     # the packed float32 path renormalises behind a branch below a rate (anspairs'
     # _step_branchy); both variants decode every path alike
-    monkeypatch.setattr(anspairs, "_DECODE_BRANCHLESS_BITS", branchy_below)
+    monkeypatch.setattr(ans, "_DECODE_BRANCHLESS_BITS", branchy_below)
     levels, qmin, freq, scale_bits, data, starts, ends = _case(count, bits, 1.5)
     k = 1 << bits
     lut64 = np.arange(qmin, qmin + k, dtype=np.float64) * 0.25

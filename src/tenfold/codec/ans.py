@@ -1024,6 +1024,14 @@ def _unused_symbol(sym: np.ndarray, freq: np.ndarray) -> int:
 _DECODE_BRANCHLESS_BITS = 1.5
 
 
+def _branchless(starts: np.ndarray, ends: np.ndarray, steps: int) -> bool:
+    """Whether a decoder of ``steps`` steps over the lanes ``starts:ends`` (checked
+    ranges) renormalises without a branch: at :data:`_DECODE_BRANCHLESS_BITS` bits of
+    words per step or more, where a branch would mispredict."""
+    words_bits = 8 * int((ends - starts).sum() - 4 * LANES)
+    return words_bits >= _DECODE_BRANCHLESS_BITS * max(steps, 1)
+
+
 def encode(
     symbols: np.ndarray,
     freq: np.ndarray,
@@ -1385,8 +1393,7 @@ def decode(
         raise ConfigError("add=True needs a float32/float64 output")
     data, starts, ends, short_mask = lane_ranges(data, lane_starts, lane_ends)
     if branchless is None:
-        words_bits = 8 * int((ends - starts).sum() - 4 * LANES)
-        branchless = words_bits >= _DECODE_BRANCHLESS_BITS * max(out.size, 1)
+        branchless = _branchless(starts, ends, out.size)
     scale = int(fbtab.size).bit_length() - 1
     bad = short_mask | int(
         _decode_kernel(data, starts, ends, fbtab, valtab, scale, out, add, bool(branchless))

@@ -16,12 +16,11 @@ from numba import njit
 
 from tenfold.codec import packet
 from tenfold.codec.ans import (
-    _DECODE_BRANCHLESS_BITS,
     _L,
     _LOW16,
     _U2,
     _U16,
-    LANES,
+    _branchless,
     _check_frequencies,
     _effective,
     _enc_finish,
@@ -655,8 +654,7 @@ def decode_pairs(
     if not add and out.dtype == np.float32:
         streaming = streaming and stream_ok(out)
         # few renormalisations per step (a low rate): a branch predicts them (ans.decode)
-        words_bits = 8 * int((ends - starts).sum() - 4 * LANES)
-        branchy = words_bits < _DECODE_BRANCHLESS_BITS * max(1, (out.size + 1) // 2)
+        branchy = not _branchless(starts, ends, (out.size + 1) // 2)
         status = _decode_pairs_packed(
             data, starts, ends, fbtab, first, second, both, scale, out, streaming, branchy
         )

@@ -1188,14 +1188,9 @@ def decompress(
         raise ConfigError("out: two of its arrays share memory; give each tensor its own")
     arrays = [arr for _, arr in targets]
     # existing arrays larger than the caches are written past them (ans.STREAM_MIN_BYTES)
-    streaming = _output_bytes(packet.records) >= ans.STREAM_MIN_BYTES
+    streaming = sum(arr.nbytes for arr in arrays) >= ans.STREAM_MIN_BYTES
     _decode_into(data, packet.records, arrays, add=False, workers=workers, streaming=streaming)
     return dict(targets)
-
-
-def _output_bytes(records: list[Record]) -> int:
-    """The bytes a packet's records decode into."""
-    return sum(rec.info.num_values * rec.dtype.itemsize for rec in records)
 
 
 def _out_arrays(out: Mapping[str, np.ndarray], *, float_only: bool) -> list[tuple[str, np.ndarray]]:
