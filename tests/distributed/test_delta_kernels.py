@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,12 +11,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tenfold.codec.policy import rms
+from tenfold.distributed import delta_kernels
 from tenfold.distributed.delta_kernels import (
     all_finite,
     apply_mean,
     delta_input,
     delta_input_rms,
     delta_rms,
+    swap_difference,
 )
 
 FLOATS = st.floats(-1e30, 1e30, allow_nan=False, width=32)
@@ -170,3 +174,58 @@ def test_all_finite_finds_one_bad_value_anywhere(dtype: type, bad: float) -> Non
     assert all_finite(a)
     a[6, 999] = bad
     assert not all_finite(a)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(0, 70),
+    dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+    piece=st.sampled_from([1, 3, 64, 1 << 18]),
+)
+def test_swap_difference_equals_numpy(data: st.DataObject, n: int, dtype: type, piece: int) -> None:
+    # float16 takes the piecewise numpy path (pieces of ``piece`` values), the others numba
+    ref, w = (
+        data.draw(hnp.arrays(dtype, n, elements=st.floats(-1e4, 1e4, width=16))) for _ in range(2)
+    )
+    want_ref, want_w = np.subtract(ref, w), ref.copy()
+    saved = delta_kernels.SWAP_PIECE
+    delta_kernels.SWAP_PIECE = piece
+    try:
+        swap_difference(ref, w)
+    finally:
+        delta_kernels.SWAP_PIECE = saved
+    assert ref.tobytes() == want_ref.tobytes() and w.tobytes() == want_w.tobytes()
+
+
+def test_swap_difference_non_contiguous_and_2d() -> None:
+    rng = np.random.default_rng(1)
+    for make in (
+        lambda: rng.standard_normal((64, 33)).astype(np.float32)[:, ::2],
+        lambda: rng.standard_normal((40, 7)).astype(np.float64),
+    ):
+        ref, w = make(), make()
+        want_ref, want_w = ref - w, ref.copy()
+        swap_difference(ref, w)
+        assert np.array_equal(ref, want_ref) and np.array_equal(w, want_w)
+
+
+def test_swap_difference_allocates_no_tensor_sized_temporary() -> None:
+    for dtype in (np.float32, np.float16):  # numba, and the piecewise numpy path
+        ref, w = np.ones(1 << 22, dtype), np.zeros(1 << 22, dtype)
+        swap_difference(np.ones(8, dtype), np.ones(8, dtype))  # compiled before measuring
+        tracemalloc.start()
+        try:
+            swap_difference(ref, w)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < ref.nbytes // 4, (dtype, peak)
+        assert ref[0] == 1 and w[0] == 1
+
+
+def test_swap_difference_refuses_mismatched_arrays() -> None:
+    with pytest.raises(ValueError, match="swap_difference"):
+        swap_difference(np.ones(3, np.float32), np.ones(3, np.float64))
+    with pytest.raises(ValueError, match="swap_difference"):
+        swap_difference(np.ones(3, np.float32), np.ones(4, np.float32))

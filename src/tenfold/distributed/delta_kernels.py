@@ -16,7 +16,14 @@ from numba import njit
 
 from tenfold.codec.policy import rms
 
-__all__ = ["all_finite", "apply_mean", "delta_input", "delta_input_rms", "delta_rms"]
+__all__ = [
+    "all_finite",
+    "apply_mean",
+    "delta_input",
+    "delta_input_rms",
+    "delta_rms",
+    "swap_difference",
+]
 
 
 def _fusable(*arrays: np.ndarray) -> bool:
@@ -208,6 +215,52 @@ def apply_mean(
     np.add(ref, mean, out=out)
     if advance:
         np.copyto(ref, out)
+
+
+@njit(cache=True, nogil=True)
+def _swap_difference_kernel(ref: np.ndarray, w: np.ndarray) -> None:
+    for j in range(ref.size):
+        r = ref[j]
+        ref[j] = r - w[j]
+        w[j] = r
+
+
+#: the fallback's piece (values): a bounded temporary instead of one as large as a tensor
+SWAP_PIECE = 1 << 18
+
+
+def swap_difference(ref: np.ndarray, w: np.ndarray) -> None:
+    """In place, element by element: ``ref, w = ref - w, ref`` (both the same shape and
+    dtype), bit for bit ``np.subtract`` in that dtype.
+
+    DiLoCo's outer step forms its pseudo-gradient ``w_shared - w_avg`` where the
+    reference held ``w_shared`` and puts ``w_shared`` back into the parameters. A
+    temporary per tensor, freed and re-made at another size for the next, left up to 0.6x
+    the model of freed heap resident after each outer step (docs/PROTOCOL.md, "Memory");
+    here nothing larger than :data:`SWAP_PIECE` values is allocated.
+
+    Example:
+        >>> ref, w = np.array([3.0, 5.0], np.float32), np.ones(2, np.float32)
+        >>> swap_difference(ref, w)
+        >>> ref.tolist(), w.tolist()
+        ([2.0, 4.0], [3.0, 5.0])
+    """
+    if ref.shape != w.shape or ref.dtype != w.dtype:
+        raise ValueError(f"swap_difference: {ref.dtype}{ref.shape} against {w.dtype}{w.shape}")
+    if _fusable(ref, w):
+        _swap_difference_kernel(ref.reshape(-1), w.reshape(-1))
+        return
+    if not (ref.flags.c_contiguous and w.flags.c_contiguous):  # rare: one temporary
+        d = np.subtract(ref, w)
+        np.copyto(w, ref)
+        np.copyto(ref, d)
+        return
+    flat_ref, flat_w = ref.reshape(-1), w.reshape(-1)  # views of contiguous arrays
+    for lo in range(0, flat_ref.size, SWAP_PIECE):
+        r, x = flat_ref[lo : lo + SWAP_PIECE], flat_w[lo : lo + SWAP_PIECE]
+        d = np.subtract(r, x)
+        np.copyto(x, r)
+        np.copyto(r, d)
 
 
 @njit(cache=True, nogil=True)
