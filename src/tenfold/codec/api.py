@@ -471,6 +471,13 @@ def _compress_packet_rate(
 #: 0.4% at 14, where pairs coded 1.5x faster and decoded 1.3x faster than singles.
 PAIR_TOLERANCE = 0.001
 PAIR_MAX_SCALE_BITS = 14
+#: one more bit of pair precision, where the record's whole size says it pays: Laplace
+#: values at 1 bit/param cost 0.25% more as pairs at 14 bits and 0.05% at 15, where their
+#: (explicit) pair table, ~130 bytes more than the single-symbol one, is what remains. With
+#: it counted, large tensors take pairs (a 25M-parameter model's 1 bit/param packet: compress
+#: +33%, decompress +17%, docs/SPEED.md) and small ones keep single symbols.
+PAIR_WIDE_SCALE_BITS = 15
+PAIR_WIDE_TOLERANCE = 0.002
 #: ans-quads (alphabets of at most 2**ansquads.MAX_QUAD_BITS levels) is chosen when its
 #: modelled size, at a precision of at most QUAD_MAX_SCALE_BITS, is at most PAIR_TOLERANCE
 #: above that of what would be chosen otherwise (pairs, else single symbols).
@@ -503,9 +510,11 @@ def _pair_frequencies(
     freq: np.ndarray,
     scale_bits: int,
     single: tuple[np.ndarray, float] | None = None,
+    values: int = 0,
 ) -> tuple[np.ndarray, int] | None:
     """The pair alphabet's frequencies and precision where pairs are chosen (module
-    constants PAIR_TOLERANCE, PAIR_MAX_SCALE_BITS), else None.
+    constants PAIR_TOLERANCE, PAIR_MAX_SCALE_BITS; with ``values``, the record's number
+    of values, also PAIR_WIDE_SCALE_BITS), else None.
 
     ``counts``: the ``2**bits`` level counts (``used`` of them nonzero, first); ``freq`` at
     ``scale_bits``: their single-symbol frequencies. A pair's count comes from the product
@@ -515,15 +524,25 @@ def _pair_frequencies(
     p, bits_per_value = _single_model(counts, freq, scale_bits) if single is None else single
     pair_counts = anspairs.product_counts(p, used, int(counts.size).bit_length() - 1)
     bound = (1.0 + PAIR_TOLERANCE) * (2.0 * bits_per_value)
-    return _joint_search(pair_counts, ans.scale_bits_for(used * used), PAIR_MAX_SCALE_BITS, bound)
+    lowest = ans.scale_bits_for(used * used)
+    pair = _joint_search(pair_counts, lowest, PAIR_MAX_SCALE_BITS, bound)
+    if pair is not None or values <= 0 or lowest > PAIR_WIDE_SCALE_BITS:
+        return None if pair is None else pair[:2]
+    # the wider table, its bytes and the single-symbol table's counted (the values' bits
+    # modelled as above): at most (1 + tolerance) times the single-symbol record's size
+    wide = _joint_search(pair_counts, PAIR_WIDE_SCALE_BITS, PAIR_WIDE_SCALE_BITS, math.inf)
+    assert wide is not None
+    wide_bits = wide[2] * (values / 2.0) + 8.0 * len(ans._packed(wide[0]))
+    single_bits = bits_per_value * values + 8.0 * len(ans._packed(freq))
+    return wide[:2] if wide_bits <= (1.0 + PAIR_WIDE_TOLERANCE) * single_bits else None
 
 
 def _joint_search(
     joint: np.ndarray, lowest: int, highest: int, bound: float
-) -> tuple[np.ndarray, int] | None:
+) -> tuple[np.ndarray, int, float] | None:
     """The frequencies of the joint alphabet's ``joint`` counts at the lowest precision in
-    ``lowest .. highest`` whose modelled bits per joint symbol are at most ``bound``, and
-    that precision; None if none is."""
+    ``lowest .. highest`` whose modelled bits per joint symbol are at most ``bound``, that
+    precision and those bits; None if none is."""
     # _model_bits per precision, its operands taken once: the same elements, in the same
     # order, through the same operations, so the same float (the choice is bit-exact)
     nonzero = np.flatnonzero(joint)
@@ -532,7 +551,7 @@ def _joint_search(
         joint_freq = ans._quantized(joint, joint_bits)
         cost = float(-(pq * np.log2(joint_freq[nonzero] / float(1 << joint_bits))).sum())
         if cost <= bound:
-            return joint_freq, joint_bits
+            return joint_freq, joint_bits, cost
     return None
 
 
@@ -543,12 +562,14 @@ def _ans_alphabet(
     freq: np.ndarray,
     scale_bits: int,
     single: tuple[np.ndarray, float] | None = None,
+    values: int = 0,
 ) -> tuple[int, np.ndarray, int]:
     """The ANS mode (ans, ans-pairs or ans-quads), frequencies and precision of a step
     record whose ``2**bits`` level counts are ``counts`` (``used`` nonzero, first) and
     whose single-symbol frequencies are ``freq`` at ``scale_bits``.
 
-    Pairs where the model says they cost at most PAIR_TOLERANCE more than single values;
+    Pairs where the model says they cost at most PAIR_TOLERANCE more than single values
+    (at PAIR_WIDE_SCALE_BITS, tables included: ``values``, the record's number of values);
     then, for at most ``2**MAX_QUAD_BITS`` levels, quads where they cost at most
     PAIR_TOLERANCE more than single values (compared per four values). ``single``:
     :func:`_single_model`'s result, when the caller has it.
@@ -565,8 +586,8 @@ def _ans_alphabet(
         quad_counts = ansquads.product_counts(p, used, bits)
         quad = _joint_search(quad_counts, ans.scale_bits_for(used**4), QUAD_MAX_SCALE_BITS, bound)
         if quad is not None:
-            return MODE_ANS_QUADS, *quad
-    pair = _pair_frequencies(counts, used, freq, scale_bits, single)
+            return MODE_ANS_QUADS, quad[0], quad[1]
+    pair = _pair_frequencies(counts, used, freq, scale_bits, single, values)
     if pair is not None:
         return MODE_ANS_PAIRS, *pair
     return MODE_ANS, freq, scale_bits
@@ -642,7 +663,9 @@ def _fused_ans_record(
     # Two or four values per coder step, a pair's or quad's frequency from the product of
     # its values', where the model says that costs at most PAIR_TOLERANCE more (the joint
     # alphabets' 12-bit frequencies are coarser for wide alphabets).
-    mode, freq, scale_bits = _ans_alphabet(counts, used, q.bits, freq, scale_bits, single)
+    mode, freq, scale_bits = _ans_alphabet(
+        counts, used, q.bits, freq, scale_bits, single, values=x.size
+    )
     table = ans._packed(freq)
     levels = (x, q.inv, q.qmin, q.qmin, q.qmax)  # the values and their quantizer
     fused = (fused_lut, decoded, fused_step)  # where the decoding goes, and how
