@@ -20,6 +20,7 @@ from tenfold.distributed.delta_kernels import (
     delta_rms,
     swap_difference,
 )
+from tenfold.errors import ConfigError
 
 FLOATS = st.floats(-1e30, 1e30, allow_nan=False, width=32)
 
@@ -225,7 +226,7 @@ def test_swap_difference_allocates_no_tensor_sized_temporary() -> None:
 
 
 def test_swap_difference_refuses_mismatched_arrays() -> None:
-    with pytest.raises(ValueError, match="swap_difference"):
+    with pytest.raises(ConfigError, match="swap_difference"):
         swap_difference(np.ones(3, np.float32), np.ones(3, np.float64))
-    with pytest.raises(ValueError, match="swap_difference"):
+    with pytest.raises(ConfigError, match="swap_difference"):
         swap_difference(np.ones(3, np.float32), np.ones(4, np.float32))

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from tenfold.codec.policy import rms
+from tenfold.errors import ConfigError
 
 __all__ = [
     "all_finite",
@@ -236,7 +237,7 @@ def swap_difference(ref: np.ndarray, w: np.ndarray) -> None:
     DiLoCo's outer step forms its pseudo-gradient ``w_shared - w_avg`` where the
     reference held ``w_shared`` and puts ``w_shared`` back into the parameters. A
     temporary per tensor, freed and re-made at another size for the next, left up to 0.6x
-    the model of freed heap resident after each outer step (docs/PROTOCOL.md, "Memory");
+    the model of freed heap resident after each outer step (README, host memory);
     here nothing larger than :data:`SWAP_PIECE` values is allocated.
 
     Example:
@@ -246,7 +247,10 @@ def swap_difference(ref: np.ndarray, w: np.ndarray) -> None:
         ([2.0, 4.0], [3.0, 5.0])
     """
     if ref.shape != w.shape or ref.dtype != w.dtype:
-        raise ValueError(f"swap_difference: {ref.dtype}{ref.shape} against {w.dtype}{w.shape}")
+        raise ConfigError(
+            f"swap_difference: arrays of one shape and dtype, got {ref.dtype}{ref.shape} "
+            f"and {w.dtype}{w.shape}"
+        )
     if _fusable(ref, w):
         _swap_difference_kernel(ref.reshape(-1), w.reshape(-1))
         return
