@@ -35,12 +35,19 @@ def _case(count: int, bits: int, scale: float, seed: int = 0):
 @pytest.mark.parametrize("count", COUNTS)
 @pytest.mark.parametrize("bits", [1, 3, 5])
 @pytest.mark.parametrize("branchy_below", [0.0, 64.0])  # bits/step: never, always branchy
+@pytest.mark.parametrize("compact_from", [0, 99])  # precision: always, never compact tables
 def test_round_trip_every_output_path(
-    count: int, bits: int, branchy_below: float, monkeypatch: pytest.MonkeyPatch
+    count: int,
+    bits: int,
+    branchy_below: float,
+    compact_from: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # the packed float32 path renormalises behind a branch below a rate (anspairs'
-    # _step_branchy); both variants decode every path alike
+    # _step_branchy) and looks slots up in compact tables from a precision on
+    # (compact_pair_table); every variant decodes every path alike
     monkeypatch.setattr(ans, "_DECODE_BRANCHLESS_BITS", branchy_below)
+    monkeypatch.setattr(anspairs, "COMPACT_MIN_SCALE_BITS", compact_from)
     levels, qmin, freq, scale_bits, data, starts, ends = _case(count, bits, 1.5)
     k = 1 << bits
     lut64 = np.arange(qmin, qmin + k, dtype=np.float64) * 0.25
@@ -198,3 +205,26 @@ def test_corruption_is_reported_as_by_the_one_symbol_decoder(
             values = lut[np.stack([pairs & (k - 1), pairs >> bits], axis=1).reshape(-1)]
             np.testing.assert_array_equal(out, values[:count])
     assert reported > 100
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 5), data=st.data())
+def test_compact_table_is_the_per_slot_table(bits: int, data: st.DataObject) -> None:
+    # the packed decoder's table (a rank per slot, an entry per used pair) gives every
+    # slot the per-slot table's entry and values; uint8 ranks up to 256 used pairs
+    k = 1 << bits
+    used = data.draw(st.integers(1, k * k))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    counts = np.zeros(k * k, np.int64)
+    counts[rng.choice(k * k, used, replace=False)] = rng.integers(1, 1000, used)
+    scale_bits = max(ans.scale_bits_for(k * k), int(used - 1).bit_length())
+    freq = ans.quantize_frequencies(counts, scale_bits)
+    lut = (np.arange(k, dtype=np.float32) - k // 2) * 0.5
+    fbtab, _, _, both = anspairs.build_pair_table(freq, scale_bits, lut, bits)
+    rank, fb, pairs = anspairs.compact_pair_table(fbtab, both)
+    n_used = int(np.count_nonzero(freq))
+    assert rank.dtype == (np.uint8 if n_used <= 256 else np.uint16)
+    assert fb.size == pairs.shape[0] == n_used
+    slots = np.arange(fbtab.size, dtype=np.uint64)
+    assert np.array_equal(fb[rank].astype(np.uint64) + slots, fbtab.astype(np.uint64))
+    assert np.array_equal(pairs[rank], both)

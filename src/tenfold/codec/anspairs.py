@@ -47,6 +47,7 @@ from tenfold.errors import ConfigError
 __all__ = [
     "MAX_PAIR_BITS",
     "build_pair_table",
+    "compact_pair_table",
     "decode_pairs",
     "encode_level_pairs",
     "product_counts",
@@ -360,6 +361,60 @@ def _pair_table_kernel(
             slot += 1
 
 
+#: the precision (bits) from which the packed decoder looks slots up in
+#: compact_pair_table's tables: below it the per-slot table (16 KiB at 12 bits) is cached
+#: as well, and the extra lookup only lengthens each step (CharGPT at 0.25 bits/param, pairs
+#: at 12-13 bits: decompress 694-734 -> 564-646 M values/s with it)
+COMPACT_MIN_SCALE_BITS = 14
+
+
+def compact_pair_table(
+    fbtab: np.ndarray, both: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed decoder's form of :func:`build_pair_table`'s table: ``(rank, fb,
+    pairs)``, with ``rank[slot]`` the index of the slot's pair among the used ones
+    (uint8, or uint16 beyond 256 used pairs), ``fb[i] + slot == fbtab[slot]`` (``fb[i]``
+    = ``(f << 16) - cum`` of used pair ``i``) and ``pairs[i]`` its two decoded values.
+
+    Why: a decoder step's state waits on its table lookup, and the per-slot table (4 bytes
+    a slot, 64-128 KiB at 14-15 bits of precision) lives in L2; a byte a slot and a few
+    KiB per pair stay in L1 (4M values at 14 bits: 2.1 -> 1.7 ns per step, 15 bits 2.4 ->
+    1.9; docs/SPEED.md).
+
+    Example:
+        >>> freq = np.array([3, 1] + [0] * 14, dtype=np.int64)  # 2 used pairs, P = 2
+        >>> fbtab, _, _, both = build_pair_table(freq, 2, np.arange(4, dtype=np.float32), 2)
+        >>> rank, fb, pairs = compact_pair_table(fbtab, both)
+        >>> rank.tolist(), [int(fb[rank[t]]) + t == int(fbtab[t]) for t in range(4)]
+        ([0, 0, 0, 1], [True, True, True, True])
+    """
+    starts = np.flatnonzero((fbtab & np.uint32(0xFFFF)) == 0)  # the first slot of each pair
+    rank = np.empty(fbtab.size, dtype=np.uint8 if starts.size <= 256 else np.uint16)
+    fb = np.empty(starts.size, dtype=np.uint32)
+    pairs = np.empty((starts.size, 2), dtype=both.dtype)
+    _compact_kernel(fbtab, both, starts, rank, fb, pairs)
+    return rank, fb, pairs
+
+
+@njit(cache=True, nogil=True)
+def _compact_kernel(
+    fbtab: np.ndarray,
+    both: np.ndarray,
+    starts: np.ndarray,
+    rank: np.ndarray,
+    fb: np.ndarray,
+    pairs: np.ndarray,
+) -> None:
+    for i in range(starts.size):
+        lo = starts[i]
+        hi = starts[i + 1] if i + 1 < starts.size else fbtab.size
+        fb[i] = fbtab[lo] - np.uint32(lo)  # (f << 16) + 0 - cum
+        pairs[i, 0] = both[lo, 0]
+        pairs[i, 1] = both[lo, 1]
+        for t in range(lo, hi):
+            rank[t] = i
+
+
 @njit(inline="always", cache=True, nogil=True)
 def _step(x: int, e: int, sh: int, q: int, last: int, bounded: bool) -> tuple[int, int]:
     # One branch-free decoder step (ans._dec_next with branchless=True). Unbounded, the
@@ -427,6 +482,7 @@ def _pairs_run(
     first: np.ndarray,
     second: np.ndarray,
     both: int,
+    rank: np.ndarray,
     out: np.ndarray,
     k: int,
     kend: int,
@@ -445,10 +501,13 @@ def _pairs_run(
     bounded: bool,
     streaming: bool,
     branchy: bool,
+    compact: bool,
 ) -> tuple[int, int, int, int, int, int, int, int]:
     # Pairs k .. kend - 1 (multiples of 4), one per lane. Called with constant flags, so
-    # each call site is its own loop (branchy: unbounded runs only).
-    mask = np.uint64(fbtab.size - 1)
+    # each call site is its own loop (branchy: unbounded runs only). ``compact`` (packed
+    # only): slot t is pair rank[t] of the used ones, ``fbtab`` and ``both`` are indexed
+    # by that rank, and fbtab[rank[t]] + t is the slot's entry (compact_pair_table)
+    mask = np.uint64((rank.size if compact else fbtab.size) - 1)
     oa = np.int64(out.ctypes.data)
     for kk in range(k, kend, 4):
         j = 2 * kk
@@ -456,20 +515,34 @@ def _pairs_run(
         t1 = x1 & mask
         t2 = x2 & mask
         t3 = x3 & mask
+        if compact:
+            e0 = np.uint64(fbtab[rank[t0]]) + t0
+            e1 = np.uint64(fbtab[rank[t1]]) + t1
+            e2 = np.uint64(fbtab[rank[t2]]) + t2
+            e3 = np.uint64(fbtab[rank[t3]]) + t3
+            t0 = np.uint64(rank[t0])
+            t1 = np.uint64(rank[t1])
+            t2 = np.uint64(rank[t2])
+            t3 = np.uint64(rank[t3])
+        else:
+            e0 = np.uint64(fbtab[t0])
+            e1 = np.uint64(fbtab[t1])
+            e2 = np.uint64(fbtab[t2])
+            e3 = np.uint64(fbtab[t3])
         _put_pair(out, j, t0, first, second, both, oa, add, packed, streaming)
         _put_pair(out, j + 2, t1, first, second, both, oa, add, packed, streaming)
         _put_pair(out, j + 4, t2, first, second, both, oa, add, packed, streaming)
         _put_pair(out, j + 6, t3, first, second, both, oa, add, packed, streaming)
         if branchy:
-            x0, q0 = _step_branchy(x0, np.uint64(fbtab[t0]), sh, q0)
-            x1, q1 = _step_branchy(x1, np.uint64(fbtab[t1]), sh, q1)
-            x2, q2 = _step_branchy(x2, np.uint64(fbtab[t2]), sh, q2)
-            x3, q3 = _step_branchy(x3, np.uint64(fbtab[t3]), sh, q3)
+            x0, q0 = _step_branchy(x0, e0, sh, q0)
+            x1, q1 = _step_branchy(x1, e1, sh, q1)
+            x2, q2 = _step_branchy(x2, e2, sh, q2)
+            x3, q3 = _step_branchy(x3, e3, sh, q3)
         else:
-            x0, q0 = _step(x0, np.uint64(fbtab[t0]), sh, q0, last, bounded)
-            x1, q1 = _step(x1, np.uint64(fbtab[t1]), sh, q1, last, bounded)
-            x2, q2 = _step(x2, np.uint64(fbtab[t2]), sh, q2, last, bounded)
-            x3, q3 = _step(x3, np.uint64(fbtab[t3]), sh, q3, last, bounded)
+            x0, q0 = _step(x0, e0, sh, q0, last, bounded)
+            x1, q1 = _step(x1, e1, sh, q1, last, bounded)
+            x2, q2 = _step(x2, e2, sh, q2, last, bounded)
+            x3, q3 = _step(x3, e3, sh, q3, last, bounded)
     return x0, x1, x2, x3, q0, q1, q2, q3
 
 
@@ -546,6 +619,52 @@ def _decode_pairs_packed(
     streaming: bool,
     branchy: bool,
 ) -> int:
+    # _packed_pairs with the per-slot tables (precisions below COMPACT_MIN_SCALE_BITS)
+    none = np.empty(0, dtype=np.uint8)
+    return _packed_pairs(
+        data, starts, ends, fbtab, first, second, both, (none, fbtab, both), scale_bits,
+        out, streaming, branchy, False,
+    )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _decode_pairs_packed_compact(
+    data: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    fbtab: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    both: np.ndarray,
+    compact: tuple[np.ndarray, np.ndarray, np.ndarray],
+    scale_bits: int,
+    out: np.ndarray,
+    streaming: bool,
+    branchy: bool,
+) -> int:
+    # _packed_pairs whose runs look slots up in compact_pair_table's tables
+    return _packed_pairs(
+        data, starts, ends, fbtab, first, second, both, compact, scale_bits, out, streaming,
+        branchy, True,
+    )  # fmt: skip
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _packed_pairs(
+    data: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    fbtab: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    both: np.ndarray,
+    compact: tuple[np.ndarray, np.ndarray, np.ndarray],
+    scale_bits: int,
+    out: np.ndarray,
+    streaming: bool,
+    branchy: bool,
+    use_compact: bool,
+) -> int:
     # float32 output, overwritten: each pair is one 8-byte copy from ``both`` (streaming:
     # a non-temporal one, ans.stream_ok; branchy: the unbounded runs renormalise behind a
     # branch, _step_branchy). Returns the
@@ -557,8 +676,12 @@ def _decode_pairs_packed(
     # (10M float32 values at ~1 bit, 12 rounds, median speed-up over one bound per lane and
     # two 4-byte stores per pair): runs and 8-byte stores 1.31x, 8-byte stores alone 1.15x.
     # (The other outputs keep one bounded loop: each loop copy costs seconds of compile.)
+    # ``use_compact`` (a constant at each caller): the runs look their slots up in
+    # ``compact`` (compact_pair_table: a byte per slot, entries per used pair); the last
+    # steps in the per-slot tables.
     x0, x1, x2, x3, q0, q1, q2, q3, bad = _initial_states(data, starts)
-    ba = np.int64(both.ctypes.data)
+    rank, fbc, bothc = compact
+    ba = np.int64(bothc.ctypes.data)
     sh = np.uint64(scale_bits)
     last = np.int64(data.ctypes.data) + data.size - 2
     full = out.size // 2  # complete pairs
@@ -569,28 +692,33 @@ def _decode_pairs_packed(
         inside = max(max(q0, q1), max(q2, q3)) + (kend - k) // 2 <= last
         if inside and streaming and branchy:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
+                fbc, first, second, ba, rank, out, k, kend, sh,
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True, True,
+                use_compact,
             )  # fmt: skip
         elif inside and streaming:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
+                fbc, first, second, ba, rank, out, k, kend, sh,
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, True, False,
+                use_compact,
             )  # fmt: skip
         elif inside and branchy:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
+                fbc, first, second, ba, rank, out, k, kend, sh,
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False, True,
+                use_compact,
             )  # fmt: skip
         elif inside:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
+                fbc, first, second, ba, rank, out, k, kend, sh,
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, False, False, False,
+                use_compact,
             )  # fmt: skip
         else:
             x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-                fbtab, first, second, ba, out, k, kend, sh,
+                fbc, first, second, ba, rank, out, k, kend, sh,
                 x0, x1, x2, x3, q0, q1, q2, q3, last, False, True, True, False, False,
+                use_compact,
             )  # fmt: skip
         k = kend
     if streaming:
@@ -616,13 +744,14 @@ def _decode_pairs_kernel(
 ) -> int:
     # Any output, overwritten or added to; as _decode_pairs_packed, every read bounded.
     x0, x1, x2, x3, q0, q1, q2, q3, bad = _initial_states(data, starts)
+    rank = np.empty(0, dtype=np.uint8)  # the per-slot tables
     sh = np.uint64(scale_bits)
     last = np.int64(data.ctypes.data) + data.size - 2
     full = out.size // 2
     f4 = full - full % 4
     x0, x1, x2, x3, q0, q1, q2, q3 = _pairs_run(
-        fbtab, first, second, 0, out, 0, f4, sh,
-        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True, False, False,
+        fbtab, first, second, 0, rank, out, 0, f4, sh,
+        x0, x1, x2, x3, q0, q1, q2, q3, last, add, False, True, False, False, False,
     )  # fmt: skip
     return _finish_joint(
         data, ends, fbtab, both, sh, out, add, f4,
@@ -655,9 +784,15 @@ def decode_pairs(
         streaming = streaming and stream_ok(out)
         # few renormalisations per step (a low rate): a branch predicts them (ans.decode)
         branchy = not _branchless(starts, ends, (out.size + 1) // 2)
-        status = _decode_pairs_packed(
-            data, starts, ends, fbtab, first, second, both, scale, out, streaming, branchy
-        )
+        if scale >= COMPACT_MIN_SCALE_BITS:
+            status = _decode_pairs_packed_compact(
+                data, starts, ends, fbtab, first, second, both,
+                compact_pair_table(fbtab, both), scale, out, streaming, branchy,
+            )  # fmt: skip
+        else:
+            status = _decode_pairs_packed(
+                data, starts, ends, fbtab, first, second, both, scale, out, streaming, branchy
+            )
     else:
         status = _decode_pairs_kernel(
             data, starts, ends, fbtab, first, second, both, scale, out, add
