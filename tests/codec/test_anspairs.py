@@ -45,7 +45,7 @@ def test_round_trip_every_output_path(
 ) -> None:
     # the packed float32 path renormalises behind a branch below a rate (anspairs'
     # _step_branchy) and looks slots up in compact tables from a precision on
-    # (compact_pair_table); every variant decodes every path alike
+    # (compact_table); every variant decodes every path alike
     monkeypatch.setattr(ans, "_DECODE_BRANCHLESS_BITS", branchy_below)
     monkeypatch.setattr(anspairs, "COMPACT_MIN_SCALE_BITS", compact_from)
     levels, qmin, freq, scale_bits, data, starts, ends = _case(count, bits, 1.5)
@@ -221,7 +221,7 @@ def test_compact_table_is_the_per_slot_table(bits: int, data: st.DataObject) -> 
     freq = ans.quantize_frequencies(counts, scale_bits)
     lut = (np.arange(k, dtype=np.float32) - k // 2) * 0.5
     fbtab, _, _, both = anspairs.build_pair_table(freq, scale_bits, lut, bits)
-    rank, fb, pairs = anspairs.compact_pair_table(fbtab, both)
+    rank, fb, pairs = anspairs.compact_table(fbtab, both)
     n_used = int(np.count_nonzero(freq))
     assert rank.dtype == (np.uint8 if n_used <= 256 else np.uint16)
     assert fb.size == pairs.shape[0] == n_used

@@ -47,7 +47,7 @@ from tenfold.errors import ConfigError
 __all__ = [
     "MAX_PAIR_BITS",
     "build_pair_table",
-    "compact_pair_table",
+    "compact_table",
     "decode_pairs",
     "encode_level_pairs",
     "product_counts",
@@ -362,55 +362,56 @@ def _pair_table_kernel(
 
 
 #: the precision (bits) from which the packed decoder looks slots up in
-#: compact_pair_table's tables: below it the per-slot table (16 KiB at 12 bits) is cached
+#: compact_table's tables: below it the per-slot table (16 KiB at 12 bits) is cached
 #: as well, and the extra lookup only lengthens each step (CharGPT at 0.25 bits/param, pairs
 #: at 12-13 bits: decompress 694-734 -> 564-646 M values/s with it)
 COMPACT_MIN_SCALE_BITS = 14
 
 
-def compact_pair_table(
-    fbtab: np.ndarray, both: np.ndarray
+def compact_table(
+    fbtab: np.ndarray, values: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The packed decoder's form of :func:`build_pair_table`'s table: ``(rank, fb,
-    pairs)``, with ``rank[slot]`` the index of the slot's pair among the used ones
-    (uint8, or uint16 beyond 256 used pairs), ``fb[i] + slot == fbtab[slot]`` (``fb[i]``
-    = ``(f << 16) - cum`` of used pair ``i``) and ``pairs[i]`` its two decoded values.
+    """The packed decoders' form of a joint table (:func:`build_pair_table`'s ``fbtab``
+    and ``both``, or :func:`tenfold.codec.ansquads.build_quad_table`'s): ``(rank, fb,
+    joint)``, with ``rank[slot]`` the index of the slot's symbol among the used ones
+    (uint8, or uint16 beyond 256 used symbols), ``fb[i] + slot == fbtab[slot]`` (``fb[i]``
+    = ``(f << 16) - cum`` of used symbol ``i``) and ``joint[i]`` its decoded values.
 
     Why: a decoder step's state waits on its table lookup, and the per-slot table (4 bytes
     a slot, 64-128 KiB at 14-15 bits of precision) lives in L2; a byte a slot and a few
-    KiB per pair stay in L1 (4M values at 14 bits: 2.1 -> 1.7 ns per step, 15 bits 2.4 ->
-    1.9; docs/SPEED.md).
+    KiB per symbol stay in L1 (pairs, 4M values at 14 bits: 2.1 -> 1.7 ns per step, 15
+    bits 2.4 -> 1.9; docs/SPEED.md).
 
     Example:
         >>> freq = np.array([3, 1] + [0] * 14, dtype=np.int64)  # 2 used pairs, P = 2
         >>> fbtab, _, _, both = build_pair_table(freq, 2, np.arange(4, dtype=np.float32), 2)
-        >>> rank, fb, pairs = compact_pair_table(fbtab, both)
+        >>> rank, fb, pairs = compact_table(fbtab, both)
         >>> rank.tolist(), [int(fb[rank[t]]) + t == int(fbtab[t]) for t in range(4)]
         ([0, 0, 0, 1], [True, True, True, True])
     """
-    starts = np.flatnonzero((fbtab & np.uint32(0xFFFF)) == 0)  # the first slot of each pair
+    starts = np.flatnonzero((fbtab & np.uint32(0xFFFF)) == 0)  # each symbol's first slot
     rank = np.empty(fbtab.size, dtype=np.uint8 if starts.size <= 256 else np.uint16)
     fb = np.empty(starts.size, dtype=np.uint32)
-    pairs = np.empty((starts.size, 2), dtype=both.dtype)
-    _compact_kernel(fbtab, both, starts, rank, fb, pairs)
-    return rank, fb, pairs
+    joint = np.empty((starts.size, values.shape[1]), dtype=values.dtype)
+    _compact_kernel(fbtab, values, starts, rank, fb, joint)
+    return rank, fb, joint
 
 
 @njit(cache=True, nogil=True)
 def _compact_kernel(
     fbtab: np.ndarray,
-    both: np.ndarray,
+    values: np.ndarray,
     starts: np.ndarray,
     rank: np.ndarray,
     fb: np.ndarray,
-    pairs: np.ndarray,
+    joint: np.ndarray,
 ) -> None:
     for i in range(starts.size):
         lo = starts[i]
         hi = starts[i + 1] if i + 1 < starts.size else fbtab.size
         fb[i] = fbtab[lo] - np.uint32(lo)  # (f << 16) + 0 - cum
-        pairs[i, 0] = both[lo, 0]
-        pairs[i, 1] = both[lo, 1]
+        for c in range(values.shape[1]):
+            joint[i, c] = values[lo, c]
         for t in range(lo, hi):
             rank[t] = i
 
@@ -506,7 +507,7 @@ def _pairs_run(
     # Pairs k .. kend - 1 (multiples of 4), one per lane. Called with constant flags, so
     # each call site is its own loop (branchy: unbounded runs only). ``compact`` (packed
     # only): slot t is pair rank[t] of the used ones, ``fbtab`` and ``both`` are indexed
-    # by that rank, and fbtab[rank[t]] + t is the slot's entry (compact_pair_table)
+    # by that rank, and fbtab[rank[t]] + t is the slot's entry (compact_table)
     mask = np.uint64((rank.size if compact else fbtab.size) - 1)
     oa = np.int64(out.ctypes.data)
     for kk in range(k, kend, 4):
@@ -642,7 +643,7 @@ def _decode_pairs_packed_compact(
     streaming: bool,
     branchy: bool,
 ) -> int:
-    # _packed_pairs whose runs look slots up in compact_pair_table's tables
+    # _packed_pairs whose runs look slots up in compact_table's tables
     return _packed_pairs(
         data, starts, ends, fbtab, first, second, both, compact, scale_bits, out, streaming,
         branchy, True,
@@ -677,7 +678,7 @@ def _packed_pairs(
     # two 4-byte stores per pair): runs and 8-byte stores 1.31x, 8-byte stores alone 1.15x.
     # (The other outputs keep one bounded loop: each loop copy costs seconds of compile.)
     # ``use_compact`` (a constant at each caller): the runs look their slots up in
-    # ``compact`` (compact_pair_table: a byte per slot, entries per used pair); the last
+    # ``compact`` (compact_table: a byte per slot, entries per used pair); the last
     # steps in the per-slot tables.
     x0, x1, x2, x3, q0, q1, q2, q3, bad = _initial_states(data, starts)
     rank, fbc, bothc = compact
@@ -787,7 +788,7 @@ def decode_pairs(
         if scale >= COMPACT_MIN_SCALE_BITS:
             status = _decode_pairs_packed_compact(
                 data, starts, ends, fbtab, first, second, both,
-                compact_pair_table(fbtab, both), scale, out, streaming, branchy,
+                compact_table(fbtab, both), scale, out, streaming, branchy,
             )  # fmt: skip
         else:
             status = _decode_pairs_packed(
