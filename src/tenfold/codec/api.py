@@ -474,8 +474,9 @@ PAIR_MAX_SCALE_BITS = 14
 #: one more bit of pair precision, where the record's whole size says it pays: Laplace
 #: values at 1 bit/param cost 0.25% more as pairs at 14 bits and 0.05% at 15, where their
 #: (explicit) pair table, ~130 bytes more than the single-symbol one, is what remains. With
-#: it counted, large tensors take pairs (a 25M-parameter model's 1 bit/param packet: compress
-#: +33%, decompress +17%, docs/SPEED.md) and small ones keep single symbols.
+#: it counted (within PAIR_WIDE_TOLERANCE of the single-symbol record), large tensors take
+#: pairs (a 25M-parameter model's 1 bit/param packet: compress +27-37%, decompress +15-20%,
+#: 0.13% more bits; docs/SPEED.md) and small ones keep single symbols.
 PAIR_WIDE_SCALE_BITS = 15
 PAIR_WIDE_TOLERANCE = 0.002
 #: ans-quads (alphabets of at most 2**ansquads.MAX_QUAD_BITS levels) is chosen when its
