@@ -71,6 +71,7 @@ def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
         RelativeStep,
         TargetRate,
         compress,
+        inspect,
     )
 
     rng = np.random.default_rng(seed)
@@ -116,6 +117,12 @@ def build_pool(seed: int, size: int) -> list[tuple[bytes, dict[str, Any]]]:
         big = {f"big{k}": rng.laplace(0.0, 0.05, 65_536 + 2 * k + 1).astype(dtype)}
         blob = compress(big, TargetRate(bits_per_param=rate))
         pool.append((blob, {n: (v.shape, v.dtype) for n, v in big.items()}))
+    # pairs at 15 bits of precision (a tensor large enough for api.PAIR_WIDE_SCALE_BITS),
+    # which the packed decoder looks up through anspairs.compact_table's tables
+    wide = {"wide": rng.laplace(0.0, 0.05, 1 << 20).astype(np.float32)}
+    blob = compress(wide, TargetRate(bits_per_param=1.0))
+    assert inspect(blob).tensors[0].mode == "ans-pairs", "the wide packet must hold pairs"
+    pool.append((blob, {n: (v.shape, v.dtype) for n, v in wide.items()}))
     # version 4's ANS over quads: as large, at most 4 levels (values clipped at 2 scales:
     # N = 2; non-negative ones: N = 1), every count modulo 4, every decoder output dtype
     for k, dtype in enumerate([np.float32, np.float16, np.float64, np.float32]):
@@ -524,7 +531,7 @@ def warm_up(pool: list[tuple[bytes, dict[str, Any]]]) -> None:
     first call, or loads it from its on-disk cache: seconds on a fresh clone, which must not
     count as a slow decoder.
     """
-    from tenfold.codec import ans
+    from tenfold.codec import ans, anspairs
 
     # Every ANS decoder variant, whether or not the pool happens to hold it: each output
     # dtype (uint16 = float16 bit patterns), store or add, branchy or branchless refill, a
@@ -543,6 +550,23 @@ def warm_up(pool: list[tuple[bytes, dict[str, Any]]]) -> None:
                 for branchless in (False, True):
                     out = np.zeros(sym.size, dtype)
                     ans.decode(data, ends - sizes, ends, table, out, add=add, branchless=branchless)
+    # the packed pair decoder's compact tables (from anspairs.COMPACT_MIN_SCALE_BITS), with
+    # byte and 16-bit ranks: a mutated table may use more than 256 pairs
+    for bits in (4, 5):
+        k = 1 << bits
+        x = np.linspace(-k / 2, k / 2 - 1, 4096)
+        counts = np.ones(k * k, np.int64)
+        freq = ans.quantize_frequencies(counts, anspairs.COMPACT_MIN_SCALE_BITS)
+        lanes = anspairs.encode_level_pairs(
+            x, 1.0, -k // 2, -k // 2, k // 2 - 1, bits, freq, anspairs.COMPACT_MIN_SCALE_BITS
+        )
+        sizes = np.array([lane.size for lane in lanes], dtype=np.int64)
+        data = np.frombuffer(b"".join(lane.tobytes() for lane in lanes), np.uint8)
+        lut = np.arange(k, dtype=np.float32)
+        table = anspairs.build_pair_table(freq, anspairs.COMPACT_MIN_SCALE_BITS, lut, bits)
+        out = np.zeros(x.size, np.float32)
+        ends = np.cumsum(sizes)
+        assert anspairs.decode_pairs(data, ends - sizes, ends, table, out, add=False) == 0
     for blob, meta in pool:
         run_one(blob, meta)
 
