@@ -563,10 +563,10 @@ def warm_up(pool: list[tuple[bytes, dict[str, Any]]]) -> None:
         sizes = np.array([lane.size for lane in lanes], dtype=np.int64)
         data = np.frombuffer(b"".join(lane.tobytes() for lane in lanes), np.uint8)
         lut = np.arange(k, dtype=np.float32)
-        table = anspairs.build_pair_table(freq, anspairs.COMPACT_MIN_SCALE_BITS, lut, bits)
+        pairs = anspairs.build_pair_table(freq, anspairs.COMPACT_MIN_SCALE_BITS, lut, bits)
         out = np.zeros(x.size, np.float32)
         ends = np.cumsum(sizes)
-        assert anspairs.decode_pairs(data, ends - sizes, ends, table, out, add=False) == 0
+        assert anspairs.decode_pairs(data, ends - sizes, ends, pairs, out, add=False) == 0
     for blob, meta in pool:
         run_one(blob, meta)
 
