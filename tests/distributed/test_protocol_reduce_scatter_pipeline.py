@@ -313,7 +313,11 @@ def test_the_stats_report_each_phase(run: Path) -> None:
         assert st["collective"] == RS
         assert st["wall_seconds"] > 0 and st["encode_cpu_seconds"] > 0
         assert st["decode_cpu_seconds"] > 0 and st["comm_seconds"] > 0
-        assert st["encode_seconds"] < st["wall_seconds"]
+        # encode_seconds adds two threads' times inside the sync (the coder's packets, the
+        # own packet's decoding on the protocol's thread), which overlap when the sync
+        # pipelines: each is within the wall, their sum within twice it (a strict "< wall"
+        # failed once on a loaded machine: 0.150 against 0.142 s)
+        assert st["encode_seconds"] < 2 * st["wall_seconds"]
 
 
 def test_a_nan_after_packets_were_sent_fails_every_rank_and_the_group_survives(
