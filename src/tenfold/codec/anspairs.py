@@ -371,8 +371,8 @@ COMPACT_MIN_SCALE_BITS = 14
 def compact_table(
     fbtab: np.ndarray, values: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The packed decoders' form of a joint table (:func:`build_pair_table`'s ``fbtab``
-    and ``both``, or :func:`tenfold.codec.ansquads.build_quad_table`'s): ``(rank, fb,
+    """The packed pair decoder's form of a joint table (:func:`build_pair_table`'s
+    ``fbtab`` and ``both``; any per-slot values of shape ``(slots, k)``): ``(rank, fb,
     joint)``, with ``rank[slot]`` the index of the slot's symbol among the used ones
     (uint8, or uint16 beyond 256 used symbols), ``fb[i] + slot == fbtab[slot]`` (``fb[i]``
     = ``(f << 16) - cum`` of used symbol ``i``) and ``joint[i]`` its decoded values.

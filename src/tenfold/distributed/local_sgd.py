@@ -75,9 +75,8 @@ reference (the shared model, which DiLoCo reads instead of keeping its own) and 
 error-feedback residual, one model each in float32, plus the outer optimizer's own state;
 during a sync the all-gather's chunk-sized buffers. DiLoCo's pseudo-gradient lives in the
 reference's memory during the outer step (the sync leaves the reference at ``w_shared``;
-the outer step's result replaces it), formed in place (contiguous float32/float64
-parameters; others: one tensor's temporary) and the outer optimizer's own temporaries
-(torch's Nesterov ``SGD``: one per tensor) are what the step adds; with CUDA
+the outer step's result replaces it), formed in place, and the outer optimizer's own
+temporaries (torch's Nesterov ``SGD``: one per tensor) are what the step adds; with CUDA
 or half-precision parameters, and in :class:`SimulatedLocalSGD`, a copy of ``w_shared``
 (one model) is made instead. ``benchmarks/sync_memory.py`` measures it.
 
@@ -273,16 +272,11 @@ class _Replica:
         inner_grads = [p.grad for _, p in self.params]  # put back afterwards
         with torch.no_grad():
             for name, p in self.params:
-                w_shared = torch.from_numpy(reference[name]).view(p.shape)
-                if p.is_contiguous() and p.dtype in (torch.float32, torch.float64):
-                    # no temporary: freed ones of every size stayed resident (0.4-0.6x)
-                    swap_difference(reference[name].reshape(p.shape), p.detach().numpy())
-                else:
-                    grad = w_shared - p
-                    p.copy_(w_shared)
-                    w_shared.copy_(grad)
-                    del grad
-                p.grad = w_shared
+                # in place, no temporary (freed ones of every size stayed resident,
+                # 0.4-0.6x the model); the parameters are CPU tensors in the reference's
+                # dtype (_reference_for_gradient), so their numpy views share memory
+                swap_difference(reference[name].reshape(p.shape), p.detach().numpy())
+                p.grad = torch.from_numpy(reference[name]).view(p.shape)
         self.outer_optimizer.step()
         for (_, p), inner in zip(self.params, inner_grads, strict=True):
             p.grad = inner
